@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each creates .venv and installs
+# what is missing (re-installing only when pyproject.toml changes).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# ModelOpt depends on torch; installing the CPU build first keeps pip from pulling a multi-GB CUDA
+# build on CPU machines. On a GPU machine: make TORCH_SPEC='torch>=2.8' ...
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= 1
+export PREFECT_HOME ?= $(CURDIR)/tmp/prefect-home
+
+.PHONY: install demo test evaluate-demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/python flows/int8.py --demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+evaluate-demo: $(STAMP)
+	$(BIN)/python -c "from tasks.config import load_demo_config; load_demo_config()"
+	$(BIN)/python flows/evaluate.py --model demo/model/yolov10n-shapes.onnx \
+	    --images tmp/demo-data/val/images --annotations tmp/demo-data/val/annotations.json --out tmp/demo-fp32-metrics.json
+
+bench: $(STAMP)
+	$(BIN)/python bench/eval_phases.py
+	$(BIN)/python bench/flow_cache.py
+
+clean:
+	rm -rf tmp/demo_lowbit tmp/demo-data

@@ -1,0 +1,174 @@
+"""Prefect flow: FP32 YOLO ONNX -> ModelOpt INT8 Q/DQ ONNX, smoke-checked and COCO-evaluated.
+
+    python flows/int8.py --demo                       # the bundled demo, end to end
+    python flows/int8.py --model M.onnx --calib-images DIR --images DIR --annotations JSON
+    python flows/int8.py --config run.yaml --method entropy
+
+Each task is a thin wrapper over a plain function in tasks/steps.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+try:
+    from flows.common import ROOT, offline_defaults, quiet_library_logs, retry_transient_only  # noqa: F401
+except ModuleNotFoundError:  # run as `python flows/int8.py`
+    from common import ROOT, offline_defaults, quiet_library_logs, retry_transient_only  # noqa: F401
+
+offline_defaults()
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from tasks import steps  # noqa: E402
+from tasks.config import ConfigError, RunConfig, build_config, load_yaml_config  # noqa: E402
+from tasks.report import build_summary, console_table, render_markdown, table_rows, write_report  # noqa: E402
+from tasks.rundir import set_run_state  # noqa: E402
+
+# Our own content-hash cache decides reuse (Prefect's default policy keys on the run id and on path
+# strings); Prefect's cache is off so it never serves a stale result for changed file contents.
+TASK_OPTS: dict[str, Any] = dict(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_transient_only,
+                                 cache_policy=NO_CACHE, persist_result=False)
+
+
+@task(name="prepare-run", **TASK_OPTS)
+def prepare_task(cfg: RunConfig) -> steps.RunContext:
+    return steps.prepare_run(cfg)
+
+
+@task(name="calibration", **TASK_OPTS)
+def calibration_task(ctx: steps.RunContext) -> dict:
+    return steps.step_calibration(ctx)
+
+
+@task(name="quantize-int8", **TASK_OPTS)
+def quantize_task(ctx: steps.RunContext, calib: dict) -> dict:
+    return steps.step_quantize(ctx, calib)
+
+
+@task(name="smoke-inference", **TASK_OPTS)
+def smoke_task(ctx: steps.RunContext, calib: dict, quant: dict) -> dict:
+    return steps.step_smoke(ctx, calib, quant)
+
+
+@task(name="coco-eval", task_run_name="coco-eval-{which}", **TASK_OPTS)
+def evaluate_task(ctx: steps.RunContext, which: str, model_path: str, model_sha: str) -> dict:
+    return steps.step_evaluate(ctx, which, Path(model_path), model_sha)
+
+
+@task(name="report", **TASK_OPTS)
+def report_task(ctx: steps.RunContext, calib: dict, quant: dict, smoke: dict, fp32: dict, int8: dict) -> dict:
+    summary = build_summary(ctx, calib, quant, smoke, fp32, int8, ctx.cache.corrupt)
+    write_report(ctx.run_dir, summary)
+    return summary
+
+
+def _artifact_key(text: str) -> str:
+    # Prefect artifact keys: lowercase letters, digits and dashes only.
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text.lower())).strip("-")[:60]
+
+
+@flow(name="yolo-int8")
+def int8_flow(config: RunConfig = RunConfig()) -> dict:
+    """Quantize a YOLO ONNX export to INT8 with ModelOpt and prove it against FP32 on COCO."""
+    logger = get_run_logger()
+    quiet_library_logs()
+    ctx = prepare_task(config)
+    logger.info("run folder: %s", ctx.run_dir)
+    try:
+        calib = calibration_task(ctx)
+        quant = quantize_task(ctx, calib)
+        smoke = smoke_task(ctx, calib, quant)
+        fp32 = evaluate_task(ctx, "fp32", str(ctx.cfg.model), ctx.model["sha256"])
+        int8 = evaluate_task(ctx, "int8", quant["onnx"], quant["sha256"])
+        summary = report_task(ctx, calib, quant, smoke, fp32, int8)
+    except BaseException as e:
+        set_run_state(ctx.run_dir, "failed", error=f"{type(e).__name__}: {e}")
+        raise
+    key = _artifact_key(f"int8-{Path(ctx.cfg.model).stem}")
+    create_markdown_artifact(markdown=render_markdown(summary), key=f"{key}-report",
+                             description=f"FP32 vs INT8, run {summary['run_id']}")
+    create_table_artifact(table=table_rows(summary), key=f"{key}-metrics",
+                          description=f"mAP and latency, run {summary['run_id']}")
+    set_run_state(ctx.run_dir, "completed")
+    logger.info("FP32 vs INT8\n%s", console_table(summary))
+    return summary
+
+
+def _csv(v: str) -> list[str]:
+    return [x.strip() for x in v.split(",") if x.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Path | None, dict[str, Any]]:
+    """Command line -> (config file, values to lay over it). Only options given are set."""
+    ap = argparse.ArgumentParser(prog="python flows/int8.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 argument_default=argparse.SUPPRESS)
+    ap.add_argument("--config", type=Path, help="YAML file of settings (command-line options override it)")
+    ap.add_argument("--demo", action="store_true", help="run on the bundled demo model and data")
+    ap.add_argument("--model", help="FP32 ONNX export (static 1x3xHxW input)")
+    ap.add_argument("--calib", help="calibration tensor .npy/.npz (N x 3 x H x W float32, letterboxed, /255)")
+    ap.add_argument("--calib-images", help="folder of calibration images")
+    ap.add_argument("--calib-count", type=int, help="images to sample from --calib-images (default 32)")
+    ap.add_argument("--calib-seed", type=int, help="seed of the calibration sample and its order (default 0)")
+    ap.add_argument("--allow-calib-overlap", action="store_true", help="allow calibration images that are evaluated")
+    ap.add_argument("--images", help="evaluation image folder")
+    ap.add_argument("--annotations", help="COCO instances JSON")
+    ap.add_argument("--subset", help="N, random:N or a file of image ids / names (default: all)")
+    ap.add_argument("--method", choices=["max", "entropy"], help="calibration method (default max)")
+    ap.add_argument("--calib-eps", type=_csv, help="calibration EPs in priority order (default cuda:0,cpu)")
+    ap.add_argument("--exclude-nodes", nargs="+", help="node-name regexes kept in float (matched from the start)")
+    ap.add_argument("--exclude-op-types", nargs="+", help="op types kept in float")
+    ap.add_argument("--quantize-topk", action="store_true", help="let ModelOpt quantize the TopK inputs too")
+    ap.add_argument("--high-precision-dtype", choices=["fp32", "fp16"], help="default fp32 (ORT validation)")
+    ap.add_argument("--providers", type=_csv, help="evaluation EPs in priority order (default cuda,cpu)")
+    ap.add_argument("--strict-providers", action="store_true", help="fail instead of falling back to CPU")
+    ap.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--output-format", choices=["auto", "yolov10", "yolov8", "yolov5"])
+    ap.add_argument("--class-map", type=lambda v: [int(x) for x in _csv(v)], help="category id per class index")
+    ap.add_argument("--run-root", help="where run folders go (default tmp/<model-stem>_lowbit)")
+    ap.add_argument("--run-id", help="run folder name (default a timestamp)")
+    ap.add_argument("--cache-dir", help="step cache (default <run-root>/.cache)")
+    ns = vars(ap.parse_args(argv))
+    config_file = ns.pop("config", None)
+    quant_keys = {"method", "calib_eps", "exclude_nodes", "exclude_op_types", "quantize_topk", "high_precision_dtype"}
+    eval_keys = {"providers", "strict_providers", "threads", "output_format", "class_map"}
+    values: dict[str, Any] = {}
+    for k, v in ns.items():
+        if k in quant_keys:
+            values.setdefault("quant", {})[k] = v
+        elif k in eval_keys:
+            values.setdefault("eval", {})[k] = v
+        else:
+            values[k] = v
+    return config_file, values
+
+
+def main(argv: list[str] | None = None) -> int:
+    config_file, values = parse_args(argv)
+    try:
+        cfg = build_config(load_yaml_config(config_file) if config_file else None, values)
+        cfg.resolved()  # fail fast, before a Prefect server starts, on a missing model or data
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        summary = int8_flow(config=cfg)
+    except Exception as e:  # Prefect has logged the traceback; end with the one-line cause
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print()
+    print(console_table(summary))
+    print(f"\nrun folder: {summary['run_dir']}")
+    print(f"report:     {Path(summary['run_dir']) / 'results' / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""COCO annotations, image subsets, class maps and pycocotools evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+STAT_NAMES = (
+    "map50_95", "map50", "map75", "map_small", "map_medium", "map_large",
+    "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large",
+)
+
+
+class AnnotationError(ValueError):
+    """An annotation file that is not usable COCO; the message names the file and the problem."""
+
+
+class SubsetError(ValueError):
+    """A subset that selects nothing or names unknown images."""
+
+
+def load_coco(path: Path):
+    """Validate and load a COCO instances file into a pycocotools COCO object."""
+    from pycocotools.coco import COCO
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file {path} does not exist; pass --annotations with a COCO instances JSON")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AnnotationError(f"annotation file {path} is not JSON ({e}); pass a COCO instances JSON") from e
+    if not isinstance(data, dict):
+        raise AnnotationError(f"annotation file {path} is not a COCO instances file (top level is not an object)")
+    missing = [k for k in ("images", "annotations", "categories") if k not in data]
+    if missing:
+        raise AnnotationError(f"annotation file {path} is not a COCO instances file: missing {', '.join(missing)}")
+    if not data["images"]:
+        raise AnnotationError(f"annotation file {path} lists no images")
+    if not data["categories"]:
+        raise AnnotationError(f"annotation file {path} lists no categories")
+    for key, fields in (("images", ("id", "file_name", "width", "height")), ("categories", ("id", "name")),
+                        ("annotations", ("image_id", "category_id", "bbox"))):
+        for item in data[key][:1] + data[key][-1:]:
+            lacking = [f for f in fields if f not in item]
+            if lacking:
+                raise AnnotationError(f"annotation file {path}: {key} entries lack {', '.join(lacking)}")
+    image_ids = {im["id"] for im in data["images"]}
+    cat_ids = {c["id"] for c in data["categories"]}
+    for a in data["annotations"]:
+        if a["image_id"] not in image_ids:
+            raise AnnotationError(f"annotation file {path}: annotation {a.get('id')} refers to unknown image {a['image_id']}")
+        if a["category_id"] not in cat_ids:
+            raise AnnotationError(f"annotation file {path}: annotation {a.get('id')} has unknown category {a['category_id']}")
+        a.setdefault("iscrowd", 0)
+        if "area" not in a:
+            a["area"] = float(a["bbox"][2] * a["bbox"][3])
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def category_map(coco, num_classes: int | None, explicit: Sequence[int] | None = None) -> list[int]:
+    """class index -> category id. Default: the i-th category of the file in id order (for COCO's
+    80 categories that is exactly the standard 80 -> 91 map)."""
+    cat_ids = sorted(coco.getCatIds())
+    if explicit is not None:
+        explicit = [int(c) for c in explicit]
+        unknown = sorted(set(explicit) - set(cat_ids))
+        if unknown:
+            raise AnnotationError(f"class map names category ids {unknown} that the annotation file does not have")
+        if num_classes is not None and len(explicit) < num_classes:
+            raise AnnotationError(f"class map has {len(explicit)} entries but the model predicts {num_classes} classes")
+        return explicit
+    if num_classes is not None and num_classes != len(cat_ids):
+        raise AnnotationError(
+            f"the model predicts {num_classes} classes but the annotation file has {len(cat_ids)} categories; "
+            f"pass --class-map with one category id per class index")
+    return cat_ids
+
+
+def select_subset(coco, subset: str | int | None, seed: int = 0) -> list[int]:
+    """Image ids to evaluate.
+
+    subset: None = all; an int N or 'N' = first N image ids; 'random:N' = seeded sample of N;
+    a path to a file of image ids or file names (one per line, '#' comments allowed).
+    """
+    all_ids = sorted(coco.getImgIds())
+    if subset is None or subset == "" or subset == "all":
+        chosen = all_ids
+    elif isinstance(subset, int) or (isinstance(subset, str) and subset.strip().isdigit()):
+        n = int(subset)
+        if n <= 0:
+            raise SubsetError(f"subset size {n} selects no image; pass a positive number")
+        chosen = all_ids[:n]
+    elif isinstance(subset, str) and subset.startswith("random:"):
+        n = int(subset.split(":", 1)[1])
+        if n <= 0:
+            raise SubsetError(f"subset {subset!r} selects no image; pass random:N with N > 0")
+        rng = np.random.default_rng(seed)
+        chosen = sorted(rng.choice(all_ids, size=min(n, len(all_ids)), replace=False).tolist())
+    else:
+        p = Path(str(subset))
+        if not p.is_file():
+            raise SubsetError(f"subset {subset!r} is neither a number, 'random:N', nor an existing file of image ids or names")
+        by_name = {im["file_name"]: im["id"] for im in coco.dataset["images"]}
+        by_stem = {Path(k).stem: v for k, v in by_name.items()}
+        known = set(all_ids)
+        chosen, unknown = [], []
+        for raw in p.read_text().splitlines():
+            tok = raw.split("#", 1)[0].strip()
+            if not tok:
+                continue
+            if tok.isdigit() and int(tok) in known:
+                chosen.append(int(tok))
+            elif tok in by_name or Path(tok).name in by_name:
+                chosen.append(by_name.get(tok, by_name.get(Path(tok).name)))
+            elif Path(tok).stem in by_stem:
+                chosen.append(by_stem[Path(tok).stem])
+            else:
+                unknown.append(tok)
+        if unknown:
+            raise SubsetError(f"subset file {p} names {len(unknown)} images the annotation file does not have "
+                              f"(first: {unknown[:3]})")
+        chosen = sorted(set(chosen))
+    if not chosen:
+        raise SubsetError(f"subset {subset!r} selects no image")
+    return [int(i) for i in chosen]
+
+
+def evaluate_detections(coco, detections: list[dict], image_ids: Sequence[int]) -> dict[str, Any]:
+    """Run COCOeval (bbox) restricted to image_ids; zero detections give zeros, not a crash."""
+    from pycocotools.cocoeval import COCOeval
+
+    n_gt = len(coco.getAnnIds(imgIds=list(image_ids), iscrowd=False))
+    if not detections:
+        stats = {k: 0.0 for k in STAT_NAMES}
+        return {"stats": stats, "per_class_ap": {}, "detections": 0, "gt_boxes": n_gt, "log": "no detections"}
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        dt = coco.loadRes(detections)
+        ev = COCOeval(coco, dt, "bbox")
+        ev.params.imgIds = list(image_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = {k: round(max(float(v), 0.0), 6) for k, v in zip(STAT_NAMES, ev.stats)}
+    # precision: [T, R, K, A, M]; area 'all' (0), maxDets 100 (last). -1 marks "no ground truth".
+    prec = ev.eval["precision"][:, :, :, 0, -1]
+    per_class = {}
+    for k, cat_id in enumerate(ev.params.catIds):
+        p = prec[:, :, k]
+        p = p[p > -1]
+        if p.size:
+            per_class[coco.cats[cat_id]["name"]] = round(float(p.mean()), 6)
+    return {"stats": stats, "per_class_ap": per_class, "detections": len(detections), "gt_boxes": n_gt,
+            "log": buf.getvalue()}

@@ -1,0 +1,158 @@
+"""One pydantic model describes a run; the CLI, YAML files and Prefect parameters all fill it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.evaluate import EvalSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+USER_DEFAULT_MODEL = Path("models/cv-models/yolov10m/checkpoints/yolov10m.onnx")
+DEMO_DIR = REPO_ROOT / "demo"
+DEMO_CONFIG = DEMO_DIR / "demo.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the setting and the fix."""
+
+
+class QuantSettings(BaseModel):
+    """Settings handed to ModelOpt ONNX PTQ; every one of them enters the quantize cache key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["max", "entropy"] = "max"
+    calib_eps: list[str] = Field(default_factory=lambda: ["cuda:0", "cpu"],
+                                 description="calibration EPs in priority order; cpu is kept last")
+    exclude_nodes: list[str] = Field(default_factory=list, description="regexes, matched from the node name's start")
+    exclude_op_types: list[str] = Field(default_factory=list)
+    quantize_topk: bool = Field(False, description="let ModelOpt put Q/DQ on the post-processing TopK inputs "
+                                                    "(coarsens YOLOv10 output scores to a few levels)")
+    high_precision_dtype: Literal["fp32", "fp16"] = Field(
+        "fp32", description="fp32 while validation runs on ONNX Runtime; fp16 for TensorRT deployment")
+
+    @field_validator("calib_eps")
+    @classmethod
+    def _cpu_last(cls, v: list[str]) -> list[str]:
+        v = [e.strip().lower() for e in v if e.strip()]
+        bad = [e for e in v if not (e == "cpu" or e == "trt" or e.startswith("cuda"))]
+        if bad:
+            raise ValueError(f"unknown calibration EP(s) {bad}; use cuda:N, trt or cpu")
+        # cpu last: ModelOpt tries EPs in list order and cpu is the one that always works.
+        return [e for e in v if e != "cpu"] + ["cpu"]
+
+    def effective_op_types_to_exclude(self) -> list[str]:
+        ops = list(self.exclude_op_types)
+        if not self.quantize_topk and "TopK" not in ops:
+            ops.append("TopK")
+        return ops
+
+
+class RunConfig(BaseModel):
+    """A whole INT8 run: inputs, calibration, PTQ, evaluation and where artifacts go."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Path = USER_DEFAULT_MODEL
+    demo: bool = Field(False, description="run on the bundled demo model and data")
+    calib: Path | None = Field(None, description="calibration tensor .npy/.npz, N x 3 x H x W float32, preprocessed")
+    calib_images: Path | None = Field(None, description="folder of calibration images (letterboxed like inference)")
+    calib_count: int = Field(32, ge=1, le=4096)
+    calib_seed: int = 0
+    allow_calib_overlap: bool = Field(False, description="allow calibration images that are also evaluated")
+    images: Path | None = None
+    annotations: Path | None = None
+    subset: str | None = Field(None, description="N, random:N, or a file of image ids / file names")
+    subset_seed: int = 0
+    quant: QuantSettings = Field(default_factory=QuantSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    smoke_samples: int = Field(4, ge=1, le=64)
+    smoke_conf: float = Field(0.25, gt=0, lt=1)
+    run_root: Path | None = Field(None, description="default tmp/<model-stem>_lowbit")
+    run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    cache_dir: Path | None = Field(None, description="default <run_root>/.cache")
+    max_map_drop: float | None = Field(None, ge=0, description="fail the run when mAP50-95 drops more (points)")
+
+    @model_validator(mode="after")
+    def _one_calibration_source(self) -> "RunConfig":
+        if self.calib is not None and self.calib_images is not None:
+            raise ValueError("give either calib (a tensor file) or calib_images (a folder), not both")
+        return self
+
+    def resolved(self) -> "RunConfig":
+        """Fill demo paths and derived defaults; raise ConfigError naming anything missing."""
+        cfg = self.model_copy(deep=True)
+        if cfg.demo:
+            demo = load_demo_config()
+            data = demo["paths"]
+            given = self.model_fields_set
+            if "model" not in given:
+                cfg.model = demo["model"]
+            cfg.images = cfg.images or data["images"]
+            cfg.annotations = cfg.annotations or data["annotations"]
+            if cfg.calib is None and cfg.calib_images is None:
+                cfg.calib_images = data["calib_images"]
+            if "calib_count" not in given:
+                cfg.calib_count = demo["calib_count"]
+            if "run_root" not in given:
+                cfg.run_root = demo["run_root"]
+        if not Path(cfg.model).exists():
+            hint = " (the default is the user's YOLOv10m layout; run with --demo for the bundled demo)" \
+                if Path(cfg.model) == USER_DEFAULT_MODEL else ""
+            raise ConfigError(f"model {cfg.model} does not exist{hint}; pass --model PATH")
+        if cfg.images is None or cfg.annotations is None:
+            raise ConfigError("evaluation needs --images DIR and --annotations JSON (or --demo)")
+        if cfg.calib is None and cfg.calib_images is None:
+            raise ConfigError("calibration needs --calib FILE.npy|.npz or --calib-images DIR (or --demo)")
+        if cfg.run_root is None:
+            cfg.run_root = Path("tmp") / f"{Path(cfg.model).stem}_lowbit"
+        if cfg.cache_dir is None:
+            cfg.cache_dir = Path(cfg.run_root) / ".cache"
+        return cfg
+
+
+def load_demo_config(generate: bool = True) -> dict[str, Any]:
+    """demo/demo.yaml with absolute paths; generates the demo's images on first use."""
+    from tasks.demo_data import ensure_demo_data
+
+    raw = load_yaml_config(DEMO_CONFIG)
+    d = raw["data"]
+    root = REPO_ROOT / d["root"]
+    paths = ensure_demo_data(root, seed=d["seed"], val_count=d["val_images"], calib_count=d["calib_images"]) \
+        if generate else {}
+    return {"model": REPO_ROOT / raw["model"], "run_root": REPO_ROOT / raw["run_root"],
+            "calib_count": int(raw["calib_count"]), "paths": paths, "data": d}
+
+
+def load_yaml_config(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    return data
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_config(file_values: dict[str, Any] | None, cli_values: dict[str, Any]) -> RunConfig:
+    """File values first, command-line values over them; errors name the setting."""
+    merged = deep_merge(file_values or {}, cli_values)
+    try:
+        return RunConfig.model_validate(merged)
+    except ValidationError as e:
+        msgs = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"invalid settings: {msgs}") from e

@@ -1,0 +1,178 @@
+"""COCO mAP and latency of a YOLO ONNX on ONNX Runtime: preprocessing -> inference -> decoding ->
+pycocotools, with each phase timed apart."""
+
+from __future__ import annotations
+
+import ast
+import logging
+import time
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from tasks import __version__
+from tasks.coco_eval import AnnotationError, category_map, evaluate_detections, load_coco, select_subset
+from tasks.decode import DecodeError, decode, detect_format
+from tasks.preprocess import ImageError, PreprocessSpec, load_rgb, letterbox, to_original
+from tasks.rundir import sha256_file
+from tasks.runtime import (
+    DEFAULT_PROVIDERS, check_model_file, latency_stats, make_session, model_io, model_metadata,
+    runtime_info, select_providers,
+)
+
+log = logging.getLogger(__name__)
+
+
+class EvalSettings(BaseModel):
+    """Everything that changes an evaluation's figures, besides the files themselves."""
+
+    output_format: Literal["auto", "yolov10", "yolov8", "yolov5"] = "auto"
+    conf_thres: float = Field(0.001, ge=0, lt=1, description="confidence threshold for mAP (low on purpose)")
+    iou_thres: float = Field(0.65, gt=0, le=1, description="NMS IoU threshold (yolov8/yolov5 outputs)")
+    max_det: int = Field(300, gt=0)
+    class_map: list[int] | None = Field(None, description="category id per class index; default: file's ids in order")
+    preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
+    providers: list[str] = Field(default_factory=lambda: list(DEFAULT_PROVIDERS))
+    strict_providers: bool = False
+    threads: int | None = Field(None, ge=1, description="ORT intra-op threads (default: all cores)")
+    warmup: int = Field(10, ge=0)
+
+
+def _metadata_names(meta: dict[str, str]) -> dict[int, str] | None:
+    raw = meta.get("names")
+    if not raw:
+        return None
+    try:
+        names = ast.literal_eval(raw)  # Ultralytics stores a Python dict repr
+        return {int(k): str(v) for k, v in names.items()} if isinstance(names, dict) else None
+    except (ValueError, SyntaxError):
+        return None
+
+
+def resolve_format(model, settings: EvalSettings) -> tuple[str, int | None, dict[str, Any]]:
+    """(format, class count or None, description) from the settings, metadata and output shape."""
+    _, _, outs = model_io(model)
+    meta = model_metadata(model)
+    names = _metadata_names(meta)
+    end2end = {"True": True, "False": False}.get(meta.get("end2end", ""), None)
+    if settings.output_format == "auto":
+        fmt, nc = detect_format(outs[0][1], end2end=end2end)
+    else:
+        fmt = settings.output_format
+        try:
+            _, nc = detect_format(outs[0][1], end2end=(fmt == "yolov10"))
+        except DecodeError:
+            nc = None
+    if names is not None:
+        if nc is not None and nc != len(names):
+            log.warning("metadata lists %d class names but the output has %d classes", len(names), nc)
+        nc = nc if nc is not None else len(names)
+    return fmt, nc, {"output": outs[0][0], "output_shape": list(outs[0][1]), "chosen": settings.output_format == "auto"}
+
+
+def _check_image_sizes(coco, image_ids: Sequence[int], images_dir: Path) -> list[tuple[int, Path]]:
+    items = []
+    for iid in image_ids:
+        info = coco.imgs[iid]
+        p = images_dir / info["file_name"]
+        if not p.is_file():
+            raise FileNotFoundError(f"image {p} (id {iid}) is listed in the annotations but missing; "
+                                    f"check --images points at the folder the annotation file describes")
+        items.append((iid, p))
+    return items
+
+
+def evaluate_model(model_path: Path, images_dir: Path, annotations: Path, subset: str | int | None = None,
+                   settings: EvalSettings | None = None, subset_seed: int = 0) -> dict[str, Any]:
+    """Evaluate one ONNX model; returns the metrics dict that `flows/evaluate.py` writes."""
+    settings = settings or EvalSettings()
+    model_path, images_dir = Path(model_path), Path(images_dir)
+    model = check_model_file(model_path)
+    input_name, in_shape, _ = model_io(model)
+    fmt, nc, fmt_info = resolve_format(model, settings)
+    del model  # the session loads its own copy; do not hold two in memory
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"image folder {images_dir} does not exist; pass --images")
+    coco = load_coco(annotations)
+    image_ids = select_subset(coco, subset, seed=subset_seed)
+    cat_ids = category_map(coco, nc, settings.class_map)
+    items = _check_image_sizes(coco, image_ids, images_dir)
+
+    choice = select_providers(settings.providers, strict=settings.strict_providers)
+    sess = make_session(model_path, choice, settings.threads)
+    size_hw = (in_shape[2], in_shape[3])
+
+    dets: list[dict] = []
+    t_pre, t_inf, t_dec = [], [], []
+    warmed = False
+    for iid, path in items:
+        t0 = time.perf_counter()
+        img = load_rgb(path)
+        info = coco.imgs[iid]
+        if (img.shape[1], img.shape[0]) != (info["width"], info["height"]):
+            raise ImageError(f"image {path} is {img.shape[1]}x{img.shape[0]} but its annotation says "
+                             f"{info['width']}x{info['height']}; the annotation belongs to another version of the image")
+        x, lb = letterbox(img, size_hw, settings.preprocess)
+        x = x[None]
+        t1 = time.perf_counter()
+        if not warmed:
+            for _ in range(settings.warmup):
+                sess.run(None, {input_name: x})
+            warmed = True
+            t1 = time.perf_counter()
+        out = sess.run(None, {input_name: x})[0]
+        t2 = time.perf_counter()
+        d = decode(out, fmt, settings.conf_thres, settings.iou_thres, settings.max_det)  # type: ignore[arg-type]
+        if len(d):
+            if int(d.classes.max()) >= len(cat_ids) or int(d.classes.min()) < 0:
+                raise AnnotationError(f"the model predicted class index {int(d.classes.max())} but the class map has "
+                                      f"{len(cat_ids)} entries; pass --class-map covering every class")
+            boxes = to_original(d.boxes, lb)
+            for b, s, c in zip(boxes, d.scores, d.classes):
+                dets.append({"image_id": iid, "category_id": cat_ids[int(c)],
+                             "bbox": [round(float(b[0]), 3), round(float(b[1]), 3),
+                                      round(float(b[2] - b[0]), 3), round(float(b[3] - b[1]), 3)],
+                             "score": round(float(s), 6)})
+        t3 = time.perf_counter()
+        t_pre.append(t1 - t0)
+        t_inf.append(t2 - t1)
+        t_dec.append(t3 - t2)
+
+    ev = evaluate_detections(coco, dets, image_ids)
+    rt = runtime_info(choice, settings.threads)
+    if len(dets) == 0:
+        log.warning("model %s returned no detections above %.3g on %d images", model_path, settings.conf_thres, len(items))
+    return {
+        "map50_95": ev["stats"]["map50_95"],
+        "map50": ev["stats"]["map50"],
+        "images": len(items),
+        "provider": rt["provider"],
+        "latency_ms": latency_stats(t_inf),
+        "preprocess_ms": latency_stats(t_pre),
+        "decode_ms": latency_stats(t_dec),
+        "stats": ev["stats"],
+        "per_class_ap": ev["per_class_ap"],
+        "detections": ev["detections"],
+        "gt_boxes": ev["gt_boxes"],
+        "image_ids": image_ids,
+        "model": {"path": str(model_path), "sha256": sha256_file(model_path), "input": input_name,
+                  "input_shape": list(in_shape), "output_format": fmt, "num_classes": nc, **fmt_info},
+        "annotations": {"path": str(annotations), "sha256": sha256_file(Path(annotations))},
+        "settings": settings.model_dump(),
+        "class_map": cat_ids,
+        "runtime": rt,
+        "yolo_lowbit": __version__,
+    }
+
+
+def format_table(rows: dict[str, dict[str, Any]]) -> str:
+    """A short text table: one row per evaluated model."""
+    head = f"{'model':<10} {'mAP50-95':>9} {'mAP50':>7} {'p50 ms':>8} {'p90 ms':>8} {'images':>6}  provider"
+    lines = [head, "-" * len(head)]
+    for name, m in rows.items():
+        lat = m["latency_ms"]
+        lines.append(f"{name:<10} {m['map50_95']:>9.4f} {m['map50']:>7.4f} {lat['p50']:>8.2f} {lat['p90']:>8.2f} "
+                     f"{m['images']:>6}  {m['provider']}")
+    return "\n".join(lines)

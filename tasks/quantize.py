@@ -1,0 +1,223 @@
+"""INT8 post-training quantization with NVIDIA ModelOpt ONNX PTQ, and what it did to the graph."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import onnx
+
+from tasks.config import QuantSettings
+from tasks.rundir import atomic_copy, sha256_file, temp_sibling
+from tasks.runtime import probe_provider
+
+log = logging.getLogger(__name__)
+
+# Ops whose float compute Q/DQ is meant to replace; one of these without a DequantizeLinear on
+# its data input after PTQ was left in float.
+QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+_EP_ALIASES = {"cpu": "CPUExecutionProvider", "trt": "TensorrtExecutionProvider"}
+
+
+def _ep_provider(ep: str) -> str:
+    return "CUDAExecutionProvider" if ep.startswith("cuda") else _EP_ALIASES[ep]
+
+
+def resolve_calibration_eps(requested: Sequence[str], available: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
+    """Keep the requested calibration EPs this ORT build offers (cpu last); say why others were dropped.
+
+    ModelOpt itself logs and skips an EP it cannot enable; deciding here makes the choice visible in
+    the run record and keeps ModelOpt from spending time on EPs that cannot work.
+    """
+    kept, reasons = [], []
+    for ep in requested:
+        prov = _ep_provider(ep)
+        ok, why = probe_provider(prov) if available is None else \
+            (prov in available, f"available: {', '.join(available)}")
+        if ok:
+            kept.append(ep)
+        else:
+            reasons.append(f"calibration EP {ep} skipped: {why}")
+    if "cpu" not in kept:
+        kept.append("cpu")
+    kept = [e for e in kept if e != "cpu"] + ["cpu"]
+    return kept, reasons
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """Send fd 2 (ONNX Runtime's C++ logging, ModelOpt's stray prints) to the log file."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+class _PeakRSS:
+    """Sample this process's resident memory while a block runs (peak in MiB)."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        import psutil
+
+        self._proc, self._interval = psutil.Process(), interval
+        self.peak = self.start = self._proc.memory_info().rss
+        self._stop = threading.Event()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def __enter__(self) -> "_PeakRSS":
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+def qdq_summary(model: onnx.ModelProto) -> dict[str, Any]:
+    """Count Q/DQ nodes and list quantizable nodes left in float (no DequantizeLinear feeding input 0)."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    q = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    dq = sum(n.op_type == "DequantizeLinear" for n in model.graph.node)
+    quantized, left_float = [], []
+    for n in model.graph.node:
+        if n.op_type not in QUANTIZABLE_OPS:
+            continue
+        src = producers.get(n.input[0])
+        (quantized if src is not None and src.op_type == "DequantizeLinear" else left_float).append(n.name)
+    topk_qdq = []
+    for n in model.graph.node:
+        if n.op_type == "TopK":
+            src = producers.get(n.input[0])
+            if src is not None and src.op_type == "DequantizeLinear":
+                topk_qdq.append(n.name)
+    total = len(quantized) + len(left_float)
+    return {"quantize_linear": q, "dequantize_linear": dq, "qdq_nodes": q + dq,
+            "quantizable_nodes": total, "quantized_nodes": len(quantized),
+            "quantized_share": round(len(quantized) / total, 4) if total else 0.0,
+            "left_in_float": left_float, "topk_with_qdq_input": topk_qdq}
+
+
+def copy_metadata(src: onnx.ModelProto, dst_path: Path) -> int:
+    """ModelOpt drops metadata_props (Ultralytics keeps names, stride, imgsz there): put them back."""
+    dst = onnx.load(str(dst_path))
+    have = {p.key for p in dst.metadata_props}
+    added = 0
+    for p in src.metadata_props:
+        if p.key not in have:
+            entry = dst.metadata_props.add()
+            entry.key, entry.value = p.key, p.value
+            added += 1
+    if added:
+        onnx.save(dst, str(dst_path))
+    return added
+
+
+def _eps_enabled_from_log(log_path: Path) -> list[str]:
+    """ModelOpt logs 'Successfully enabled N EPs for ORT: [...]'; the first one calibrates."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return []
+    found = re.findall(r"Successfully enabled \d+ EPs for ORT: (\[.*\])", text)
+    if not found:
+        return []
+    return re.findall(r"(\w+ExecutionProvider)", found[-1])
+
+
+def run_ptq(model_path: Path, input_name: str, calib: np.ndarray, settings: QuantSettings, out_path: Path,
+            log_path: Path, seed: int = 0) -> dict[str, Any]:
+    """Quantize `model_path` to INT8 Q/DQ at `out_path`; returns what was done, for config.json."""
+    from modelopt.onnx.quantization import quantize
+
+    model_path, out_path, log_path = Path(model_path), Path(out_path), Path(log_path)
+    eps, ep_reasons = resolve_calibration_eps(settings.calib_eps)
+    for r in ep_reasons:
+        log.warning(r)
+    op_excl = settings.effective_op_types_to_exclude()
+    src_model = onnx.load(str(model_path))
+    node_names = [n.name for n in src_model.graph.node]
+    for pat in settings.exclude_nodes:
+        try:
+            rx = re.compile(pat)
+        except re.error as e:
+            raise ValueError(f"--exclude-nodes pattern {pat!r} is not a valid regex ({e})") from e
+        if not any(rx.match(n) for n in node_names):
+            log.warning("exclude-nodes pattern %r matches no node of %s", pat, model_path.name)
+
+    tmp_out = temp_sibling(out_path)
+    tmp_log = temp_sibling(log_path)
+    # ModelOpt writes intermediate models next to its input and was seen rewriting the input file
+    # itself (its sha256 changed after a run): it only ever sees a private copy.
+    work = Path(tempfile.mkdtemp(prefix=".modelopt-", dir=out_path.parent))
+    work_model = work / model_path.name
+    shutil.copyfile(model_path, work_model)
+    args: dict[str, Any] = {
+        "quantize_mode": "int8",
+        "calibration_method": settings.method,
+        "calibration_eps": eps,
+        "op_types_to_exclude": op_excl,
+        "nodes_to_exclude": list(settings.exclude_nodes) or None,
+        "high_precision_dtype": settings.high_precision_dtype,
+        "log_level": "INFO",
+    }
+    if settings.method == "entropy":
+        # Entropy histograms depend on sample order: shuffle with the recorded seed.
+        calib = np.asarray(calib)[np.random.default_rng(seed).permutation(len(calib))]
+    t0 = time.perf_counter()
+    try:
+        with _PeakRSS() as mem, _stderr_to(tmp_log):
+            quantize(onnx_path=str(work_model), calibration_data={input_name: np.asarray(calib)},
+                     output_path=str(tmp_out), log_file=str(tmp_log), **args)
+        wall = time.perf_counter() - t0
+        if not tmp_out.exists() or tmp_out.stat().st_size == 0:
+            raise RuntimeError(f"ModelOpt wrote no model; see {tmp_log}")
+        restored = copy_metadata(src_model, tmp_out)
+        q_model = onnx.load(str(tmp_out))
+        summary = qdq_summary(q_model)
+        if summary["qdq_nodes"] == 0:
+            raise RuntimeError("ModelOpt inserted no Q/DQ node: nothing was quantized (check exclusions)")
+        os.replace(tmp_out, out_path)
+    finally:
+        tmp_out.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+        if tmp_log.exists():
+            atomic_copy(tmp_log, log_path)
+            tmp_log.unlink()
+    enabled = _eps_enabled_from_log(log_path)
+    return {
+        "args": {**args, "calibration_data": {input_name: list(np.shape(calib))}, "onnx_path": str(model_path)},
+        "calibration_eps_requested": list(settings.calib_eps),
+        "calibration_eps_passed": eps,
+        "calibration_eps_reasons": ep_reasons,
+        "calibration_ep_used": enabled[0] if enabled else _ep_provider(eps[0]),
+        "ort_eps_enabled": enabled,
+        "metadata_props_restored": restored,
+        "wall_s": round(wall, 3),
+        "peak_rss_mib": round(mem.peak / 2**20, 1),
+        "rss_growth_mib": round((mem.peak - mem.start) / 2**20, 1),
+        "qdq": summary,
+        "onnx_sha256": sha256_file(out_path),
+        "seed": seed,
+    }

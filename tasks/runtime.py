@@ -1,0 +1,249 @@
+"""ONNX Runtime sessions: execution-provider selection, model checks and latency statistics.
+
+Provider selection is explicit and recorded: requested order -> what this ORT build offers ->
+what the session actually uses (`get_providers()`). A provider that is requested but missing falls
+back with a logged reason, or fails in strict mode.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+import re
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+
+log = logging.getLogger(__name__)
+
+# Short names users type -> ORT provider names.
+PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+DEFAULT_PROVIDERS = ("cuda", "cpu")
+
+
+class ProviderError(RuntimeError):
+    """A requested execution provider cannot be used and strict mode forbids falling back."""
+
+
+class ModelError(ValueError):
+    """A model file that cannot be used; the message names the file and the fix."""
+
+
+@dataclass
+class ProviderChoice:
+    requested: list[str]
+    available: list[str]
+    selected: list[str]
+    used: list[str] = field(default_factory=list)
+    fallback_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def primary(self) -> str:
+        return (self.used or self.selected)[0]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requested": self.requested, "available": self.available, "selected": self.selected,
+                "used": self.used, "primary": self.primary if (self.used or self.selected) else None,
+                "fallback_reasons": self.fallback_reasons}
+
+
+def normalise_provider(name: str) -> str:
+    key = name.strip()
+    if key.lower() in PROVIDER_ALIASES:
+        return PROVIDER_ALIASES[key.lower()]
+    if key.endswith("ExecutionProvider"):
+        return key
+    raise ProviderError(f"unknown execution provider {name!r}; use one of "
+                        f"{', '.join(sorted(set(PROVIDER_ALIASES)))} or a full ORT provider name")
+
+
+@functools.lru_cache(maxsize=None)
+def probe_provider(provider: str) -> tuple[bool, str]:
+    """Can a session really run on `provider`? onnxruntime-gpu lists CUDA and TensorRT as available
+    even on a machine with no GPU, then silently runs on CPU; a one-node session tells the truth."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    if provider == "CPUExecutionProvider":
+        return True, "always available"
+    if provider not in ort.get_available_providers():
+        return False, f"this onnxruntime build has no {provider} (install onnxruntime-gpu)"
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    # ORT prints the real cause (a missing libcublas, no driver) on fd 2: capture it for the record.
+    with tempfile.TemporaryFile() as err:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(err.fileno(), 2)
+        try:
+            sess = ort.InferenceSession(model.SerializeToString(), sess_options=so,
+                                        providers=[provider, "CPUExecutionProvider"])
+            started = provider in sess.get_providers()
+            failure = ""
+        except Exception as e:
+            started, failure = False, f"{type(e).__name__}: {str(e)[:160]}"
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        err.seek(0)
+        cause = re.findall(r"with error: ([^\n\x1b]+)", err.read().decode(errors="replace"))
+    if started:
+        return True, "session started"
+    detail = failure or (cause[0].strip() if cause else "no GPU, driver, CUDA or cuDNN")
+    return False, f"{provider} is in this onnxruntime build but could not start ({detail})"
+
+
+def select_providers(requested: Sequence[str] = DEFAULT_PROVIDERS, available: Sequence[str] | None = None,
+                     strict: bool = False) -> ProviderChoice:
+    """Keep the requested providers this ORT build offers, in order; CPU always ends the list."""
+    import onnxruntime as ort
+
+    names = [normalise_provider(p) for p in requested] or ["CPUExecutionProvider"]
+    selected, reasons = [], []
+    if available is None:  # the real machine: ask ORT, then probe that each provider truly starts
+        avail = list(ort.get_available_providers())
+        usable = {n: probe_provider(n) for n in names}
+    else:  # injected by tests and callers that already know
+        avail = list(available)
+        usable = {n: (n in avail, f"this onnxruntime build offers only {', '.join(avail)}") for n in names}
+    for n in names:
+        ok, why = usable[n]
+        if ok:
+            if n not in selected:
+                selected.append(n)
+        else:
+            reasons.append(f"{n} requested but unusable: {why}")
+    if reasons and strict:
+        raise ProviderError("; ".join(reasons) + " (strict mode: install onnxruntime-gpu with a working "
+                            "CUDA/TensorRT, or drop the provider from --providers)")
+    if "CPUExecutionProvider" not in selected:
+        # CPU last is the safety net for nodes other providers cannot place.
+        selected.append("CPUExecutionProvider")
+    for r in reasons:
+        log.warning("provider fallback: %s", r)
+    return ProviderChoice(requested=names, available=avail, selected=selected, fallback_reasons=reasons)
+
+
+def check_model_file(path: Path) -> onnx.ModelProto:
+    """Load and check an ONNX file, turning every failure into an error that names the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model {path} does not exist; pass --model with the path of an ONNX export")
+    if path.is_dir() or path.stat().st_size == 0:
+        raise ModelError(f"model {path} is {'a folder' if path.is_dir() else 'empty'}; re-export the ONNX file")
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+        onnx.checker.check_model(model)
+    except Exception as e:  # onnx raises DecodeError, ValidationError, google.protobuf errors...
+        raise ModelError(f"model {path} is not a valid ONNX model ({type(e).__name__}: {str(e)[:200]}); "
+                         f"re-export it or check that the download/copy is complete") from e
+    if not model.graph.node:
+        raise ModelError(f"model {path} has an empty graph; re-export it")
+    return model
+
+
+def model_io(model: onnx.ModelProto) -> tuple[str, tuple[int, int, int, int], list[tuple[str, tuple]]]:
+    """(input name, static NCHW input shape, [(output name, shape)]) with clear errors."""
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ModelError(f"model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
+                         f"a YOLO export has one image input")
+    inp = inputs[0]
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in inp.type.tensor_type.shape.dim]
+    if len(dims) != 4:
+        raise ModelError(f"input {inp.name!r} has rank {len(dims)}; expected NCHW (1x3xHxW)")
+    if any(not isinstance(d, int) for d in dims[1:]) or dims[1] != 3:
+        raise ModelError(f"input {inp.name!r} has shape {dims}; the run needs a static 1x3xHxW input "
+                         f"(re-export with dynamic=False and a fixed imgsz)")
+    shape = (1, 3, int(dims[2]), int(dims[3]))
+    outs = []
+    for o in model.graph.output:
+        od = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                   for d in o.type.tensor_type.shape.dim)
+        outs.append((o.name, od))
+    return inp.name, shape, outs
+
+
+def model_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def make_session(model_path: Path, choice: ProviderChoice, threads: int | None = None):
+    """Create a session with the selected providers; if one fails to start, drop it and retry."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    providers = list(choice.selected)
+    while True:
+        try:
+            sess = ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
+        except Exception as e:
+            if len(providers) == 1:
+                raise
+            bad = providers.pop(0)
+            msg = f"{bad} failed to start ({type(e).__name__}: {str(e)[:160]}); falling back to {providers[0]}"
+            log.warning(msg)
+            choice.fallback_reasons.append(msg)
+            continue
+        used = sess.get_providers()
+        for p in providers:
+            if p not in used:  # ORT drops a provider silently when its libraries do not load
+                msg = f"{p} was selected but the session did not register it (missing CUDA/cuDNN libraries?)"
+                log.warning(msg)
+                choice.fallback_reasons.append(msg)
+        choice.used = list(used)
+        return sess
+
+
+def latency_stats(samples_s: Sequence[float]) -> dict[str, float]:
+    if not samples_s:
+        return {"p50": float("nan"), "p90": float("nan"), "mean": float("nan"), "min": float("nan"), "n": 0}
+    a = np.asarray(samples_s, dtype=np.float64) * 1000.0
+    return {"p50": round(float(np.percentile(a, 50)), 3), "p90": round(float(np.percentile(a, 90)), 3),
+            "mean": round(float(a.mean()), 3), "min": round(float(a.min()), 3), "n": int(a.size)}
+
+
+def device_name(provider: str) -> str:
+    if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+        try:
+            import pynvml  # shipped by nvidia-ml-py, a ModelOpt dependency
+
+            pynvml.nvmlInit()
+            return str(pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0)))
+        except Exception as e:  # no driver: say so rather than guess
+            return f"unknown GPU ({type(e).__name__})"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def runtime_info(choice: ProviderChoice, threads: int | None) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    return {"provider": choice.primary, "providers": choice.as_dict(), "ort_version": ort.__version__,
+            "threads": threads or os.cpu_count(), "device": device_name(choice.primary)}

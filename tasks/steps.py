@@ -1,0 +1,220 @@
+"""The INT8 run's stages as plain functions: each checks the content-addressed cache, computes on a
+miss, and lays its artifacts into the run folder. The Prefect flow only wires these together."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks import __version__
+from tasks.cache import StepCache, cache_key
+from tasks.calibration import build_calib_tensor, check_overlap, load_calib_tensor, pick_calib_images, save_npy
+from tasks.coco_eval import load_coco, select_subset
+from tasks.config import RunConfig
+from tasks.evaluate import evaluate_model, resolve_format
+from tasks.quantize import run_ptq
+from tasks.rundir import atomic_copy, atomic_write_json, create_run_dir, default_run_id, sha256_file
+from tasks.runtime import check_model_file, model_io
+from tasks.smoke import smoke_compare
+
+log = logging.getLogger(__name__)
+
+
+def versions() -> dict[str, str]:
+    out = {"yolo_lowbit": __version__}
+    for dist in ("nvidia-modelopt", "onnxruntime-gpu", "onnxruntime", "onnx", "numpy", "pycocotools",
+                 "opencv-python-headless", "prefect"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _compute_versions(v: dict[str, str]) -> dict[str, str]:
+    """Versions that can change a result (prefect cannot): these enter cache keys."""
+    return {k: v[k] for k in ("yolo_lowbit", "nvidia-modelopt", "onnxruntime-gpu", "onnxruntime", "onnx",
+                              "numpy", "opencv-python-headless") if k in v}
+
+
+@dataclass
+class RunContext:
+    cfg: RunConfig
+    run_dir: Path
+    cache: StepCache
+    versions: dict[str, str]
+    model: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def key_versions(self) -> dict[str, str]:
+        return _compute_versions(self.versions)
+
+
+def prepare_run(cfg: RunConfig) -> RunContext:
+    """Resolve the config, check the model, create the run folder (state: running)."""
+    cfg = cfg.resolved()
+    model = check_model_file(cfg.model)
+    input_name, in_shape, _ = model_io(model)
+    fmt, nc, fmt_info = resolve_format(model, cfg.eval)
+    coco = load_coco(cfg.annotations)  # fail before any work if the annotations are unusable
+    image_ids = select_subset(coco, cfg.subset, seed=cfg.subset_seed)
+    run_dir = create_run_dir(cfg.run_root, cfg.run_id or default_run_id())
+    cfg.run_id = run_dir.name
+    atomic_write_json(run_dir / "run-config.json", cfg.model_dump(mode="json"))
+    ctx = RunContext(cfg=cfg, run_dir=run_dir, cache=StepCache(cfg.cache_dir), versions=versions())
+    ctx.model = {"path": str(cfg.model), "sha256": sha256_file(cfg.model), "input": input_name,
+                 "input_shape": list(in_shape), "output_format": fmt, "num_classes": nc, **fmt_info,
+                 "eval_image_files": [str(Path(cfg.images) / coco.imgs[i]["file_name"]) for i in image_ids]}
+    return ctx
+
+
+def _timed(ctx: RunContext, name: str, t0: float, result: dict[str, Any]) -> dict[str, Any]:
+    """Record the step's wall time in its result (results travel between Prefect tasks; the context
+    object may be copied on the way, so the result is the record)."""
+    result["step_wall_s"] = round(time.perf_counter() - t0, 3)
+    ctx.timings[name] = result["step_wall_s"]
+    return result
+
+
+def step_calibration(ctx: RunContext) -> dict[str, Any]:
+    """Calibration tensor: checked user tensor, or built from images; calibration.json in the run."""
+    t0 = time.perf_counter()
+    cfg, m = ctx.cfg, ctx.model
+    out_json = ctx.run_dir / "quantize-int8" / "calibration.json"
+    if cfg.calib is not None:
+        # A user tensor is used in place (memory-mapped); its bytes' hash is the cache identity.
+        _, info = load_calib_tensor(cfg.calib, m["input"], m["input_shape"], cfg.eval.preprocess)
+        info.update({"tensor_path": str(cfg.calib), "cached": False})
+        atomic_write_json(out_json, info)
+        return _timed(ctx, "calibration", t0, info)
+    files = pick_calib_images(cfg.calib_images, cfg.calib_count, cfg.calib_seed)
+    eval_files = [Path(p) for p in m["eval_image_files"]]
+    overlap = check_overlap(files, eval_files, cfg.allow_calib_overlap)
+    image_hashes = [[p.name, sha256_file(p)] for p in files]
+    key = cache_key("calibration", {"images": image_hashes, "input_shape": m["input_shape"],
+                                    "preprocess": cfg.eval.preprocess.model_dump(), "versions": ctx.key_versions})
+    entry = ctx.cache.get("calibration", key)
+    cached = entry is not None
+    if entry is None:
+        arr = build_calib_tensor(files, m["input_shape"], cfg.eval.preprocess)
+        with tempfile.TemporaryDirectory(dir=ctx.cache.root.parent if ctx.cache.root.parent.exists() else None) as td:
+            sha = save_npy(Path(td) / "calib.npy", arr)
+            entry = ctx.cache.put("calibration", key, {"calib.npy": Path(td) / "calib.npy"}, {"sha256": sha})
+    tensor = entry.file("calib.npy")
+    info = {"source": "images", "folder": str(cfg.calib_images), "count": len(files),
+            "shape": [len(files), *m["input_shape"][1:]], "sha256": entry.files["calib.npy"],
+            "seed": cfg.calib_seed, "order": "seeded permutation of the sorted folder listing",
+            "images": [n for n, _ in image_hashes], "image_sha256": dict(image_hashes),
+            "overlap_with_eval": overlap, "tensor_path": str(tensor), "cached": cached}
+    atomic_write_json(out_json, info)
+    return _timed(ctx, "calibration", t0, info)
+
+
+def step_quantize(ctx: RunContext, calib: dict[str, Any]) -> dict[str, Any]:
+    """ModelOpt INT8 PTQ, cached by model bytes, calibration bytes, settings and versions."""
+    t0 = time.perf_counter()
+    cfg, m = ctx.cfg, ctx.model
+    stem = Path(cfg.model).stem
+    seed = cfg.calib_seed
+    key = cache_key("quantize", {"model": m["sha256"], "calib": calib["sha256"],
+                                 "settings": cfg.quant.model_dump(), "seed": seed, "versions": ctx.key_versions})
+    entry = ctx.cache.get("quantize", key)
+    cached = entry is not None
+    if entry is None:
+        arr = np.load(calib["tensor_path"], mmap_mode="r", allow_pickle=False) if calib["tensor_path"].endswith(".npy") \
+            else load_calib_tensor(Path(calib["tensor_path"]), m["input"], m["input_shape"], cfg.eval.preprocess)[0]
+        with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
+            tdir = Path(td)
+            rec = run_ptq(Path(cfg.model), m["input"], arr, cfg.quant, tdir / "model.onnx",
+                          tdir / "modelopt-onnx-ptq.log", seed=seed)
+            snapshot = {"settings": cfg.quant.model_dump(), "modelopt_call": rec["args"],
+                        "op_types_excluded": rec["args"]["op_types_to_exclude"],
+                        "topk_kept_float": not cfg.quant.quantize_topk,
+                        "calibration_eps": {k: rec[k] for k in ("calibration_eps_requested", "calibration_eps_passed",
+                                                                "calibration_eps_reasons", "calibration_ep_used",
+                                                                "ort_eps_enabled")},
+                        "inputs": {"model": {"path": str(cfg.model), "sha256": m["sha256"]},
+                                   "calibration": {"sha256": calib["sha256"], "count": calib["count"]}},
+                        "versions": ctx.versions, "wall_s": rec["wall_s"], "peak_rss_mib": rec["peak_rss_mib"],
+                        "rss_growth_mib": rec["rss_growth_mib"], "metadata_props_restored": rec["metadata_props_restored"],
+                        "output_sha256": rec["onnx_sha256"], "seed": seed, "cache_key": key}
+            atomic_write_json(tdir / "config.json", snapshot)
+            atomic_write_json(tdir / "qdq-summary.json", rec["qdq"])
+            entry = ctx.cache.put("quantize", key, {
+                "model.onnx": tdir / "model.onnx", "config.json": tdir / "config.json",
+                "qdq-summary.json": tdir / "qdq-summary.json",
+                "modelopt-onnx-ptq.log": tdir / "modelopt-onnx-ptq.log"}, {"wall_s": rec["wall_s"]})
+    onnx_out = ctx.run_dir / "onnx" / f"{stem}-int8-qdq.onnx"
+    atomic_copy(entry.file("model.onnx"), onnx_out)
+    for name in ("config.json", "qdq-summary.json", "modelopt-onnx-ptq.log"):
+        atomic_copy(entry.file(name), ctx.run_dir / "quantize-int8" / name)
+    snap = json.loads(entry.file("config.json").read_text())
+    qdq = json.loads(entry.file("qdq-summary.json").read_text())
+    return _timed(ctx, "quantize", t0, {"onnx": str(onnx_out), "sha256": entry.files["model.onnx"],
+                                        "cached": cached, "config": snap, "qdq": qdq})
+
+
+def step_smoke(ctx: RunContext, calib: dict[str, Any], quant: dict[str, Any]) -> dict[str, Any]:
+    """FP32 vs INT8 on the first few calibration samples; raises SmokeError on a broken INT8 model."""
+    t0 = time.perf_counter()
+    cfg, m = ctx.cfg, ctx.model
+    path = calib["tensor_path"]
+    arr = np.load(path, mmap_mode="r", allow_pickle=False) if path.endswith(".npy") else \
+        load_calib_tensor(Path(path), m["input"], m["input_shape"], cfg.eval.preprocess)[0]
+    samples = np.asarray(arr[: cfg.smoke_samples], dtype=np.float32)
+    res = smoke_compare(Path(cfg.model), Path(quant["onnx"]), m["input"], samples, m["output_format"],
+                        cfg.eval.providers, conf=cfg.smoke_conf, strict=cfg.eval.strict_providers,
+                        threads=cfg.eval.threads)
+    atomic_write_json(ctx.run_dir / "quantize-int8" / "smoke.json", res)
+    return _timed(ctx, "smoke", t0, res)
+
+
+def step_evaluate(ctx: RunContext, which: str, model_path: Path, model_sha: str) -> dict[str, Any]:
+    """COCO evaluation of one model, cached by model bytes, image bytes, annotations and settings."""
+    t0 = time.perf_counter()
+    cfg = ctx.cfg
+    image_hashes = [sha256_file(Path(p)) for p in ctx.model["eval_image_files"]]
+    key = cache_key("evaluate", {"model": model_sha, "annotations": sha256_file(cfg.annotations),
+                                 "images": image_hashes, "subset": cfg.subset, "subset_seed": cfg.subset_seed,
+                                 "settings": cfg.eval.model_dump(), "versions": ctx.key_versions})
+    entry = ctx.cache.get("evaluate", key)
+    cached = entry is not None
+    if entry is None:
+        metrics = evaluate_model(model_path, cfg.images, cfg.annotations, cfg.subset, cfg.eval, cfg.subset_seed)
+        with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
+            atomic_write_json(Path(td) / "metrics.json", metrics)
+            entry = ctx.cache.put("evaluate", key, {"metrics.json": Path(td) / "metrics.json"}, {})
+    atomic_copy(entry.file("metrics.json"), ctx.run_dir / f"{which}-coco" / "metrics.json")
+    metrics = json.loads(entry.file("metrics.json").read_text())
+    metrics["cached"] = cached
+    return _timed(ctx, f"{which}_eval", t0, metrics)
+
+
+def run_int8(cfg: RunConfig) -> dict[str, Any]:
+    """The whole run without Prefect (benchmarks and tests compare the flow against this)."""
+    from tasks.report import build_summary, write_report
+    from tasks.rundir import set_run_state
+
+    ctx = prepare_run(cfg)
+    try:
+        calib = step_calibration(ctx)
+        quant = step_quantize(ctx, calib)
+        smoke = step_smoke(ctx, calib, quant)
+        fp32 = step_evaluate(ctx, "fp32", Path(ctx.cfg.model), ctx.model["sha256"])
+        int8 = step_evaluate(ctx, "int8", Path(quant["onnx"]), quant["sha256"])
+        summary = build_summary(ctx, calib, quant, smoke, fp32, int8, ctx.cache.corrupt)
+        write_report(ctx.run_dir, summary)
+    except BaseException as e:
+        set_run_state(ctx.run_dir, "failed", error=f"{type(e).__name__}: {e}")
+        raise
+    set_run_state(ctx.run_dir, "completed")
+    return summary

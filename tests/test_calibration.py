@@ -1,0 +1,99 @@
+import pickle
+
+import numpy as np
+import pytest
+
+from tasks.calibration import (CalibrationError, build_calib_tensor, check_overlap, load_calib_tensor,
+                               pick_calib_images)
+from tasks.preprocess import PreprocessSpec
+
+SHAPE = (1, 3, 64, 64)
+SPEC = PreprocessSpec()
+
+
+def _save(tmp_path, arr, name="c.npy"):
+    p = tmp_path / name
+    np.save(p, arr)
+    return p
+
+
+def test_good_tensor_is_memory_mapped(tmp_path):
+    p = _save(tmp_path, np.random.default_rng(0).random((5, 3, 64, 64), dtype=np.float32))
+    arr, info = load_calib_tensor(p, "images", SHAPE, SPEC)
+    assert isinstance(arr, np.memmap)
+    assert info["count"] == 5 and info["shape"] == [5, 3, 64, 64] and len(info["sha256"]) == 64
+
+
+def test_npz_by_input_name_or_single_array(tmp_path):
+    a = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+    np.savez(tmp_path / "one.npz", a)
+    np.savez(tmp_path / "named.npz", images=a, other=a[:1])
+    np.savez(tmp_path / "two.npz", x=a, y=a)
+    assert load_calib_tensor(tmp_path / "one.npz", "images", SHAPE, SPEC)[1]["count"] == 2
+    assert load_calib_tensor(tmp_path / "named.npz", "images", SHAPE, SPEC)[1]["count"] == 2
+    with pytest.raises(CalibrationError, match="name one 'images'"):
+        load_calib_tensor(tmp_path / "two.npz", "images", SHAPE, SPEC)
+
+
+@pytest.mark.parametrize("arr,match", [
+    (np.zeros((3, 64, 64), np.float32), "rank 3"),
+    (np.zeros((0, 3, 64, 64), np.float32), "no samples"),
+    (np.zeros((2, 3, 32, 32), np.float32), "needs 3 x 64 x 64"),
+    (np.zeros((2, 64, 64, 3), np.float32), "NHWC"),
+    (np.zeros((2, 3, 64, 64), np.float64), "float64"),
+    (np.full((2, 3, 64, 64), 200, np.uint8), "uint8 pixels"),
+    (np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32) * 255, "un-normalised"),
+    (np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32) - 0.5, "down to"),
+    (np.full((2, 3, 64, 64), 0.5, np.float32), "constant"),
+])
+def test_bad_tensors(tmp_path, arr, match):
+    with pytest.raises(CalibrationError, match=match):
+        load_calib_tensor(_save(tmp_path, arr), "images", SHAPE, SPEC)
+
+
+def test_nan_and_inf_name_the_sample(tmp_path):
+    a = np.random.default_rng(0).random((12, 3, 64, 64), dtype=np.float32)
+    a[10, 0, 5, 5] = np.nan
+    with pytest.raises(CalibrationError, match="sample 10"):
+        load_calib_tensor(_save(tmp_path, a), "images", SHAPE, SPEC)
+    a[10, 0, 5, 5] = np.inf
+    with pytest.raises(CalibrationError, match="NaN or Inf"):
+        load_calib_tensor(_save(tmp_path, a, "inf.npy"), "images", SHAPE, SPEC)
+
+
+def test_pickled_truncated_empty_missing_and_wrong_suffix(tmp_path):
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(CalibrationError, match="pickled"):
+        load_calib_tensor(tmp_path / "obj.npy", "images", SHAPE, SPEC)
+    good = _save(tmp_path, np.random.default_rng(0).random((4, 3, 64, 64), dtype=np.float32))
+    (tmp_path / "trunc.npy").write_bytes(good.read_bytes()[:1000])
+    with pytest.raises(CalibrationError, match="trunc.npy"):
+        load_calib_tensor(tmp_path / "trunc.npy", "images", SHAPE, SPEC)
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(CalibrationError, match="empty"):
+        load_calib_tensor(tmp_path / "empty.npy", "images", SHAPE, SPEC)
+    with pytest.raises(FileNotFoundError, match="--calib-images"):
+        load_calib_tensor(tmp_path / "missing.npy", "images", SHAPE, SPEC)
+    (tmp_path / "c.pkl").write_bytes(pickle.dumps(1))
+    with pytest.raises(CalibrationError, match=".npy or .npz"):
+        load_calib_tensor(tmp_path / "c.pkl", "images", SHAPE, SPEC)
+
+
+def test_images_are_sampled_with_seed_and_preprocessed_like_inference(tmp_path, tiny_data):
+    a = pick_calib_images(tiny_data["calib_images"], 5, seed=3)
+    assert a == pick_calib_images(tiny_data["calib_images"], 5, seed=3)
+    assert len(set(a)) == 5
+    x = build_calib_tensor(a, SHAPE, SPEC)
+    assert x.shape == (5, 3, 64, 64) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    assert len(pick_calib_images(tiny_data["calib_images"], 100, seed=0)) == 8  # capped at what exists
+
+
+def test_overlap_with_evaluated_images_is_refused(tmp_path, tiny_data):
+    evals = sorted(tiny_data["images"].iterdir())
+    calib = sorted(tiny_data["calib_images"].iterdir())
+    assert check_overlap(calib, evals, allow=False) == []
+    copied = tmp_path / "copy.png"
+    copied.write_bytes(evals[0].read_bytes())  # same bytes under another name
+    with pytest.raises(CalibrationError, match="also in the evaluated subset"):
+        check_overlap(calib + [copied], evals, allow=False)
+    assert check_overlap(calib + [copied], evals, allow=True) == ["copy.png"]

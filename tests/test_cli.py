@@ -1,0 +1,56 @@
+import pytest
+
+from flows.int8 import main, parse_args
+from tasks.config import ConfigError, build_config
+
+
+def test_default_model_absent_points_to_demo(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "yolov10m.onnx does not exist" in err and "--demo" in err
+
+
+def test_cli_options_fill_the_one_config_model(tmp_path):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("calib_count: 8\nquant:\n  method: entropy\n  exclude_nodes: ['/model.23/']\n")
+    path, values = parse_args(["--config", str(cfg_file), "--model", "m.onnx", "--method", "max",
+                               "--calib-eps", "cuda:0,cpu", "--exclude-op-types", "Add", "Mul",
+                               "--providers", "cpu", "--high-precision-dtype", "fp16", "--run-id", "r1"])
+    from tasks.config import load_yaml_config
+
+    cfg = build_config(load_yaml_config(path), values)
+    assert cfg.calib_count == 8 and cfg.quant.method == "max"  # the command line wins over the file
+    assert cfg.quant.exclude_nodes == ["/model.23/"] and cfg.quant.exclude_op_types == ["Add", "Mul"]
+    assert cfg.quant.effective_op_types_to_exclude() == ["Add", "Mul", "TopK"]
+    assert cfg.eval.providers == ["cpu"] and cfg.quant.high_precision_dtype == "fp16" and cfg.run_id == "r1"
+
+
+@pytest.mark.parametrize("values,match", [
+    ({"quant": {"method": "minmax"}}, "quant.method"),
+    ({"calib_count": 0}, "calib_count"),
+    ({"run_id": "../escape"}, "run_id"),
+    ({"calib": "a.npy", "calib_images": "dir"}, "either calib"),
+    ({"unknown_option": 1}, "unknown_option"),
+])
+def test_invalid_settings_name_the_setting(values, match):
+    with pytest.raises(ConfigError, match=match):
+        build_config(None, values)
+
+
+def test_missing_eval_data_and_unwritable_run_root(tmp_path, tiny_model, tiny_data):
+    from tasks.steps import prepare_run
+
+    with pytest.raises(ConfigError, match="--images"):
+        build_config(None, {"model": str(tiny_model), "calib_images": str(tmp_path)}).resolved()
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    cfg = build_config(None, {"model": str(tiny_model), "images": str(tiny_data["images"]),
+                              "annotations": str(tiny_data["annotations"]),
+                              "calib_images": str(tiny_data["calib_images"]), "run_root": str(ro / "sub")})
+    import os
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere: the permission check cannot be exercised")
+    with pytest.raises(PermissionError, match="--run-root"):
+        prepare_run(cfg)

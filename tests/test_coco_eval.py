@@ -1,0 +1,103 @@
+import json
+
+import pytest
+
+from conftest import shared_path
+from tasks.coco_eval import (AnnotationError, SubsetError, category_map, evaluate_detections, load_coco,
+                             select_subset)
+
+
+def _write(tmp_path, data, name="a.json"):
+    p = tmp_path / name
+    p.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return p
+
+
+def _coco(n=5, cats=(3, 9, 1)):
+    return {"images": [{"id": 10 + i, "file_name": f"im{i}.jpg", "width": 50, "height": 40} for i in range(n)],
+            "annotations": [{"id": i + 1, "image_id": 10 + i, "category_id": cats[0], "bbox": [1, 1, 10, 10]}
+                            for i in range(n)],
+            "categories": [{"id": c, "name": f"c{c}"} for c in cats]}
+
+
+def test_category_map_default_is_sorted_ids_and_checks_count(tmp_path):
+    coco = load_coco(_write(tmp_path, _coco()))
+    assert category_map(coco, 3) == [1, 3, 9]
+    assert category_map(coco, None) == [1, 3, 9]
+    with pytest.raises(AnnotationError, match="predicts 80 classes"):
+        category_map(coco, 80)
+    assert category_map(coco, 2, explicit=[9, 3]) == [9, 3]
+    with pytest.raises(AnnotationError, match="does not have"):
+        category_map(coco, 2, explicit=[9, 4])
+
+
+def test_coco80_map_is_the_standard_91_id_map():
+    coco = load_coco(shared_path("data/coco-val2017-mini/annotations/instances_val2017.json"))
+    m = category_map(coco, 80)
+    assert m[:12] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13] and m[-1] == 90 and len(m) == 80
+
+
+def test_subset_selection(tmp_path):
+    coco = load_coco(_write(tmp_path, _coco(n=10)))
+    assert select_subset(coco, None) == list(range(10, 20))
+    assert select_subset(coco, 3) == [10, 11, 12]
+    assert select_subset(coco, "4") == [10, 11, 12, 13]
+    r1, r2 = select_subset(coco, "random:4", seed=1), select_subset(coco, "random:4", seed=1)
+    assert r1 == r2 and len(set(r1)) == 4 and set(r1) <= set(range(10, 20))
+    assert {tuple(select_subset(coco, "random:4", seed=s)) for s in range(5)} != {tuple(r1)}
+    f = _write(tmp_path, "# ids and names\n12\nim5.jpg\nim7\n", "subset.txt")
+    assert select_subset(coco, str(f)) == [12, 15, 17]
+
+
+def test_empty_and_unknown_subsets_fail(tmp_path):
+    coco = load_coco(_write(tmp_path, _coco()))
+    with pytest.raises(SubsetError, match="selects no image"):
+        select_subset(coco, 0)
+    empty = _write(tmp_path, "# nothing\n", "empty.txt")
+    with pytest.raises(SubsetError, match="selects no image"):
+        select_subset(coco, str(empty))
+    bad = _write(tmp_path, "999\n", "bad.txt")
+    with pytest.raises(SubsetError, match="999"):
+        select_subset(coco, str(bad))
+    with pytest.raises(SubsetError):
+        select_subset(coco, "not-a-file.txt")
+
+
+@pytest.mark.parametrize("content,match", [
+    ("{not json", "not JSON"),
+    ("[1, 2]", "not a COCO"),
+    (json.dumps({"images": []}), "missing annotations, categories"),
+    (json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}), "lists no images"),
+])
+def test_non_coco_annotation_files(tmp_path, content, match):
+    with pytest.raises(AnnotationError, match=match):
+        load_coco(_write(tmp_path, content))
+
+
+def test_annotation_referring_to_missing_image(tmp_path):
+    d = _coco()
+    d["annotations"][0]["image_id"] = 12345
+    with pytest.raises(AnnotationError, match="unknown image 12345"):
+        load_coco(_write(tmp_path, d))
+
+
+def test_missing_annotation_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        load_coco(tmp_path / "nope.json")
+
+
+def test_zero_detections_give_zero_map(tmp_path):
+    coco = load_coco(_write(tmp_path, _coco()))
+    r = evaluate_detections(coco, [], [10, 11])
+    assert r["stats"]["map50_95"] == 0.0 and r["detections"] == 0 and len(r["stats"]) == 12
+
+
+def test_perfect_detections_score_one(tmp_path):
+    coco = load_coco(_write(tmp_path, _coco()))
+    dets = [{"image_id": 10 + i, "category_id": 3, "bbox": [1, 1, 10, 10], "score": 0.9} for i in range(5)]
+    r = evaluate_detections(coco, dets, [10, 11, 12, 13, 14])
+    assert r["stats"]["map50_95"] == pytest.approx(1.0)
+    assert r["per_class_ap"] == {"c3": pytest.approx(1.0)}
+    # restricted to a subset: only those images count
+    r2 = evaluate_detections(coco, dets[:2], [10, 11])
+    assert r2["stats"]["map50_95"] == pytest.approx(1.0)

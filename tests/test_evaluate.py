@@ -1,0 +1,97 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, shared_path
+from tasks.decode import DecodeError
+from tasks.evaluate import EvalSettings, evaluate_model
+from tasks.preprocess import ImageError
+
+CPU = EvalSettings(providers=["cpu"], warmup=1)
+
+
+def test_tiny_model_end_to_end(tiny_model, tiny_data):
+    m = evaluate_model(tiny_model, tiny_data["images"], tiny_data["annotations"], settings=CPU)
+    assert m["model"]["output_format"] == "yolov10"
+    assert m["images"] == 6 and m["detections"] >= 6
+    assert m["map50"] == pytest.approx(1.0) and m["map50_95"] > 0.8
+    assert set(m["latency_ms"]) >= {"p50", "p90", "mean", "min"}
+    assert m["provider"] == "CPUExecutionProvider" and m["runtime"]["ort_version"]
+    assert len(m["stats"]) == 12 and len(m["model"]["sha256"]) == 64
+
+
+def test_subset_restricts_images(tiny_model, tiny_data):
+    m = evaluate_model(tiny_model, tiny_data["images"], tiny_data["annotations"], subset=2, settings=CPU)
+    assert m["images"] == 2 and m["image_ids"] == [1, 2]
+
+
+def test_missing_image_is_named(tiny_model, tiny_data):
+    (tiny_data["images"] / "val0003.png").unlink()
+    with pytest.raises(FileNotFoundError, match="val0003.png"):
+        evaluate_model(tiny_model, tiny_data["images"], tiny_data["annotations"], settings=CPU)
+
+
+def test_image_size_mismatch_is_named(tiny_model, tiny_data):
+    ann = json.loads(tiny_data["annotations"].read_text())
+    ann["images"][1]["width"] = 65
+    tiny_data["annotations"].write_text(json.dumps(ann))
+    with pytest.raises(ImageError, match="val0001.png is 64x64 but its annotation says 65x64"):
+        evaluate_model(tiny_model, tiny_data["images"], tiny_data["annotations"], settings=CPU)
+
+
+def test_class_count_mismatch_needs_a_map(tmp_path, tiny_data):
+    from tiny import tiny_detector
+
+    m = tiny_detector(tmp_path / "three.onnx", names="{0: 'a', 1: 'b', 2: 'c'}")
+    with pytest.raises(ValueError, match="predicts 3 classes"):
+        evaluate_model(m, tiny_data["images"], tiny_data["annotations"], settings=CPU)
+    ok = evaluate_model(m, tiny_data["images"], tiny_data["annotations"],
+                        settings=EvalSettings(providers=["cpu"], warmup=0, class_map=[7, 7, 7]))
+    assert ok["map50"] == pytest.approx(1.0)
+
+
+def test_unknown_output_shape(tmp_path, tiny_data):
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("ReduceMean", ["images"], ["y"], keepdims=0)], "g",
+                          [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
+    p = tmp_path / "scalar.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(p))
+    with pytest.raises(DecodeError, match="not a YOLO detection output"):
+        evaluate_model(p, tiny_data["images"], tiny_data["annotations"], settings=CPU)
+
+
+def test_cli_writes_metrics_and_prints_table(tmp_path, tiny_model, tiny_data):
+    out = tmp_path / "m.json"
+    r = subprocess.run([sys.executable, str(ROOT / "flows" / "evaluate.py"), "--model", str(tiny_model),
+                        "--images", str(tiny_data["images"]), "--annotations", str(tiny_data["annotations"]),
+                        "--providers", "cpu", "--out", str(out), "--warmup", "1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "mAP50-95" in r.stdout
+    m = json.loads(out.read_text())
+    assert {"map50_95", "map50", "images", "provider", "latency_ms"} <= set(m)
+
+
+def test_cli_bad_input_is_one_clear_line(tmp_path, tiny_data):
+    r = subprocess.run([sys.executable, str(ROOT / "flows" / "evaluate.py"), "--model", str(tmp_path / "no.onnx"),
+                        "--images", str(tiny_data["images"]), "--annotations", str(tiny_data["annotations"])],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no.onnx does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.shared
+def test_yolov5n_reference_map_on_real_coco():
+    """The evaluator against the independently measured reference in shared/models/yolov5n-coco/SOURCE.md."""
+    model = shared_path("models/yolov5n-coco/yolov5n.onnx")
+    data = shared_path("data/coco-val2017-mini")
+    m = evaluate_model(model, data / "images", data / "annotations/instances_val2017.json",
+                       settings=EvalSettings(providers=["cpu"], warmup=1, conf_thres=0.001, iou_thres=0.65,
+                                             max_det=300))
+    assert m["images"] == 79 and m["model"]["output_format"] == "yolov5"
+    assert m["map50_95"] == pytest.approx(0.316, abs=0.005)
+    assert m["map50"] == pytest.approx(0.510, abs=0.005)

@@ -1,0 +1,131 @@
+"""The INT8 flow end to end on a tiny graph, under a real (temporary) Prefect backend."""
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from tasks.calibration import CalibrationError
+from tasks.config import RunConfig
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _cfg(tmp_path, model, data, **kw):
+    base = dict(model=model, images=data["images"], annotations=data["annotations"],
+                calib_images=data["calib_images"], calib_count=6, run_root=tmp_path / "runs",
+                eval={"providers": ["cpu"], "warmup": 1}, smoke_samples=2)
+    base.update(kw)
+    return RunConfig.model_validate(base)
+
+
+def _nudge_weight(src: Path, dst: Path) -> Path:
+    """Change one weight value: a model that differs in its bytes, nothing else."""
+    m = onnx.load(str(src))
+    for i, init in enumerate(m.graph.initializer):
+        if init.name == "w2":
+            a = numpy_helper.to_array(init).copy()
+            a[0, 0] += 1e-3
+            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(a, "w2"))
+    onnx.save(m, str(dst))
+    return dst
+
+
+def test_flow_end_to_end_cache_hits_and_misses(harness, tmp_path, tiny_model, tiny_data):
+    from flows.int8 import int8_flow
+
+    s1 = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="first"))
+    run = Path(s1["run_dir"])
+    assert run.name == "first"
+    for rel in ("onnx/tiny-int8-qdq.onnx", "quantize-int8/config.json", "quantize-int8/modelopt-onnx-ptq.log",
+                "quantize-int8/qdq-summary.json", "quantize-int8/calibration.json", "fp32-coco/metrics.json",
+                "int8-coco/metrics.json", "results/summary.json", "results/report.md"):
+        assert (run / rel).is_file(), rel
+    assert json.loads((run / "STATE.json").read_text())["state"] == "completed"
+    on_disk = json.loads((run / "results" / "summary.json").read_text())
+    assert on_disk["run_id"] == "first" and on_disk["delta"] == s1["delta"]
+    assert s1["cached"] == {"calibration": False, "quantize": False, "fp32_eval": False, "int8_eval": False}
+    assert s1["fp32"]["map50"] == pytest.approx(1.0)
+    assert 0.0 <= s1["int8"]["map50_95"] <= 1.0 and s1["int8"]["images"] == 6
+    assert s1["delta"]["map50_95"] == pytest.approx(s1["int8"]["map50_95"] - s1["fp32"]["map50_95"], abs=1e-6)
+    assert s1["quantization"]["method"] == "max" and s1["quantization"]["qdq_nodes"] > 0
+    assert s1["quantization"]["topk_kept_float"] and "TopK" in s1["quantization"]["excluded_op_types"]
+    assert s1["calibration"]["count"] == 6 and len(s1["calibration"]["sha256"]) == 64
+    cfg_snap = json.loads((run / "quantize-int8" / "config.json").read_text())
+    assert cfg_snap["versions"]["nvidia-modelopt"] and cfg_snap["inputs"]["model"]["sha256"] == s1["model"]["sha256"]
+    assert "# INT8 report" in (run / "results" / "report.md").read_text()
+
+    # Same inputs, new run: everything from the cache, and a complete folder of its own.
+    s2 = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="second"))
+    assert all(s2["cached"].values()), s2["cached"]
+    assert (Path(s2["run_dir"]) / "onnx" / "tiny-int8-qdq.onnx").is_file()
+    assert s2["int8"]["map50_95"] == s1["int8"]["map50_95"] and s2["quantization"]["sha256"] == s1["quantization"]["sha256"]
+
+    # One weight changed: calibration (images only) is reused, everything after it is recomputed.
+    changed = _nudge_weight(tiny_model, tmp_path / "models" / "tiny.onnx.new")
+    changed = changed.rename(tmp_path / "models" / "tiny2.onnx")
+    s3 = int8_flow(config=_cfg(tmp_path, changed, tiny_data, run_id="third"))
+    assert s3["cached"] == {"calibration": True, "quantize": False, "fp32_eval": False, "int8_eval": False}
+
+    # A setting changed: only quantization and the INT8 evaluation re-run.
+    s4 = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="fourth", quant={"method": "entropy"}))
+    assert s4["cached"] == {"calibration": True, "quantize": False, "fp32_eval": True, "int8_eval": s4["cached"]["int8_eval"]}
+    assert s4["quantization"]["method"] == "entropy"
+
+
+def test_flow_calibration_tensor_byte_change_requantizes(harness, tmp_path, tiny_model, tiny_data):
+    from flows.int8 import int8_flow
+
+    cal = np.random.default_rng(0).random((4, 3, 64, 64), dtype=np.float32)
+    p = tmp_path / "calib.npy"
+    np.save(p, cal)
+    kw = dict(calib_images=None, calib=p)
+    s1 = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="t1", **kw))
+    assert s1["calibration"]["source"] == "tensor" and not s1["cached"]["quantize"]
+    s2 = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="t2", **kw))
+    assert s2["cached"]["quantize"] and s2["cached"]["fp32_eval"]
+    cal[3, 2, 10, 10] = 0.123  # one value, four bytes
+    np.save(p, cal)
+    s3 = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="t3", **kw))
+    assert not s3["cached"]["quantize"] and s3["cached"]["fp32_eval"]
+    assert s3["calibration"]["sha256"] != s1["calibration"]["sha256"]
+
+
+def test_bad_calibration_fails_once_with_a_failed_run_folder(harness, tmp_path, tiny_model, tiny_data):
+    from flows.int8 import int8_flow
+
+    p = tmp_path / "bad.npy"
+    np.save(p, np.full((2, 3, 64, 64), 200.0, np.float32))
+    with pytest.raises(CalibrationError, match="un-normalised"):
+        int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="bad", calib_images=None, calib=p))
+    state = json.loads((tmp_path / "runs" / "bad" / "STATE.json").read_text())
+    assert state["state"] == "failed" and "un-normalised" in state["error"]
+    assert not (tmp_path / "runs" / "bad" / "results" / "summary.json").exists()
+
+
+def test_artifacts_are_published(harness, tmp_path, tiny_model, tiny_data):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    from flows.int8 import int8_flow
+
+    int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="art"))
+
+    async def read():
+        async with get_client() as c:
+            return await c.read_artifacts()
+
+    arts = asyncio.run(read())
+    kinds = {(a.key, a.type) for a in arts}
+    assert ("int8-tiny-report", "markdown") in kinds and ("int8-tiny-metrics", "table") in kinds

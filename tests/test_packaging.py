@@ -1,0 +1,58 @@
+"""pixi cannot run here: parse pixi.toml and check it agrees with pyproject.toml; check the README's
+two commands are what CI and the Makefile run."""
+import re
+import tomllib
+
+from packaging.requirements import Requirement
+
+from conftest import ROOT
+
+
+def _pyproject_deps():
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    reqs = [Requirement(r) for r in data["project"]["dependencies"]]
+    reqs += [Requirement(r) for r in data["project"]["optional-dependencies"]["test"]]
+    return {r.name: r for r in reqs}
+
+
+def test_pixi_parses_and_has_cpu_and_cuda_environments_and_tasks():
+    pixi = tomllib.loads((ROOT / "pixi.toml").read_text())
+    assert {"cpu", "cuda"} <= set(pixi["environments"])
+    assert {"demo", "test"} <= set(pixi["tasks"])
+    assert "flows/int8.py --demo" in pixi["tasks"]["demo"]
+    assert "pytest" in pixi["tasks"]["test"]
+    assert pixi["feature"]["cpu"]["pypi-dependencies"]["torch"]["version"] == "==2.13.0"
+    assert "cuda" in pixi["feature"]["cuda"]["system-requirements"]
+
+
+def test_pixi_pypi_dependencies_agree_with_pyproject():
+    pixi = tomllib.loads((ROOT / "pixi.toml").read_text())["pypi-dependencies"]
+    py = _pyproject_deps()
+    pixi_names = {k for k in pixi if k != "yolo-lowbit"}
+    assert pixi_names == set(py), f"only in pixi: {pixi_names - set(py)}, only in pyproject: {set(py) - pixi_names}"
+    for name, req in py.items():
+        spec = pixi[name]
+        version = spec if isinstance(spec, str) else spec["version"]
+        extras = set() if isinstance(spec, str) else set(spec.get("extras", []))
+        assert str(req.specifier) == str(Requirement(f"x{version}").specifier), name
+        assert extras == set(req.extras), name
+
+
+def test_readme_commands_are_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    assert "make demo" in readme and "make test" in readme
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^make test$", ci, re.M)
+    mk = (ROOT / "Makefile").read_text()
+    assert "torch==2.13.0" in mk  # a CPU machine must never pull a CUDA torch build
+
+
+def test_prefect_yaml_points_at_the_flow():
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    eps = {d["name"]: d["entrypoint"] for d in doc["deployments"]}
+    assert eps and all(e == "flows/int8.py:int8_flow" for e in eps.values())
+    from flows.int8 import int8_flow
+
+    assert int8_flow.name == "yolo-int8"

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from tasks.runtime import (ModelError, ProviderError, check_model_file, latency_stats, make_session, model_io,
+                           select_providers)
+
+ALL = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_requested_order_kept_and_cpu_last():
+    c = select_providers(["cuda", "cpu"], available=ALL)
+    assert c.selected == ["CUDAExecutionProvider", "CPUExecutionProvider"] and not c.fallback_reasons
+    c = select_providers(["tensorrt", "cuda"], available=ALL)
+    assert c.selected == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_unavailable_provider_falls_back_with_reason():
+    c = select_providers(["cuda", "cpu"], available=["CPUExecutionProvider"])
+    assert c.selected == ["CPUExecutionProvider"]
+    assert "CUDAExecutionProvider" in c.fallback_reasons[0]
+
+
+def test_strict_mode_fails_clearly():
+    with pytest.raises(ProviderError, match="strict"):
+        select_providers(["cuda"], available=["CPUExecutionProvider"], strict=True)
+
+
+def test_unknown_provider_name():
+    with pytest.raises(ProviderError, match="unknown execution provider 'gpu0'"):
+        select_providers(["gpu0"], available=ALL)
+
+
+def test_real_machine_records_provider_actually_used(tiny_model):
+    # On a machine without a GPU the probe must notice that CUDA cannot start, whatever ORT lists.
+    c = select_providers(["cuda", "cpu"])
+    sess = make_session(tiny_model, c)
+    assert c.used == sess.get_providers()
+    assert c.primary in c.used
+    if "CUDAExecutionProvider" not in c.used:
+        assert c.fallback_reasons
+
+
+def test_missing_empty_corrupt_models(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        check_model_file(tmp_path / "missing.onnx")
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(ModelError, match="empty"):
+        check_model_file(empty)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"this is not a protobuf" * 10)
+    with pytest.raises(ModelError, match="not a valid ONNX"):
+        check_model_file(junk)
+
+
+def test_truncated_model(tmp_path, tiny_model):
+    t = tmp_path / "trunc.onnx"
+    t.write_bytes(tiny_model.read_bytes()[:300])
+    with pytest.raises(ModelError, match="trunc.onnx"):
+        check_model_file(t)
+
+
+def test_dynamic_input_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, "h", "w"])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ModelError, match="static 1x3xHxW"):
+        model_io(m)
+    g2 = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "g",
+                           [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1]),
+                            helper.make_tensor_value_info("b", TensorProto.FLOAT, [1])],
+                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    with pytest.raises(ModelError, match="2 inputs"):
+        model_io(helper.make_model(g2))
+
+
+def test_latency_stats():
+    s = latency_stats([0.010, 0.020, 0.030, 0.040])
+    assert s["p50"] == pytest.approx(25.0) and s["min"] == pytest.approx(10.0) and s["n"] == 4
+    assert np.isnan(latency_stats([])["p50"])
