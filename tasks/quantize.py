@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from tasks.config import QuantSettings
+from tasks.faults import fault_point
 from tasks.rundir import atomic_copy, sha256_file, temp_sibling
 from tasks.runtime import probe_provider
 
@@ -193,6 +194,7 @@ def run_ptq(model_path: Path, input_name: str, calib: np.ndarray, settings: Quan
         wall = time.perf_counter() - t0
         if not tmp_out.exists() or tmp_out.stat().st_size == 0:
             raise RuntimeError(f"ModelOpt wrote no model; see {tmp_log}")
+        fault_point("ptq-written")  # ModelOpt's output exists, under its temporary name only
         restored = copy_metadata(src_model, tmp_out)
         q_model = onnx.load(str(tmp_out))
         summary = qdq_summary(q_model)

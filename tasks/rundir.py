@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -48,16 +49,15 @@ def atomic_write_json(path: Path, obj: Any) -> Path:
 
 
 def atomic_copy(src: Path, dst: Path) -> Path:
-    """Copy (hard-link when possible: cached artifacts are immutable) under a temporary name, then rename."""
+    """Copy under a temporary name, then rename. A real copy, not a hard link: damage to a cache
+    entry must never reach a finished run's artifacts (or the other way round)."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(dst)
-    tmp.unlink()
     try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -110,4 +110,21 @@ def create_run_dir(run_root: Path, run_id: str) -> Path:
 def set_run_state(run_dir: Path, state: str, **extra: Any) -> None:
     """`run_dir/STATE.json` says running / completed / failed, so a dead run never looks finished."""
     atomic_write_json(Path(run_dir) / "STATE.json",
-                      {"state": state, "updated": datetime.now().isoformat(timespec="seconds"), **extra})
+                      {"state": state, "updated": datetime.now().isoformat(timespec="seconds"),
+                       "pid": os.getpid(), "host": socket.gethostname(), **extra})
+
+
+def read_run_state(run_dir: Path) -> dict[str, Any]:
+    """STATE.json, with a 'running' run whose process is gone on this host reported as 'dead'."""
+    p = Path(run_dir) / "STATE.json"
+    if not p.is_file():
+        return {"state": "missing"}
+    st = json.loads(p.read_text())
+    if st.get("state") == "running" and st.get("host") == socket.gethostname():
+        try:
+            os.kill(int(st["pid"]), 0)
+        except ProcessLookupError:
+            st["state"] = "dead"
+        except (PermissionError, KeyError, ValueError):
+            pass
+    return st

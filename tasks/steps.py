@@ -19,6 +19,7 @@ from tasks.cache import StepCache, cache_key
 from tasks.calibration import build_calib_tensor, check_overlap, load_calib_tensor, pick_calib_images, save_npy
 from tasks.coco_eval import load_coco, select_subset
 from tasks.config import RunConfig
+from tasks.faults import fault_point
 from tasks.evaluate import evaluate_model, resolve_format
 from tasks.quantize import run_ptq
 from tasks.rundir import atomic_copy, atomic_write_json, create_run_dir, default_run_id, sha256_file
@@ -190,6 +191,7 @@ def step_evaluate(ctx: RunContext, which: str, model_path: Path, model_sha: str)
     cached = entry is not None
     if entry is None:
         metrics = evaluate_model(model_path, cfg.images, cfg.annotations, cfg.subset, cfg.eval, cfg.subset_seed)
+        fault_point(f"{which}-eval-computed")  # metrics in memory, nothing published yet
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
             atomic_write_json(Path(td) / "metrics.json", metrics)
             entry = ctx.cache.put("evaluate", key, {"metrics.json": Path(td) / "metrics.json"}, {})
