@@ -28,7 +28,8 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from tasks import steps  # noqa: E402
 from tasks.config import ConfigError, RunConfig, build_config, load_yaml_config  # noqa: E402
-from tasks.report import build_summary, console_table, render_markdown, table_rows, write_report  # noqa: E402
+from tasks.report import (build_summary, console_table, regression_gate, render_markdown, table_rows,  # noqa: E402
+                          write_report)  # noqa: E402
 from tasks.rundir import set_run_state  # noqa: E402
 
 # Our own content-hash cache decides reuse (Prefect's default policy keys on the run id and on path
@@ -65,6 +66,7 @@ def evaluate_task(ctx: steps.RunContext, which: str, model_path: str, model_sha:
 @task(name="report", **TASK_OPTS)
 def report_task(ctx: steps.RunContext, calib: dict, quant: dict, smoke: dict, fp32: dict, int8: dict) -> dict:
     summary = build_summary(ctx, calib, quant, smoke, fp32, int8, ctx.cache.corrupt)
+    summary["gate"] = regression_gate(summary, ctx.cfg.max_map_drop)
     write_report(ctx.run_dir, summary)
     return summary
 
@@ -88,16 +90,19 @@ def int8_flow(config: RunConfig = RunConfig()) -> dict:
         fp32 = evaluate_task(ctx, "fp32", str(ctx.cfg.model), ctx.model["sha256"])
         int8 = evaluate_task(ctx, "int8", quant["onnx"], quant["sha256"])
         summary = report_task(ctx, calib, quant, smoke, fp32, int8)
+        key = _artifact_key(f"int8-{Path(ctx.cfg.model).stem}")
+        create_markdown_artifact(markdown=render_markdown(summary), key=f"{key}-report",
+                                 description=f"FP32 vs INT8, run {summary['run_id']}")
+        create_table_artifact(table=table_rows(summary), key=f"{key}-metrics",
+                              description=f"mAP and latency, run {summary['run_id']}")
+        logger.info("FP32 vs INT8\n%s", console_table(summary))
+        if not summary["gate"]["passed"]:
+            # Report and artifacts are written; the run itself must read Failed, with the figures.
+            raise steps.RegressionGateError(summary["gate"]["message"])
     except BaseException as e:
         set_run_state(ctx.run_dir, "failed", error=f"{type(e).__name__}: {e}")
         raise
-    key = _artifact_key(f"int8-{Path(ctx.cfg.model).stem}")
-    create_markdown_artifact(markdown=render_markdown(summary), key=f"{key}-report",
-                             description=f"FP32 vs INT8, run {summary['run_id']}")
-    create_table_artifact(table=table_rows(summary), key=f"{key}-metrics",
-                          description=f"mAP and latency, run {summary['run_id']}")
     set_run_state(ctx.run_dir, "completed")
-    logger.info("FP32 vs INT8\n%s", console_table(summary))
     return summary
 
 
@@ -135,6 +140,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path | None, dict[str, An
     ap.add_argument("--run-root", help="where run folders go (default tmp/<model-stem>_lowbit)")
     ap.add_argument("--run-id", help="run folder name (default a timestamp)")
     ap.add_argument("--cache-dir", help="step cache (default <run-root>/.cache)")
+    ap.add_argument("--max-map-drop", type=float, help="regression gate: fail when INT8 mAP50-95 is more than "
+                                                         "this many points below FP32 (default 1.0)")
+    ap.add_argument("--no-gate", dest="max_map_drop", action="store_const", const=None,
+                    help="disable the regression gate")
     ns = vars(ap.parse_args(argv))
     config_file = ns.pop("config", None)
     quant_keys = {"method", "calib_eps", "exclude_nodes", "exclude_op_types", "quantize_topk", "high_precision_dtype"}

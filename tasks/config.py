@@ -75,7 +75,9 @@ class RunConfig(BaseModel):
     run_root: Path | None = Field(None, description="default tmp/<model-stem>_lowbit")
     run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     cache_dir: Path | None = Field(None, description="default <run_root>/.cache")
-    max_map_drop: float | None = Field(None, ge=0, description="fail the run when mAP50-95 drops more (points)")
+    max_map_drop: float | None = Field(
+        1.0, ge=-100, le=100, description="regression gate: fail the run when INT8 mAP50-95 is more than this many points "
+                               "(0.01 each) below FP32 (a negative budget demands a gain); null disables the gate")
 
     @model_validator(mode="after")
     def _one_calibration_source(self) -> "RunConfig":

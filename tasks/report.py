@@ -66,6 +66,20 @@ def build_summary(ctx, calib: dict[str, Any], quant: dict[str, Any], smoke: dict
     return summary
 
 
+def regression_gate(s: dict[str, Any], budget_points: float | None) -> dict[str, Any]:
+    """Pass/fail of the INT8 result against a drop budget in mAP50-95 points (0.01 each)."""
+    drop_points = round(-s["delta"]["map50_95"] * 100, 3)
+    reasons = []
+    if s["int8"]["detections"] == 0:
+        reasons.append(f"the INT8 model returned no detections on {s['int8']['images']} images")
+    if budget_points is not None and drop_points > budget_points:
+        reasons.append(f"INT8 mAP50-95 {s['int8']['map50_95']:.4f} is {drop_points:.2f} points below FP32 "
+                       f"{s['fp32']['map50_95']:.4f}, over the budget of {budget_points:g} points")
+    return {"budget_points": budget_points, "drop_points": drop_points, "passed": not reasons,
+            "message": "; ".join(reasons) if reasons else
+            f"INT8 within budget: drop {drop_points:.2f} points (budget {budget_points if budget_points is not None else 'off'})"}
+
+
 def render_markdown(s: dict[str, Any]) -> str:
     f, i, d, q = s["fp32"], s["int8"], s["delta"], s["quantization"]
     mib = 2 ** 20
@@ -107,6 +121,9 @@ def render_markdown(s: dict[str, Any]) -> str:
               f"- wall time per step (s): " + ", ".join(f"{k} {v:.1f}" for k, v in s["timings_s"].items()),
               f"- device: {s['runtime']['device']}; ORT {s['runtime']['ort_version']}, {s['runtime']['threads']} threads",
               "- latency is per image on the provider above, inference only (preprocessing and decoding apart)"]
+    gate = s.get("gate")
+    if gate:
+        lines.insert(2, f"**Regression gate: {'passed' if gate['passed'] else 'FAILED'}** - {gate['message']}\n")
     if s.get("cache_corrupt_entries"):
         lines.append(f"- damaged cache entries recomputed: {len(s['cache_corrupt_entries'])}")
     return "\n".join(lines) + "\n"

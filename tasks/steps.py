@@ -29,6 +29,10 @@ from tasks.smoke import smoke_compare
 log = logging.getLogger(__name__)
 
 
+class RegressionGateError(RuntimeError):
+    """The INT8 model is worse than the run's budget allows (its report and artifacts are written)."""
+
+
 def versions() -> dict[str, str]:
     out = {"yolo_lowbit": __version__}
     for dist in ("nvidia-modelopt", "onnxruntime-gpu", "onnxruntime", "onnx", "numpy", "pycocotools",
@@ -203,7 +207,7 @@ def step_evaluate(ctx: RunContext, which: str, model_path: Path, model_sha: str)
 
 def run_int8(cfg: RunConfig) -> dict[str, Any]:
     """The whole run without Prefect (benchmarks and tests compare the flow against this)."""
-    from tasks.report import build_summary, write_report
+    from tasks.report import build_summary, regression_gate, write_report
     from tasks.rundir import set_run_state
 
     ctx = prepare_run(cfg)
@@ -214,7 +218,10 @@ def run_int8(cfg: RunConfig) -> dict[str, Any]:
         fp32 = step_evaluate(ctx, "fp32", Path(ctx.cfg.model), ctx.model["sha256"])
         int8 = step_evaluate(ctx, "int8", Path(quant["onnx"]), quant["sha256"])
         summary = build_summary(ctx, calib, quant, smoke, fp32, int8, ctx.cache.corrupt)
+        summary["gate"] = regression_gate(summary, ctx.cfg.max_map_drop)
         write_report(ctx.run_dir, summary)
+        if not summary["gate"]["passed"]:
+            raise RegressionGateError(summary["gate"]["message"])
     except BaseException as e:
         set_run_state(ctx.run_dir, "failed", error=f"{type(e).__name__}: {e}")
         raise

@@ -129,3 +129,29 @@ def test_artifacts_are_published(harness, tmp_path, tiny_model, tiny_data):
     arts = asyncio.run(read())
     kinds = {(a.key, a.type) for a in arts}
     assert ("int8-tiny-report", "markdown") in kinds and ("int8-tiny-metrics", "table") in kinds
+
+
+def test_regression_gate_fails_the_run_but_keeps_report_and_artifacts(harness, tmp_path, tiny_model, tiny_data):
+    from flows.int8 import int8_flow
+    from tasks.steps import RegressionGateError
+
+    with pytest.raises(RegressionGateError, match=r"over the budget of -50 points"):
+        int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="gated", max_map_drop=-50))
+    run = tmp_path / "runs" / "gated"
+    s = json.loads((run / "results" / "summary.json").read_text())
+    assert s["gate"]["passed"] is False and s["gate"]["budget_points"] == -50
+    assert "Regression gate: FAILED" in (run / "results" / "report.md").read_text()
+    assert json.loads((run / "STATE.json").read_text())["state"] == "failed"
+
+
+def test_gate_flags_a_model_without_detections():
+    from tasks.report import regression_gate
+
+    s = {"delta": {"map50_95": 0.0}, "int8": {"detections": 0, "images": 5, "map50_95": 0.0},
+         "fp32": {"map50_95": 0.0}}
+    g = regression_gate(s, 1.0)
+    assert not g["passed"] and "no detections" in g["message"]
+    s = {"delta": {"map50_95": -0.004}, "int8": {"detections": 9, "images": 5, "map50_95": 0.5},
+         "fp32": {"map50_95": 0.504}}
+    assert regression_gate(s, 0.5)["passed"] and not regression_gate(s, 0.3)["passed"]
+    assert regression_gate(s, None)["passed"]
