@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export PREFECT_HOME ?= $(CURDIR)/tmp/prefect-home
 
-.PHONY: install demo test evaluate-demo bench clean
+.PHONY: install demo test evaluate-demo bench clean server pool deploy worker trigger
 
 install: $(STAMP)
 
@@ -39,3 +39,24 @@ bench: $(STAMP)
 
 clean:
 	rm -rf tmp/demo_lowbit tmp/demo-data
+
+# --- Deploy, trigger, schedule (a real Prefect server; run each in its own terminal) -------------
+PREFECT_PORT ?= 4200
+SERVER_URL := http://127.0.0.1:$(PREFECT_PORT)/api
+PARAMS ?= {"config": {"demo": true}}
+DEPLOYMENT ?= yolo-int8/demo-int8
+
+server: $(STAMP)          ## SQLite-backed server with the UI at http://127.0.0.1:4200 (runs schedules)
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+pool: $(STAMP)            ## the process work pool the deployments use
+	PREFECT_API_URL=$(SERVER_URL) $(BIN)/prefect work-pool create yolo-lowbit --type process --overwrite
+
+deploy: $(STAMP)          ## every deployment in prefect.yaml (manual, nightly, demo)
+	PREFECT_API_URL=$(SERVER_URL) YOLO_LOWBIT_ROOT=$(CURDIR) $(BIN)/prefect --no-prompt deploy --all
+
+worker: $(STAMP)          ## runs the flow runs of the pool from this checkout
+	PREFECT_API_URL=$(SERVER_URL) $(BIN)/prefect worker start --pool yolo-lowbit
+
+trigger: $(STAMP)         ## e.g. make trigger DEPLOYMENT=yolo-int8/yolov10m-int8 PARAMS='{"config": {...}}'
+	PREFECT_API_URL=$(SERVER_URL) $(BIN)/prefect deployment run '$(DEPLOYMENT)' --params '$(PARAMS)' --watch

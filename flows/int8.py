@@ -63,12 +63,37 @@ def evaluate_task(ctx: steps.RunContext, which: str, model_path: str, model_sha:
     return steps.step_evaluate(ctx, which, Path(model_path), model_sha)
 
 
+@task(name="accuracy-guard", **TASK_OPTS)
+def guard_task(ctx: steps.RunContext, calib: dict, quant: dict, fp32: dict, int8: dict) -> dict:
+    return steps.step_accuracy_guard(ctx, calib, quant, fp32, int8)
+
+
+@task(name="sensitivity", **TASK_OPTS)
+def sensitivity_task(ctx: steps.RunContext, calib: dict, quant: dict) -> list:
+    return steps.step_sensitivity(ctx, calib, quant)
+
+
 @task(name="report", **TASK_OPTS)
-def report_task(ctx: steps.RunContext, calib: dict, quant: dict, smoke: dict, fp32: dict, int8: dict) -> dict:
+def report_task(ctx: steps.RunContext, calib: dict, quant: dict, smoke: dict, fp32: dict, int8: dict,
+                extra: dict) -> dict:
     summary = build_summary(ctx, calib, quant, smoke, fp32, int8, ctx.cache.corrupt)
+    summary.update(extra)
     summary["gate"] = regression_gate(summary, ctx.cfg.max_map_drop)
     write_report(ctx.run_dir, summary)
     return summary
+
+
+def _publish_png(ctx: steps.RunContext) -> None:
+    """The sensitivity plot as a Prefect image artifact (inline data URL: no file server needed)."""
+    import base64
+
+    from prefect.artifacts import create_image_artifact
+
+    png = ctx.run_dir / "quantize-int8" / "sensitivity.png"
+    if png.is_file():
+        url = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+        create_image_artifact(image_url=url, key=_artifact_key(f"sensitivity-{Path(ctx.cfg.model).stem}"),
+                              description="INT8 sensitivity by block")
 
 
 def _artifact_key(text: str) -> str:
@@ -89,7 +114,18 @@ def int8_flow(config: RunConfig = RunConfig()) -> dict:
         smoke = smoke_task(ctx, calib, quant)
         fp32 = evaluate_task(ctx, "fp32", str(ctx.cfg.model), ctx.model["sha256"])
         int8 = evaluate_task(ctx, "int8", quant["onnx"], quant["sha256"])
-        summary = report_task(ctx, calib, quant, smoke, fp32, int8)
+        extra: dict = {}
+        if ctx.cfg.accuracy_budget is not None:
+            g = guard_task(ctx, calib, quant, fp32, int8)
+            if g["quant"]["sha256"] != quant["sha256"]:
+                smoke = smoke_task(ctx, calib, g["quant"])
+            quant, int8 = g["quant"], g["int8"]
+            extra = {"sensitivity": g["sensitivity"], "accuracy_guard": g["guard"]}
+            _publish_png(ctx)
+        elif ctx.cfg.sensitivity:
+            extra = {"sensitivity": sensitivity_task(ctx, calib, quant)}
+            _publish_png(ctx)
+        summary = report_task(ctx, calib, quant, smoke, fp32, int8, extra)
         key = _artifact_key(f"int8-{Path(ctx.cfg.model).stem}")
         create_markdown_artifact(markdown=render_markdown(summary), key=f"{key}-report",
                                  description=f"FP32 vs INT8, run {summary['run_id']}")
@@ -142,6 +178,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path | None, dict[str, An
     ap.add_argument("--cache-dir", help="step cache (default <run-root>/.cache)")
     ap.add_argument("--max-map-drop", type=float, help="regression gate: fail when INT8 mAP50-95 is more than "
                                                          "this many points below FP32 (default 1.0)")
+    ap.add_argument("--accuracy-budget", type=float, help="auto mode: keep the most sensitive blocks in float "
+                                                            "until INT8 mAP50-95 is within this many points")
+    ap.add_argument("--sensitivity", action="store_true", help="rank blocks by quantization sensitivity")
     ap.add_argument("--no-gate", dest="max_map_drop", action="store_const", const=None,
                     help="disable the regression gate")
     ns = vars(ap.parse_args(argv))

@@ -79,6 +79,15 @@ class RunConfig(BaseModel):
         1.0, ge=-100, le=100, description="regression gate: fail the run when INT8 mAP50-95 is more than this many points "
                                "(0.01 each) below FP32 (a negative budget demands a gain); null disables the gate")
 
+    accuracy_budget: float | None = Field(
+        None, ge=0, le=100, description="auto mode: largest mAP50-95 drop (points) INT8 may show; the most "
+                                         "sensitive blocks are kept in float until it fits")
+    sensitivity: bool = Field(False, description="rank blocks by quantization sensitivity (on in auto mode)")
+    sensitivity_samples: int = Field(16, ge=1, le=256)
+    guard_max_exclusions: int = Field(6, ge=1, le=64, description="blocks auto mode may keep in float at most")
+    guard_min_conv_share: float = Field(0.5, ge=0, le=1, description="auto mode stops before fewer convolutions "
+                                                                       "than this share stay quantized")
+
     @model_validator(mode="after")
     def _one_calibration_source(self) -> "RunConfig":
         if self.calib is not None and self.calib_images is not None:

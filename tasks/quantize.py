@@ -114,7 +114,11 @@ def qdq_summary(model: onnx.ModelProto) -> dict[str, Any]:
             if src is not None and src.op_type == "DequantizeLinear":
                 topk_qdq.append(n.name)
     total = len(quantized) + len(left_float)
-    return {"quantize_linear": q, "dequantize_linear": dq, "qdq_nodes": q + dq,
+    conv_q = sum(1 for n in model.graph.node if n.op_type == "Conv" and n.name in set(quantized))
+    conv_total = sum(1 for n in model.graph.node if n.op_type == "Conv")
+    return {"conv_total": conv_total, "conv_quantized": conv_q,
+            "conv_quantized_share": round(conv_q / conv_total, 4) if conv_total else 0.0,
+            "quantize_linear": q, "dequantize_linear": dq, "qdq_nodes": q + dq,
             "quantizable_nodes": total, "quantized_nodes": len(quantized),
             "quantized_share": round(len(quantized) / total, 4) if total else 0.0,
             "left_in_float": left_float, "topk_with_qdq_input": topk_qdq}

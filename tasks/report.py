@@ -20,6 +20,7 @@ def build_summary(ctx, calib: dict[str, Any], quant: dict[str, Any], smoke: dict
                   fp32: dict[str, Any], int8: dict[str, Any], corrupt: list[str]) -> dict[str, Any]:
     cfg = ctx.cfg
     cfgq = quant["config"]
+    qs = quant.get("settings") or cfg.quant.model_dump()
     p50_fp32, p50_int8 = fp32["latency_ms"]["p50"], int8["latency_ms"]["p50"]
     summary = {
         "run_id": cfg.run_id,
@@ -31,16 +32,17 @@ def build_summary(ctx, calib: dict[str, Any], quant: dict[str, Any], smoke: dict
                         "seed": calib.get("seed"), "path": calib.get("folder") or calib.get("path")},
         "quantization": {
             "tool": "modelopt.onnx.quantization.quantize", "quantize_mode": "int8", "target": "tensorrt",
-            "method": cfg.quant.method,
+            "method": qs["method"],
             "calibration_ep_used": cfgq["calibration_eps"]["calibration_ep_used"],
             "calibration_eps_requested": cfgq["calibration_eps"]["calibration_eps_requested"],
             "calibration_ep_reasons": cfgq["calibration_eps"]["calibration_eps_reasons"],
-            "high_precision_dtype": cfg.quant.high_precision_dtype,
-            "excluded_nodes": list(cfg.quant.exclude_nodes),
+            "high_precision_dtype": qs["high_precision_dtype"],
+            "excluded_nodes": list(qs["exclude_nodes"]),
             "excluded_op_types": cfgq["op_types_excluded"],
             "topk_kept_float": cfgq["topk_kept_float"],
             "qdq_nodes": quant["qdq"]["qdq_nodes"],
             "quantized_share": quant["qdq"]["quantized_share"],
+            "quantized_conv_share": quant["qdq"].get("conv_quantized_share"),
             "left_in_float": quant["qdq"]["left_in_float"],
             "onnx": quant["onnx"], "sha256": quant["sha256"], "size_bytes": Path(quant["onnx"]).stat().st_size,
             "wall_s": cfgq["wall_s"], "peak_rss_mib": cfgq["peak_rss_mib"],
@@ -121,6 +123,22 @@ def render_markdown(s: dict[str, Any]) -> str:
               f"- wall time per step (s): " + ", ".join(f"{k} {v:.1f}" for k, v in s["timings_s"].items()),
               f"- device: {s['runtime']['device']}; ORT {s['runtime']['ort_version']}, {s['runtime']['threads']} threads",
               "- latency is per image on the provider above, inference only (preprocessing and decoding apart)"]
+    if s.get("accuracy_guard"):
+        g = s["accuracy_guard"]
+        lines += ["", f"## Accuracy guard (budget {g['budget']:g} mAP50-95 points)", f"- {g['reason']}",
+                  f"- chosen: **{g['chosen']['name']}**, {g['quantized_conv_share'] * 100:.1f}% of convolutions quantized",
+                  "", "| candidate | method | blocks in float | mAP50-95 | drop (pt) | p50 ms | convs quantized |",
+                  "|---|---|---|---:|---:|---:|---:|"]
+        for c in g["candidates"]:
+            lines.append(f"| {c['name']} | {c['method']} | {', '.join(c['excluded_blocks']) or '-'} | "
+                         f"{c['map50_95']:.4f} | {c['drop_points']:.2f} | {c['latency_p50_ms']:.2f} | "
+                         f"{(c['quantized_conv_share'] or 0) * 100:.1f}% |")
+    if s.get("sensitivity"):
+        lines += ["", "## Sensitivity (cost of quantizing each block alone; top 10)",
+                  "", "| rank | block | quantizable nodes | cost | detection F1 vs FP32 |", "|---:|---|---:|---:|---:|"]
+        for r in s["sensitivity"][:10]:
+            lines.append(f"| {r['rank']} | `{r['block']}` | {r['nodes']} | {r['cost']:.4f} | {r.get('f1', 1.0):.3f} |")
+        lines.append("\n![sensitivity](../quantize-int8/sensitivity.png)")
     gate = s.get("gate")
     if gate:
         lines.insert(2, f"**Regression gate: {'passed' if gate['passed'] else 'FAILED'}** - {gate['message']}\n")

@@ -18,7 +18,7 @@ from tasks import __version__
 from tasks.cache import StepCache, cache_key
 from tasks.calibration import build_calib_tensor, check_overlap, load_calib_tensor, pick_calib_images, save_npy
 from tasks.coco_eval import load_coco, select_subset
-from tasks.config import RunConfig
+from tasks.config import QuantSettings, RunConfig
 from tasks.faults import fault_point
 from tasks.evaluate import evaluate_model, resolve_format
 from tasks.quantize import run_ptq
@@ -124,26 +124,36 @@ def step_calibration(ctx: RunContext) -> dict[str, Any]:
     return _timed(ctx, "calibration", t0, info)
 
 
-def step_quantize(ctx: RunContext, calib: dict[str, Any]) -> dict[str, Any]:
-    """ModelOpt INT8 PTQ, cached by model bytes, calibration bytes, settings and versions."""
+def _calib_array(ctx: RunContext, calib: dict[str, Any]) -> np.ndarray:
+    path, m = calib["tensor_path"], ctx.model
+    if path.endswith(".npy"):
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    return load_calib_tensor(Path(path), m["input"], m["input_shape"], ctx.cfg.eval.preprocess)[0]
+
+
+def step_quantize(ctx: RunContext, calib: dict[str, Any], settings: QuantSettings | None = None,
+                  publish: bool = True) -> dict[str, Any]:
+    """ModelOpt INT8 PTQ, cached by model bytes, calibration bytes, settings and versions.
+
+    `settings` overrides the run's (accuracy-guard candidates); `publish` lays the result into the
+    run folder (candidates stay in the cache until one is chosen)."""
     t0 = time.perf_counter()
     cfg, m = ctx.cfg, ctx.model
-    stem = Path(cfg.model).stem
+    settings = settings or cfg.quant
     seed = cfg.calib_seed
     key = cache_key("quantize", {"model": m["sha256"], "calib": calib["sha256"],
-                                 "settings": cfg.quant.model_dump(), "seed": seed, "versions": ctx.key_versions})
+                                 "settings": settings.model_dump(), "seed": seed, "versions": ctx.key_versions})
     entry = ctx.cache.get("quantize", key)
     cached = entry is not None
     if entry is None:
-        arr = np.load(calib["tensor_path"], mmap_mode="r", allow_pickle=False) if calib["tensor_path"].endswith(".npy") \
-            else load_calib_tensor(Path(calib["tensor_path"]), m["input"], m["input_shape"], cfg.eval.preprocess)[0]
+        arr = _calib_array(ctx, calib)
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
             tdir = Path(td)
-            rec = run_ptq(Path(cfg.model), m["input"], arr, cfg.quant, tdir / "model.onnx",
+            rec = run_ptq(Path(cfg.model), m["input"], arr, settings, tdir / "model.onnx",
                           tdir / "modelopt-onnx-ptq.log", seed=seed)
-            snapshot = {"settings": cfg.quant.model_dump(), "modelopt_call": rec["args"],
+            snapshot = {"settings": settings.model_dump(), "modelopt_call": rec["args"],
                         "op_types_excluded": rec["args"]["op_types_to_exclude"],
-                        "topk_kept_float": not cfg.quant.quantize_topk,
+                        "topk_kept_float": not settings.quantize_topk,
                         "calibration_eps": {k: rec[k] for k in ("calibration_eps_requested", "calibration_eps_passed",
                                                                 "calibration_eps_reasons", "calibration_ep_used",
                                                                 "ort_eps_enabled")},
@@ -158,23 +168,30 @@ def step_quantize(ctx: RunContext, calib: dict[str, Any]) -> dict[str, Any]:
                 "model.onnx": tdir / "model.onnx", "config.json": tdir / "config.json",
                 "qdq-summary.json": tdir / "qdq-summary.json",
                 "modelopt-onnx-ptq.log": tdir / "modelopt-onnx-ptq.log"}, {"wall_s": rec["wall_s"]})
-    onnx_out = ctx.run_dir / "onnx" / f"{stem}-int8-qdq.onnx"
-    atomic_copy(entry.file("model.onnx"), onnx_out)
-    for name in ("config.json", "qdq-summary.json", "modelopt-onnx-ptq.log"):
-        atomic_copy(entry.file(name), ctx.run_dir / "quantize-int8" / name)
     snap = json.loads(entry.file("config.json").read_text())
     qdq = json.loads(entry.file("qdq-summary.json").read_text())
-    return _timed(ctx, "quantize", t0, {"onnx": str(onnx_out), "sha256": entry.files["model.onnx"],
-                                        "cached": cached, "config": snap, "qdq": qdq})
+    res = {"onnx": str(entry.file("model.onnx")), "entry": str(entry.path), "sha256": entry.files["model.onnx"],
+           "cached": cached, "config": snap, "qdq": qdq, "settings": settings.model_dump()}
+    if publish:
+        res = publish_quantized(ctx, res)
+    return _timed(ctx, "quantize", t0, res)
+
+
+def publish_quantized(ctx: RunContext, quant: dict[str, Any]) -> dict[str, Any]:
+    """Copy a (cached) quantization result into the run folder under its final names."""
+    entry = Path(quant["entry"])
+    onnx_out = ctx.run_dir / "onnx" / f"{Path(ctx.cfg.model).stem}-int8-qdq.onnx"
+    atomic_copy(entry / "model.onnx", onnx_out)
+    for name in ("config.json", "qdq-summary.json", "modelopt-onnx-ptq.log"):
+        atomic_copy(entry / name, ctx.run_dir / "quantize-int8" / name)
+    return {**quant, "onnx": str(onnx_out)}
 
 
 def step_smoke(ctx: RunContext, calib: dict[str, Any], quant: dict[str, Any]) -> dict[str, Any]:
     """FP32 vs INT8 on the first few calibration samples; raises SmokeError on a broken INT8 model."""
     t0 = time.perf_counter()
     cfg, m = ctx.cfg, ctx.model
-    path = calib["tensor_path"]
-    arr = np.load(path, mmap_mode="r", allow_pickle=False) if path.endswith(".npy") else \
-        load_calib_tensor(Path(path), m["input"], m["input_shape"], cfg.eval.preprocess)[0]
+    arr = _calib_array(ctx, calib)
     samples = np.asarray(arr[: cfg.smoke_samples], dtype=np.float32)
     res = smoke_compare(Path(cfg.model), Path(quant["onnx"]), m["input"], samples, m["output_format"],
                         cfg.eval.providers, conf=cfg.smoke_conf, strict=cfg.eval.strict_providers,
@@ -183,7 +200,8 @@ def step_smoke(ctx: RunContext, calib: dict[str, Any], quant: dict[str, Any]) ->
     return _timed(ctx, "smoke", t0, res)
 
 
-def step_evaluate(ctx: RunContext, which: str, model_path: Path, model_sha: str) -> dict[str, Any]:
+def step_evaluate(ctx: RunContext, which: str, model_path: Path, model_sha: str,
+                  publish: bool = True) -> dict[str, Any]:
     """COCO evaluation of one model, cached by model bytes, image bytes, annotations and settings."""
     t0 = time.perf_counter()
     cfg = ctx.cfg
@@ -199,7 +217,8 @@ def step_evaluate(ctx: RunContext, which: str, model_path: Path, model_sha: str)
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
             atomic_write_json(Path(td) / "metrics.json", metrics)
             entry = ctx.cache.put("evaluate", key, {"metrics.json": Path(td) / "metrics.json"}, {})
-    atomic_copy(entry.file("metrics.json"), ctx.run_dir / f"{which}-coco" / "metrics.json")
+    if publish:
+        atomic_copy(entry.file("metrics.json"), ctx.run_dir / f"{which}-coco" / "metrics.json")
     metrics = json.loads(entry.file("metrics.json").read_text())
     metrics["cached"] = cached
     return _timed(ctx, f"{which}_eval", t0, metrics)
@@ -217,7 +236,17 @@ def run_int8(cfg: RunConfig) -> dict[str, Any]:
         smoke = step_smoke(ctx, calib, quant)
         fp32 = step_evaluate(ctx, "fp32", Path(ctx.cfg.model), ctx.model["sha256"])
         int8 = step_evaluate(ctx, "int8", Path(quant["onnx"]), quant["sha256"])
+        extra: dict[str, Any] = {}
+        if ctx.cfg.accuracy_budget is not None:
+            g = step_accuracy_guard(ctx, calib, quant, fp32, int8)
+            if g["quant"]["sha256"] != quant["sha256"]:
+                smoke = step_smoke(ctx, calib, g["quant"])
+            quant, int8 = g["quant"], g["int8"]
+            extra = {"sensitivity": g["sensitivity"], "accuracy_guard": g["guard"]}
+        elif ctx.cfg.sensitivity:
+            extra = {"sensitivity": step_sensitivity(ctx, calib, quant)}
         summary = build_summary(ctx, calib, quant, smoke, fp32, int8, ctx.cache.corrupt)
+        summary.update(extra)
         summary["gate"] = regression_gate(summary, ctx.cfg.max_map_drop)
         write_report(ctx.run_dir, summary)
         if not summary["gate"]["passed"]:
@@ -227,3 +256,95 @@ def run_int8(cfg: RunConfig) -> dict[str, Any]:
         raise
     set_run_state(ctx.run_dir, "completed")
     return summary
+
+
+def step_sensitivity(ctx: RunContext, calib: dict[str, Any], quant: dict[str, Any]) -> list[dict[str, Any]]:
+    """Blocks ranked by what quantizing each alone costs; cached by model, Q/DQ model and samples."""
+    from tasks.sensitivity import analyse, plot_sensitivity
+
+    t0 = time.perf_counter()
+    cfg, m = ctx.cfg, ctx.model
+    key = cache_key("sensitivity", {"model": m["sha256"], "qdq": quant["sha256"], "calib": calib["sha256"],
+                                    "samples": cfg.sensitivity_samples, "conf": cfg.smoke_conf,
+                                    "versions": ctx.key_versions})
+    entry = ctx.cache.get("sensitivity", key)
+    if entry is None:
+        samples = np.asarray(_calib_array(ctx, calib)[: cfg.sensitivity_samples], dtype=np.float32)
+        rows = analyse(Path(cfg.model), Path(quant["onnx"]), m["input"], samples, m["output_format"],
+                       conf=cfg.smoke_conf, threads=cfg.eval.threads)
+        with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
+            atomic_write_json(Path(td) / "sensitivity.json", rows)
+            entry = ctx.cache.put("sensitivity", key, {"sensitivity.json": Path(td) / "sensitivity.json"}, {})
+    rows = json.loads(entry.file("sensitivity.json").read_text())
+    atomic_copy(entry.file("sensitivity.json"), ctx.run_dir / "quantize-int8" / "sensitivity.json")
+    plot_sensitivity(rows, ctx.run_dir / "quantize-int8" / "sensitivity.png")
+    ctx.timings["sensitivity"] = round(time.perf_counter() - t0, 3)
+    return rows
+
+
+def _candidate_row(name: str, settings: QuantSettings, blocks: list[str], quant: dict[str, Any],
+                   metrics: dict[str, Any], fp32: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "method": settings.method, "excluded_blocks": blocks,
+            "map50_95": metrics["map50_95"], "map50": metrics["map50"],
+            "drop_points": round((fp32["map50_95"] - metrics["map50_95"]) * 100, 3),
+            "latency_p50_ms": metrics["latency_ms"]["p50"],
+            "quantized_conv_share": quant["qdq"].get("conv_quantized_share"),
+            "qdq_sha256": quant["sha256"], "cached": bool(quant["cached"] and metrics.get("cached"))}
+
+
+def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], quant: dict[str, Any], fp32: dict[str, Any],
+                        int8: dict[str, Any]) -> dict[str, Any]:
+    """Auto mode: fit INT8 into the mAP budget by calibration method, then by keeping the most
+    sensitive blocks in float (greedy). Returns the chosen quantization and metrics, the candidates
+    tried and the sensitivity ranking; the chosen model is published into the run folder."""
+    from tasks.sensitivity import exclusion_patterns
+
+    t0 = time.perf_counter()
+    cfg = ctx.cfg
+    budget = cfg.accuracy_budget
+    base = cfg.quant
+    fits = (lambda m: (fp32["map50_95"] - m["map50_95"]) * 100 <= budget + 1e-9)  # noqa: E731
+    results = {"base": (base, [], quant, int8)}
+    cands = [_candidate_row(f"all-{base.method}", base, [], quant, int8, fp32)]
+
+    # 1. the other calibration method, everything quantized
+    other = base.model_copy(update={"method": "entropy" if base.method == "max" else "max"})
+    q2 = step_quantize(ctx, calib, other, publish=False)
+    e2 = step_evaluate(ctx, "int8", Path(q2["onnx"]), q2["sha256"], publish=False)
+    results["other"] = (other, [], q2, e2)
+    cands.append(_candidate_row(f"all-{other.method}", other, [], q2, e2, fp32))
+    best_key = max(("base", "other"), key=lambda k: results[k][3]["map50_95"])
+    settings, _, bq, be = results[best_key]
+
+    # 2. sensitivity of that model, then greedy exclusion of the costliest blocks
+    rows = step_sensitivity(ctx, calib, bq)
+    chosen_key = best_key if fits(be) else None
+    if chosen_key is None:
+        ranked = [r["block"] for r in rows if r["quantized"] and r["cost"] > 0]
+        for k in range(1, min(cfg.guard_max_exclusions, len(ranked)) + 1):
+            blocks = ranked[:k]
+            s_k = settings.model_copy(update={"exclude_nodes": list(settings.exclude_nodes) + exclusion_patterns(blocks)})
+            q_k = step_quantize(ctx, calib, s_k, publish=False)
+            if q_k["qdq"].get("conv_quantized_share", 1.0) < cfg.guard_min_conv_share:
+                break
+            e_k = step_evaluate(ctx, "int8", Path(q_k["onnx"]), q_k["sha256"], publish=False)
+            results[f"ex{k}"] = (s_k, blocks, q_k, e_k)
+            cands.append(_candidate_row(f"{s_k.method}-exclude-{k}", s_k, blocks, q_k, e_k, fp32))
+            if fits(e_k):
+                chosen_key = f"ex{k}"
+                break
+    met = chosen_key is not None
+    if chosen_key is None:  # nothing fits: keep the most accurate candidate, and say so
+        chosen_key = max(results, key=lambda k: results[k][3]["map50_95"])
+    settings, blocks, cq, ce = results[chosen_key]
+    chosen_row = next(c for c in cands if c["qdq_sha256"] == cq["sha256"])
+    cq = publish_quantized(ctx, cq)
+    atomic_write_json(ctx.run_dir / "int8-coco" / "metrics.json", {k: v for k, v in ce.items() if k != "cached"})
+    reason = (f"fits the budget of {budget:g} points" if met else
+              f"no candidate fits the budget of {budget:g} points: tried {len(cands)} candidates, at most "
+              f"{cfg.guard_max_exclusions} blocks in float and at least {cfg.guard_min_conv_share:.0%} of convolutions "
+              f"quantized; kept the most accurate ({chosen_row['name']}, drop {chosen_row['drop_points']:.2f} points)")
+    guard = {"budget": budget, "met": met, "reason": reason, "candidates": cands, "chosen": chosen_row,
+             "quantized_conv_share": cq["qdq"].get("conv_quantized_share"), "wall_s": round(time.perf_counter() - t0, 3)}
+    atomic_write_json(ctx.run_dir / "quantize-int8" / "accuracy-guard.json", guard)
+    return {"quant": {**cq, "settings": settings.model_dump()}, "int8": ce, "guard": guard, "sensitivity": rows}

@@ -107,3 +107,59 @@ def tiny_coco(folder: Path, n: int = 6, seed: int = 0) -> tuple[Path, Path]:
     ann = folder / "annotations.json"
     ann.write_text(json.dumps(coco))
     return img_dir, ann
+
+
+def fragile_detector(path: Path, seed: int = 0) -> Path:
+    """A YOLOv5-shaped detector (1x3x64x64 -> 1x64x7: 8x8 cells, one class pair) with one fragile block.
+
+    `/model.24/m/Conv` reads a tensor whose channels mix box sizes near 1000 with score logits of a
+    few units: quantizing its input per tensor rounds every logit to 0, so all cells tie at score
+    0.25 and the true detection drowns. Quantizing any other block alone costs next to nothing."""
+    rng = np.random.default_rng(seed)
+    c = 16
+
+    def w(shape, s):
+        return rng.normal(0, s, shape).astype(np.float32)
+
+    grid = np.zeros((1, c, 8, 8), np.float32)
+    ys, xs = np.mgrid[0:8, 0:8]
+    grid[0, 0], grid[0, 1] = xs * 8 + 4, ys * 8 + 4
+    grid[0, 2], grid[0, 3] = 1000.0, 1000.0   # off-object boxes: huge, so the mixed tensor spans ~1000
+    grid[0, 4] = -3.0                          # objectness logit off the object
+    grid[0, 5], grid[0, 6] = 6.0, -6.0         # class logits
+    grid[0, :4, 4, 4] = [32.0, 32.0, 32.0, 32.0]  # the object: BOX = [16, 16, 48, 48]
+    grid[0, 4, 4, 4] = 2.5
+    eye = np.eye(c, dtype=np.float32)[:, :, None, None]
+    nodes = [
+        helper.make_node("Conv", ["images", "wa", "ba"], ["a"], name="/model.0/conv/Conv", kernel_shape=[8, 8],
+                         strides=[8, 8]),
+        helper.make_node("Relu", ["a"], ["ar"], name="/model.0/act/Relu"),
+        helper.make_node("Conv", ["ar", "wb", "bz"], ["b"], name="/model.1/conv/Conv", kernel_shape=[1, 1]),
+        helper.make_node("Relu", ["b"], ["br"], name="/model.1/act/Relu"),
+        helper.make_node("Conv", ["br", "wh1", "bz"], ["h1"], name="/model.23/cv/Conv", kernel_shape=[1, 1]),
+        helper.make_node("Add", ["h1", "grid"], ["raw"], name="/model.23/grid/Add"),
+        helper.make_node("Conv", ["raw", "eye", "bz"], ["h2"], name="/model.24/m/Conv", kernel_shape=[1, 1]),
+        helper.make_node("Slice", ["h2", "s0", "s4", "ax1"], ["box"], name="/model.24/box/Slice"),
+        helper.make_node("Slice", ["h2", "s4", "s7", "ax1"], ["logit"], name="/model.24/logit/Slice"),
+        helper.make_node("Sigmoid", ["logit"], ["prob"], name="/model.24/Sigmoid"),
+        helper.make_node("Concat", ["box", "prob"], ["cat"], name="/model.24/Concat", axis=1),
+        helper.make_node("Reshape", ["cat", "shp"], ["flat"], name="/model.24/Reshape"),
+        helper.make_node("Transpose", ["flat"], ["output0"], name="/model.24/Transpose", perm=[0, 2, 1]),
+    ]
+    inits = [_init("wa", w((c, 3, 8, 8), 0.01)), _init("ba", np.zeros(c, np.float32)),
+             _init("wb", w((c, c, 1, 1), 0.05)), _init("wh1", w((c, c, 1, 1), 0.01)),
+             _init("bz", np.zeros(c, np.float32)), _init("grid", grid), _init("eye", eye),
+             _init("s0", np.array([0], np.int64)), _init("s4", np.array([4], np.int64)),
+             _init("s7", np.array([7], np.int64)), _init("ax1", np.array([1], np.int64)),
+             _init("shp", np.array([1, 7, 64], np.int64))]
+    graph = helper.make_graph(
+        nodes, "fragile_yolo",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 64, 7])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

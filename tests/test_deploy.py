@@ -1,0 +1,179 @@
+"""A real Prefect server on loopback: work pool, `prefect deploy` from prefect.yaml, a worker, the demo
+deployment triggered through the API, its artifacts read back, the UI rendered by headless Chromium.
+
+Every process started here is stopped at the end (process groups, terminated then killed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+FLOW = "yolo-int8"
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    logs = tmp_path_factory.mktemp("logs")
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               DO_NOT_TRACK="1", PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="2",
+               YOLO_LOWBIT_ROOT=str(ROOT), PYTHONUNBUFFERED="1")
+    prefect = [sys.executable, "-m", "prefect"]
+    procs: list[subprocess.Popen] = []
+
+    def start(args, name):
+        f = open(logs / f"{name}.log", "w")
+        p = subprocess.Popen(prefect + args, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        procs.append(p)
+        return p
+
+    try:
+        server = start(["server", "start", "--host", "127.0.0.1", "--port", str(port)], "server")
+        deadline = time.time() + 120
+        while True:
+            assert server.poll() is None, (logs / "server.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "the Prefect server did not come up"
+            time.sleep(0.5)
+
+        def cli(*args):
+            r = subprocess.run(prefect + list(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+            assert r.returncode == 0, f"prefect {' '.join(args)}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+            return r.stdout
+
+        cli("work-pool", "create", "yolo-lowbit", "--type", "process", "--overwrite")
+        cli("--no-prompt", "deploy", "--all")
+        start(["worker", "start", "--pool", "yolo-lowbit"], "worker")
+        yield {"api": api, "port": port, "env": env, "logs": logs}
+    finally:
+        for p in reversed(procs):
+            _stop(p)
+
+
+def _deployment(api: str, name: str) -> dict:
+    r = httpx.get(f"{api}/deployments/name/{FLOW}/{name}", timeout=10)
+    r.raise_for_status()
+    return r.json()
+
+
+def _run(api: str, deployment: str, parameters: dict, timeout: float = 420) -> dict:
+    dep = _deployment(api, deployment)
+    r = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters}, timeout=10)
+    r.raise_for_status()
+    run_id = r.json()["id"]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        fr = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
+        if fr["state"]["type"] in TERMINAL:
+            return fr
+        time.sleep(1)
+    raise AssertionError(f"flow run {run_id} did not finish in {timeout} s (state {fr['state']})")
+
+
+def _artifacts(api: str, run_id: str) -> list[dict]:
+    r = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}, timeout=10)
+    r.raise_for_status()
+    return r.json()
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_deploy_trigger_cache_gate_and_ui(stack, tmp_path):
+    api = stack["api"]
+    runs = tmp_path / "runs"
+
+    # The scheduled re-quantization exists with its cron and timezone.
+    nightly = _deployment(api, "yolov10m-int8-nightly")
+    sched = nightly["schedules"][0]["schedule"]
+    assert sched["cron"] == "30 2 * * *" and sched["timezone"] == "Europe/Berlin"
+    assert nightly["enforce_parameter_schema"] is True
+    assert "config" in nightly["parameter_openapi_schema"]["properties"]
+
+    params = {"config": {"demo": True, "run_root": str(runs), "run_id": "first"}}
+    fr = _run(api, "demo-int8", params)
+    assert fr["state"]["type"] == "COMPLETED", (stack["logs"] / "worker.log").read_text()[-4000:]
+    summary = json.loads((runs / "first" / "results" / "summary.json").read_text())
+    assert summary["fp32"]["map50_95"] > 0.5 and summary["int8"]["detections"] > 0
+    arts = _artifacts(api, fr["id"])
+    kinds = {a["type"]: a for a in arts}
+    assert {"markdown", "table"} <= set(kinds)
+    assert f"{summary['fp32']['map50_95']:.4f}" in kinds["markdown"]["data"]
+    table = kinds["table"]["data"]
+    table = json.loads(table) if isinstance(table, str) else table
+    assert {row["model"] for row in table} == {"fp32", "int8"}
+    assert any(abs(row["map50_95"] - summary["int8"]["map50_95"]) < 1e-9 for row in table)
+
+    # Same parameters again: every step from the cache.
+    fr2 = _run(api, "demo-int8", {"config": {**params["config"], "run_id": "second"}})
+    assert fr2["state"]["type"] == "COMPLETED"
+    s2 = json.loads((runs / "second" / "results" / "summary.json").read_text())
+    assert all(s2["cached"].values()), s2["cached"]
+
+    # A budget the demo cannot meet: Failed, with the figures in the message, report still written.
+    fr3 = _run(api, "demo-int8", {"config": {**params["config"], "run_id": "gated", "max_map_drop": -50}})
+    assert fr3["state"]["type"] == "FAILED"
+    assert "over the budget of -50 points" in fr3["state"]["message"]
+    assert (runs / "gated" / "results" / "report.md").is_file()
+    assert _artifacts(api, fr3["id"])
+
+    # The UI shows the run: its name and the report's figures (logged by the flow) in the rendered page.
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("Debian's chromium is not installed (make test installs it when run as root)")
+    url = f"http://127.0.0.1:{stack['port']}/runs/flow-run/{fr['id']}"
+    shot = ROOT / "tmp" / "test-artifacts" / "flow-run-page.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--disable-quic",
+             f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=20000",
+             "--window-size=1600,1400"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    subprocess.run([browser, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    assert fr["name"] in dom, dom[-2000:]
+    assert f"{summary['fp32']['map50_95']:.4f}" in dom
+    assert shot.is_file() and shot.stat().st_size > 10_000
