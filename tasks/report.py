@@ -70,7 +70,7 @@ def build_summary(ctx, calib: dict[str, Any], quant: dict[str, Any], smoke: dict
 
 def regression_gate(s: dict[str, Any], budget_points: float | None) -> dict[str, Any]:
     """Pass/fail of the INT8 result against a drop budget in mAP50-95 points (0.01 each)."""
-    drop_points = round(-s["delta"]["map50_95"] * 100, 3)
+    drop_points = round(-s["delta"]["map50_95"] * 100, 3) or 0.0  # no "-0.00"
     reasons = []
     if s["int8"]["detections"] == 0:
         reasons.append(f"the INT8 model returned no detections on {s['int8']['images']} images")

@@ -31,6 +31,7 @@ PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
 }
 DEFAULT_PROVIDERS = ("cuda", "cpu")
+_WARNED: set[str] = set()
 
 
 class ProviderError(RuntimeError):
@@ -137,7 +138,9 @@ def select_providers(requested: Sequence[str] = DEFAULT_PROVIDERS, available: Se
         # CPU last is the safety net for nodes other providers cannot place.
         selected.append("CPUExecutionProvider")
     for r in reasons:
-        log.warning("provider fallback: %s", r)
+        if r not in _WARNED:  # once per process: the same machine gives the same reason every time
+            _WARNED.add(r)
+            log.warning("provider fallback: %s", r)
     return ProviderChoice(requested=names, available=avail, selected=selected, fallback_reasons=reasons)
 
 

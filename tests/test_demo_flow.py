@@ -1,0 +1,28 @@
+"""The README's first command, as a user runs it: `python flows/int8.py --demo` (temporary Prefect server)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_command_end_to_end(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    r = subprocess.run([sys.executable, "flows/int8.py", "--demo", "--run-root", str(tmp_path / "runs"),
+                        "--run-id", "demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    run = tmp_path / "runs" / "demo"
+    assert f"run folder: {run}" in r.stdout
+    assert "mAP50-95" in r.stdout and "fp32" in r.stdout and "int8" in r.stdout
+    s = json.loads((run / "results" / "summary.json").read_text())
+    assert s["model"]["output_format"] == "yolov10" and s["fp32"]["images"] == 100
+    assert s["fp32"]["map50_95"] >= 0.60
+    assert s["int8"]["detections"] > 0 and s["quantization"]["topk_kept_float"]
+    assert s["calibration"]["count"] == 32 and s["gate"]["passed"]
+    assert json.loads((run / "STATE.json").read_text())["state"] == "completed"
