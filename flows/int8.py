@@ -13,7 +13,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 try:
     from flows.common import ROOT, offline_defaults, quiet_library_logs, retry_transient_only  # noqa: F401
@@ -28,8 +28,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from tasks import steps  # noqa: E402
 from tasks.config import ConfigError, RunConfig, build_config, load_yaml_config  # noqa: E402
-from tasks.report import (build_summary, console_table, regression_gate, render_markdown, table_rows,  # noqa: E402
-                          write_report)  # noqa: E402
+from tasks.report import console_table, render_markdown, table_rows  # noqa: E402
 from tasks.rundir import set_run_state  # noqa: E402
 
 # Our own content-hash cache decides reuse (Prefect's default policy keys on the run id and on path
@@ -43,44 +42,9 @@ def prepare_task(cfg: RunConfig) -> steps.RunContext:
     return steps.prepare_run(cfg)
 
 
-@task(name="calibration", **TASK_OPTS)
-def calibration_task(ctx: steps.RunContext) -> dict:
-    return steps.step_calibration(ctx)
-
-
-@task(name="quantize-int8", **TASK_OPTS)
-def quantize_task(ctx: steps.RunContext, calib: dict) -> dict:
-    return steps.step_quantize(ctx, calib)
-
-
-@task(name="smoke-inference", **TASK_OPTS)
-def smoke_task(ctx: steps.RunContext, calib: dict, quant: dict) -> dict:
-    return steps.step_smoke(ctx, calib, quant)
-
-
-@task(name="coco-eval", task_run_name="coco-eval-{which}", **TASK_OPTS)
-def evaluate_task(ctx: steps.RunContext, which: str, model_path: str, model_sha: str) -> dict:
-    return steps.step_evaluate(ctx, which, Path(model_path), model_sha)
-
-
-@task(name="accuracy-guard", **TASK_OPTS)
-def guard_task(ctx: steps.RunContext, calib: dict, quant: dict, fp32: dict, int8: dict) -> dict:
-    return steps.step_accuracy_guard(ctx, calib, quant, fp32, int8)
-
-
-@task(name="sensitivity", **TASK_OPTS)
-def sensitivity_task(ctx: steps.RunContext, calib: dict, quant: dict) -> list:
-    return steps.step_sensitivity(ctx, calib, quant)
-
-
-@task(name="report", **TASK_OPTS)
-def report_task(ctx: steps.RunContext, calib: dict, quant: dict, smoke: dict, fp32: dict, int8: dict,
-                extra: dict) -> dict:
-    summary = build_summary(ctx, calib, quant, smoke, fp32, int8, ctx.cache.corrupt)
-    summary.update(extra)
-    summary["gate"] = regression_gate(summary, ctx.cfg.max_map_drop)
-    write_report(ctx.run_dir, summary)
-    return summary
+def as_task(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """steps.execute's caller: each stage runs as a retryable Prefect task named after it."""
+    return task(fn, name=name, **TASK_OPTS)(*args)
 
 
 def _publish_png(ctx: steps.RunContext) -> None:
@@ -109,23 +73,9 @@ def int8_flow(config: RunConfig = RunConfig()) -> dict:
     ctx = prepare_task(config)
     logger.info("run folder: %s", ctx.run_dir)
     try:
-        calib = calibration_task(ctx)
-        quant = quantize_task(ctx, calib)
-        smoke = smoke_task(ctx, calib, quant)
-        fp32 = evaluate_task(ctx, "fp32", str(ctx.cfg.model), ctx.model["sha256"])
-        int8 = evaluate_task(ctx, "int8", quant["onnx"], quant["sha256"])
-        extra: dict = {}
-        if ctx.cfg.accuracy_budget is not None:
-            g = guard_task(ctx, calib, quant, fp32, int8)
-            if g["quant"]["sha256"] != quant["sha256"]:
-                smoke = smoke_task(ctx, calib, g["quant"])
-            quant, int8 = g["quant"], g["int8"]
-            extra = {"sensitivity": g["sensitivity"], "accuracy_guard": g["guard"]}
+        summary = steps.execute(ctx, call=as_task)
+        if "sensitivity" in summary:
             _publish_png(ctx)
-        elif ctx.cfg.sensitivity:
-            extra = {"sensitivity": sensitivity_task(ctx, calib, quant)}
-            _publish_png(ctx)
-        summary = report_task(ctx, calib, quant, smoke, fp32, int8, extra)
         key = _artifact_key(f"int8-{Path(ctx.cfg.model).stem}")
         create_markdown_artifact(markdown=render_markdown(summary), key=f"{key}-report",
                                  description=f"FP32 vs INT8, run {summary['run_id']}")

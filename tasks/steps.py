@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -224,31 +224,50 @@ def step_evaluate(ctx: RunContext, which: str, model_path: Path, model_sha: str,
     return _timed(ctx, f"{which}_eval", t0, metrics)
 
 
+def direct(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run a step as a plain call (the flow passes a caller that wraps each step in a Prefect task)."""
+    return fn(*args)
+
+
+def step_report(ctx: RunContext, calib: dict[str, Any], quant: dict[str, Any], smoke: dict[str, Any],
+                fp32: dict[str, Any], int8: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """summary.json and report.md, with the regression gate's verdict in them."""
+    from tasks.report import build_summary, regression_gate, write_report
+
+    summary = build_summary(ctx, calib, quant, smoke, fp32, int8, ctx.cache.corrupt)
+    summary.update(extra)
+    summary["gate"] = regression_gate(summary, ctx.cfg.max_map_drop)
+    write_report(ctx.run_dir, summary)
+    return summary
+
+
+def execute(ctx: RunContext, call: Callable[..., Any] = direct) -> dict[str, Any]:
+    """Every stage after prepare_run, in order; `call(name, fn, *args)` runs each one."""
+    cfg = ctx.cfg
+    calib = call("calibration", step_calibration, ctx)
+    quant = call("quantize-int8", step_quantize, ctx, calib)
+    smoke = call("smoke-inference", step_smoke, ctx, calib, quant)
+    fp32 = call("coco-eval-fp32", step_evaluate, ctx, "fp32", Path(cfg.model), ctx.model["sha256"])
+    int8 = call("coco-eval-int8", step_evaluate, ctx, "int8", Path(quant["onnx"]), quant["sha256"])
+    extra: dict[str, Any] = {}
+    if cfg.accuracy_budget is not None:
+        g = call("accuracy-guard", step_accuracy_guard, ctx, calib, quant, fp32, int8)
+        if g["quant"]["sha256"] != quant["sha256"]:
+            smoke = call("smoke-inference-chosen", step_smoke, ctx, calib, g["quant"])
+        quant, int8 = g["quant"], g["int8"]
+        extra = {"sensitivity": g["sensitivity"], "accuracy_guard": g["guard"]}
+    elif cfg.sensitivity:
+        extra = {"sensitivity": call("sensitivity", step_sensitivity, ctx, calib, quant)}
+    return call("report", step_report, ctx, calib, quant, smoke, fp32, int8, extra)
+
+
 def run_int8(cfg: RunConfig) -> dict[str, Any]:
     """The whole run without Prefect (benchmarks and tests compare the flow against this)."""
-    from tasks.report import build_summary, regression_gate, write_report
     from tasks.rundir import set_run_state
 
     ctx = prepare_run(cfg)
     try:
-        calib = step_calibration(ctx)
-        quant = step_quantize(ctx, calib)
-        smoke = step_smoke(ctx, calib, quant)
-        fp32 = step_evaluate(ctx, "fp32", Path(ctx.cfg.model), ctx.model["sha256"])
-        int8 = step_evaluate(ctx, "int8", Path(quant["onnx"]), quant["sha256"])
-        extra: dict[str, Any] = {}
-        if ctx.cfg.accuracy_budget is not None:
-            g = step_accuracy_guard(ctx, calib, quant, fp32, int8)
-            if g["quant"]["sha256"] != quant["sha256"]:
-                smoke = step_smoke(ctx, calib, g["quant"])
-            quant, int8 = g["quant"], g["int8"]
-            extra = {"sensitivity": g["sensitivity"], "accuracy_guard": g["guard"]}
-        elif ctx.cfg.sensitivity:
-            extra = {"sensitivity": step_sensitivity(ctx, calib, quant)}
-        summary = build_summary(ctx, calib, quant, smoke, fp32, int8, ctx.cache.corrupt)
-        summary.update(extra)
-        summary["gate"] = regression_gate(summary, ctx.cfg.max_map_drop)
-        write_report(ctx.run_dir, summary)
+        summary = execute(ctx)
         if not summary["gate"]["passed"]:
             raise RegressionGateError(summary["gate"]["message"])
     except BaseException as e:
