@@ -60,6 +60,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--deterministic", action="store_true")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--init", type=Path, help="start from these weights (a .pt of an earlier run) instead of "
+                                              "yolov10n.yaml: a second, shorter schedule that refines them")
+    ap.add_argument("--lr0", type=float, default=0.01)
+    ap.add_argument("--name", default="run")
     ap.add_argument("--out", type=Path, default=ROOT / "demo" / "model" / "yolov10n-shapes.onnx")
     args = ap.parse_args()
 
@@ -84,13 +88,13 @@ def main() -> None:
         "path": str(data_root.resolve()), "train": "train/images", "val": "holdout/images", "names": names}))
 
     t0 = time.time()
-    model = YOLO("yolov10n.yaml")
+    model = YOLO(str(args.init) if args.init else "yolov10n.yaml")
     model.train(data=str(ds_yaml), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device="cpu",
                 workers=1, cache="ram", seed=args.seed, deterministic=args.deterministic, plots=False, amp=False, val=False,
-                project=str(args.work.resolve()), name="run", exist_ok=True, verbose=False,
-                close_mosaic=10, patience=0)
+                project=str(args.work.resolve()), name=args.name, exist_ok=True, verbose=False,
+                close_mosaic=10, patience=0, lr0=args.lr0)
     train_s = time.time() - t0
-    last = args.work / "run" / "weights" / "last.pt"
+    last = args.work / args.name / "weights" / "last.pt"
     exported = YOLO(str(last)).export(format="onnx", imgsz=args.imgsz, opset=17, dynamic=False,
                                       simplify=True, nms=False, batch=1)
     import onnx
@@ -102,7 +106,7 @@ def main() -> None:
     shutil.copyfile(exported, args.out)
     (args.out.parent / "train-info.json").write_text(json.dumps({
         "command": " ".join(["python", "scripts/train_demo_model.py", *sys.argv[1:]]),
-        "seed": args.seed, "epochs": args.epochs, "imgsz": args.imgsz, "train_images": args.train_count,
+        "seed": args.seed, "epochs": args.epochs, "init": str(args.init) if args.init else None, "lr0": args.lr0, "imgsz": args.imgsz, "train_images": args.train_count,
         "train_seconds": round(train_s, 1), "torch": torch.__version__,
         "ultralytics": __import__("ultralytics").__version__, "threads": args.threads}, indent=2) + "\n")
     print(f"wrote {args.out} output {out_shape} after {train_s:.0f} s of training")

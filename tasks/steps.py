@@ -72,13 +72,21 @@ def prepare_run(cfg: RunConfig) -> RunContext:
     fmt, nc, fmt_info = resolve_format(model, cfg.eval)
     coco = load_coco(cfg.annotations)  # fail before any work if the annotations are unusable
     image_ids = select_subset(coco, cfg.subset, seed=cfg.subset_seed)
+    eval_files = [Path(cfg.images) / coco.imgs[i]["file_name"] for i in image_ids]
+    missing = [p for p in eval_files if not p.is_file()]
+    if missing:  # bad input is refused before a run folder exists
+        raise FileNotFoundError(f"image {missing[0]} ({len(missing)} of {len(eval_files)} evaluated images) is listed in "
+                                f"the annotations but missing; check --images points at the folder they describe")
     run_dir = create_run_dir(cfg.run_root, cfg.run_id or default_run_id())
     cfg.run_id = run_dir.name
     atomic_write_json(run_dir / "run-config.json", cfg.model_dump(mode="json"))
     ctx = RunContext(cfg=cfg, run_dir=run_dir, cache=StepCache(cfg.cache_dir), versions=versions())
     ctx.model = {"path": str(cfg.model), "sha256": sha256_file(cfg.model), "input": input_name,
                  "input_shape": list(in_shape), "output_format": fmt, "num_classes": nc, **fmt_info,
-                 "eval_image_files": [str(Path(cfg.images) / coco.imgs[i]["file_name"]) for i in image_ids]}
+                 "eval_image_files": [str(p) for p in eval_files],
+                 # hashed once here: both evaluations key their cache entries on these bytes
+                 "eval_image_sha256": [sha256_file(p) for p in eval_files],
+                 "annotations_sha256": sha256_file(cfg.annotations)}
     return ctx
 
 
@@ -111,7 +119,7 @@ def step_calibration(ctx: RunContext) -> dict[str, Any]:
     cached = entry is not None
     if entry is None:
         arr = build_calib_tensor(files, m["input_shape"], cfg.eval.preprocess)
-        with tempfile.TemporaryDirectory(dir=ctx.cache.root.parent if ctx.cache.root.parent.exists() else None) as td:
+        with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
             sha = save_npy(Path(td) / "calib.npy", arr)
             entry = ctx.cache.put("calibration", key, {"calib.npy": Path(td) / "calib.npy"}, {"sha256": sha})
     tensor = entry.file("calib.npy")
@@ -205,9 +213,8 @@ def step_evaluate(ctx: RunContext, which: str, model_path: Path, model_sha: str,
     """COCO evaluation of one model, cached by model bytes, image bytes, annotations and settings."""
     t0 = time.perf_counter()
     cfg = ctx.cfg
-    image_hashes = [sha256_file(Path(p)) for p in ctx.model["eval_image_files"]]
-    key = cache_key("evaluate", {"model": model_sha, "annotations": sha256_file(cfg.annotations),
-                                 "images": image_hashes, "subset": cfg.subset, "subset_seed": cfg.subset_seed,
+    key = cache_key("evaluate", {"model": model_sha, "annotations": ctx.model["annotations_sha256"],
+                                 "images": ctx.model["eval_image_sha256"], "subset": cfg.subset, "subset_seed": cfg.subset_seed,
                                  "settings": cfg.eval.model_dump(), "versions": ctx.key_versions})
     entry = ctx.cache.get("evaluate", key)
     cached = entry is not None

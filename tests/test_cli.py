@@ -51,3 +51,15 @@ def test_missing_eval_data_and_unwritable_run_root(tmp_path, tiny_model, tiny_da
                               "calib_images": str(tiny_data["calib_images"]), "run_root": str(blocker / "runs")})
     with pytest.raises(PermissionError, match="--run-root"):
         prepare_run(cfg)
+
+
+def test_missing_eval_image_is_refused_before_any_run_folder(tmp_path, tiny_model, tiny_data):
+    from tasks.steps import prepare_run
+
+    (tiny_data["images"] / "val0002.png").unlink()
+    cfg = build_config(None, {"model": str(tiny_model), "images": str(tiny_data["images"]),
+                              "annotations": str(tiny_data["annotations"]),
+                              "calib_images": str(tiny_data["calib_images"]), "run_root": str(tmp_path / "runs")})
+    with pytest.raises(FileNotFoundError, match="val0002.png"):
+        prepare_run(cfg)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
