@@ -63,6 +63,9 @@ def main() -> None:
     ap.add_argument("--init", type=Path, help="start from these weights (a .pt of an earlier run) instead of "
                                               "yolov10n.yaml: a second, shorter schedule that refines them")
     ap.add_argument("--lr0", type=float, default=0.01)
+    ap.add_argument("--mosaic", type=float, default=1.0, help="mosaic probability (0 trains on whole images)")
+    ap.add_argument("--profile", default="standard", choices=["standard", "hard"],
+                    help="scene difficulty of the generated training data (tasks/demo_data.py PROFILES)")
     ap.add_argument("--name", default="run")
     ap.add_argument("--out", type=Path, default=ROOT / "demo" / "model" / "yolov10n-shapes.onnx")
     args = ap.parse_args()
@@ -79,7 +82,7 @@ def main() -> None:
 
     data_root = args.work / "data"
     for split, n in (("train", args.train_count), ("holdout", args.holdout_count)):
-        ann = write_split(data_root, split, n, args.seed)
+        ann = write_split(data_root, split, n, args.seed, profile=args.profile)
         coco_to_yolo(ann, data_root / split / "labels")
     names = {i: c["name"] for i, c in enumerate(CATEGORIES)}
     ds_yaml = args.work / "shapes.yaml"
@@ -92,7 +95,8 @@ def main() -> None:
     model.train(data=str(ds_yaml), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device="cpu",
                 workers=1, cache="ram", seed=args.seed, deterministic=args.deterministic, plots=False, amp=False, val=False,
                 project=str(args.work.resolve()), name=args.name, exist_ok=True, verbose=False,
-                close_mosaic=10, patience=0, lr0=args.lr0)
+                close_mosaic=10 if args.mosaic > 0 else 0, patience=0, lr0=args.lr0,
+                mosaic=args.mosaic)
     train_s = time.time() - t0
     last = args.work / args.name / "weights" / "last.pt"
     exported = YOLO(str(last)).export(format="onnx", imgsz=args.imgsz, opset=17, dynamic=False,
@@ -104,9 +108,12 @@ def main() -> None:
     assert out_shape == [1, 300, 6], f"expected the NMS-free 1x300x6 head, got {out_shape}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(exported, args.out)
-    (args.out.parent / "train-info.json").write_text(json.dumps({
+    info_path = args.out.parent / "train-info.json"
+    previous = json.loads(info_path.read_text()) if args.init and info_path.exists() else None
+    info_path.write_text(json.dumps({
         "command": " ".join(["python", "scripts/train_demo_model.py", *sys.argv[1:]]),
-        "seed": args.seed, "epochs": args.epochs, "init": str(args.init) if args.init else None, "lr0": args.lr0, "imgsz": args.imgsz, "train_images": args.train_count,
+        "seed": args.seed, "epochs": args.epochs, "init": str(args.init) if args.init else None, "lr0": args.lr0,
+        "mosaic": args.mosaic, "profile": args.profile, "previous_stage": previous, "imgsz": args.imgsz, "train_images": args.train_count,
         "train_seconds": round(train_s, 1), "torch": torch.__version__,
         "ultralytics": __import__("ultralytics").__version__, "threads": args.threads}, indent=2) + "\n")
     print(f"wrote {args.out} output {out_shape} after {train_s:.0f} s of training")

@@ -35,7 +35,32 @@ CATEGORIES: list[dict] = [
 SPLIT_ID_BASE = {"train": 100_000, "val": 200_000, "calib": 300_000, "holdout": 400_000}
 
 JPEG_QUALITY = 92
-MAX_OVERLAP = 0.35  # share of an earlier object's visible area a newcomer may cover
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How hard the scenes are. The random draws are the same in every profile (only their ranges
+    differ), so a profile change never reshuffles what else an image holds."""
+
+    noise: tuple[float, float]      # range of the Gaussian pixel-noise std
+    dark_share: float               # share of dark objects (colour alone never gives the class away)
+    dark_factor: float
+    min_size: float                 # smallest half-extent of an object, pixels
+    max_size_frac: float            # largest half-extent, share of the image's short side
+    max_objects: int
+    max_overlap: float              # share of an earlier object's visible area a newcomer may cover
+    blur_share: float
+    blur: tuple[float, float]
+
+
+PROFILES = {
+    # The demo's distribution: what the bundled model is evaluated on.
+    "standard": Profile(noise=(2, 8), dark_share=0.12, dark_factor=0.5, min_size=18, max_size_frac=0.25,
+                        max_objects=7, max_overlap=0.25, blur_share=0.15, blur=(0.3, 0.8)),
+    # Harder scenes (darker, smaller, noisier, more occlusion): pre-training for the demo model.
+    "hard": Profile(noise=(2, 12), dark_share=0.25, dark_factor=0.35, min_size=14, max_size_frac=0.22,
+                    max_objects=8, max_overlap=0.35, blur_share=0.3, blur=(0.3, 1.2)),
+}
 
 
 @dataclass(frozen=True)
@@ -49,7 +74,7 @@ def _rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(split.encode()), index])
 
 
-def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+def _background(rng: np.random.Generator, w: int, h: int, prof: Profile) -> np.ndarray:
     kind = rng.integers(0, 4)
     base = rng.uniform(40, 215, size=3)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -70,7 +95,7 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
         img = base[None, None, :] + blot
     else:  # flat
         img = np.broadcast_to(base[None, None, :], (h, w, 3)).astype(np.float32)
-    img = img + rng.normal(0, rng.uniform(2, 12), size=img.shape)
+    img = img + rng.normal(0, rng.uniform(*prof.noise), size=img.shape)
     return img.clip(0, 255).astype(np.uint8)
 
 
@@ -106,31 +131,32 @@ def _polygon_area(pts: list[tuple[float, float]]) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
 
 
-def _saturated_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+def _saturated_colour(rng: np.random.Generator, prof: Profile) -> tuple[int, int, int]:
     hue = rng.uniform(0, 6)
     i, f = int(hue) % 6, hue - int(hue)
     v, lo = rng.uniform(170, 255), rng.uniform(0, 60)
     table = [(v, lo + f * (v - lo), lo), (v - f * (v - lo), v, lo), (lo, v, lo + f * (v - lo)),
              (lo, v - f * (v - lo), v), (lo + f * (v - lo), lo, v), (v, lo, v - f * (v - lo))]
-    if rng.random() < 0.25:  # some dark objects too, so colour alone never gives the class away
-        return tuple(int(c * 0.35) for c in table[i])  # type: ignore[return-value]
+    if rng.random() < prof.dark_share:  # some dark objects too, so colour alone never gives the class away
+        return tuple(int(c * prof.dark_factor) for c in table[i])  # type: ignore[return-value]
     return tuple(int(c) for c in table[i])  # type: ignore[return-value]
 
 
-def render_scene(seed: int, split: str, index: int) -> tuple[Image.Image, list[dict]]:
+def render_scene(seed: int, split: str, index: int, profile: str = "standard") -> tuple[Image.Image, list[dict]]:
     """One image and its objects: [{'category_id', 'bbox' (xywh), 'area'}]."""
+    prof = PROFILES[profile]
     rng = _rng(seed, split, index)
     w, h = int(rng.integers(288, 513)), int(rng.integers(224, 417))
-    img = Image.fromarray(_background(rng, w, h))
+    img = Image.fromarray(_background(rng, w, h, prof))
     draw = ImageDraw.Draw(img)
     owner = np.full((h, w), -1, np.int32)  # which object owns each visible pixel
     objects: list[dict] = []
-    n_target = int(rng.integers(2, 9))
+    n_target = int(rng.integers(2, prof.max_objects + 1))
     for _ in range(n_target * 4):
         if len(objects) >= n_target:
             break
         cls = int(rng.integers(0, len(CATEGORIES)))
-        size = rng.uniform(14, min(w, h) * 0.22)
+        size = rng.uniform(prof.min_size, min(w, h) * prof.max_size_frac)
         aspect = math.exp(rng.uniform(-0.45, 0.45))
         sx, sy = size * aspect, size / aspect
         cx, cy = rng.uniform(0.02 * w, 0.98 * w), rng.uniform(0.02 * h, 0.98 * h)
@@ -144,12 +170,12 @@ def render_scene(seed: int, split: str, index: int) -> tuple[Image.Image, list[d
         covered = owner[mask]
         ok = True
         for obj_i in np.unique(covered[covered >= 0]):
-            if (covered == obj_i).sum() > MAX_OVERLAP * objects[obj_i]["_visible"]:
+            if (covered == obj_i).sum() > prof.max_overlap * objects[obj_i]["_visible"]:
                 ok = False
                 break
         if not ok:
             continue
-        draw.polygon(pts, fill=_saturated_colour(rng))
+        draw.polygon(pts, fill=_saturated_colour(rng, prof))
         owner[mask] = len(objects)
         objects.append({"category_id": CATEGORIES[cls]["id"], "_visible": int(mask.sum())})
     for _ in range(int(rng.integers(0, 6))):  # distractor strokes: thin lines and arcs
@@ -161,8 +187,8 @@ def render_scene(seed: int, split: str, index: int) -> tuple[Image.Image, list[d
         else:
             box = [min(x0, x1), min(y0, y1), max(x0, x1) + 1, max(y0, y1) + 1]
             draw.arc(box, float(rng.uniform(0, 360)), float(rng.uniform(0, 360)), fill=colour, width=2)
-    if rng.random() < 0.3:
-        img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.2))))
+    if rng.random() < prof.blur_share:
+        img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(*prof.blur))))
     anns = []
     for i, obj in enumerate(objects):
         ys, xs = np.nonzero(owner == i)
@@ -174,7 +200,8 @@ def render_scene(seed: int, split: str, index: int) -> tuple[Image.Image, list[d
     return img, anns
 
 
-def write_split(root: Path, split: str, count: int, seed: int = 0, annotate: bool = True) -> Path:
+def write_split(root: Path, split: str, count: int, seed: int = 0, annotate: bool = True,
+                profile: str = "standard") -> Path:
     """Write `count` images to root/split/images and, if `annotate`, root/split/annotations.json.
 
     Returns the annotation path (or the image folder when `annotate` is False). Files are written
@@ -187,7 +214,7 @@ def write_split(root: Path, split: str, count: int, seed: int = 0, annotate: boo
     for i in range(count):
         image_id = SPLIT_ID_BASE[split] + i + 1
         file_name = f"{image_id:012d}.jpg"
-        img, anns = render_scene(seed, split, i)
+        img, anns = render_scene(seed, split, i, profile)
         tmp = img_dir / f".{file_name}.tmp"
         img.save(tmp, format="JPEG", quality=JPEG_QUALITY)
         tmp.replace(img_dir / file_name)
@@ -198,7 +225,7 @@ def write_split(root: Path, split: str, count: int, seed: int = 0, annotate: boo
     if not annotate:
         return img_dir
     coco = {
-        "info": {"description": f"yolo-lowbit synthetic shapes, split {split}, seed {seed}"},
+        "info": {"description": f"yolo-lowbit synthetic shapes, split {split}, seed {seed}, profile {profile}"},
         "licenses": [],
         "images": images,
         "annotations": annotations,
