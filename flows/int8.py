@@ -116,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path | None, dict[str, An
     ap.add_argument("--calib-eps", type=_csv, help="calibration EPs in priority order (default cuda:0,cpu)")
     ap.add_argument("--exclude-nodes", nargs="+", help="node-name regexes kept in float (matched from the start)")
     ap.add_argument("--exclude-op-types", nargs="+", help="op types kept in float")
+    ap.add_argument("--head-preset", action="store_true",
+                    help="keep the detection head's final convolutions in float (rule-based; off by default)")
     ap.add_argument("--quantize-topk", action="store_true", help="let ModelOpt quantize the TopK inputs too")
     ap.add_argument("--high-precision-dtype", choices=["fp32", "fp16"], help="default fp32 (ORT validation)")
     ap.add_argument("--providers", type=_csv, help="evaluation EPs in priority order (default cuda,cpu)")
@@ -135,7 +137,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path | None, dict[str, An
                     help="disable the regression gate")
     ns = vars(ap.parse_args(argv))
     config_file = ns.pop("config", None)
-    quant_keys = {"method", "calib_eps", "exclude_nodes", "exclude_op_types", "quantize_topk", "high_precision_dtype"}
+    quant_keys = {"method", "calib_eps", "exclude_nodes", "exclude_op_types", "quantize_topk", "high_precision_dtype",
+                  "head_preset"}
     eval_keys = {"providers", "strict_providers", "threads", "output_format", "class_map"}
     values: dict[str, Any] = {}
     for k, v in ns.items():

@@ -35,6 +35,7 @@ CATEGORIES: list[dict] = [
 SPLIT_ID_BASE = {"train": 100_000, "val": 200_000, "calib": 300_000, "holdout": 400_000}
 
 JPEG_QUALITY = 92
+GENERATOR_VERSION = 2  # bump whenever the pixels or annotations a seed gives change
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,8 @@ def write_split(root: Path, split: str, count: int, seed: int = 0, annotate: boo
 def ensure_demo_data(root: Path, seed: int = 0, val_count: int = 100, calib_count: int = 64) -> dict[str, Path]:
     """Generate the demo's evaluation and calibration splits once; reuse them when complete."""
     stamp = root / "COMPLETE.json"
-    want = {"seed": seed, "val": val_count, "calib": calib_count}
+    want = {"seed": seed, "val": val_count, "calib": calib_count, "generator": GENERATOR_VERSION,
+            "profile": "standard"}
     if not (stamp.exists() and json.loads(stamp.read_text()) == want):
         write_split(root, "val", val_count, seed)
         write_split(root, "calib", calib_count, seed, annotate=False)

@@ -124,6 +124,36 @@ def qdq_summary(model: onnx.ModelProto) -> dict[str, Any]:
             "left_in_float": left_float, "topk_with_qdq_input": topk_qdq}
 
 
+_MODULE = re.compile(r"^(.*?/model\.(\d+))/")
+
+
+def head_final_convs(model: onnx.ModelProto) -> list[str]:
+    """The detection head's final convolutions: in the last `/model.N/` module, the Conv nodes none
+    of whose consumers is another Conv (they feed the Concat/Reshape that forms boxes and scores).
+    One rule covers YOLOv5 (`m.0..2`), YOLOv8/11 (`cv2.i.2`, `cv3.i.2`) and YOLOv10 (`one2one_cv*.i.2`)."""
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    mods = [(int(m.group(2)), m.group(1)) for n in convs if (m := _MODULE.match(n.name))]
+    if not mods:
+        return []
+    head = max(mods)[1] + "/"
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def feeds_conv(name: str, depth: int = 0) -> bool:
+        # look through activations (SiLU = Sigmoid * Mul) to the next op that computes
+        for c in consumers.get(name, []):
+            if c.op_type == "Conv":
+                return True
+            if c.op_type in ("Sigmoid", "Mul", "Relu", "Add") and depth < 3 and any(
+                    feeds_conv(o, depth + 1) for o in c.output):
+                return True
+        return False
+
+    return [n.name for n in convs if n.name.startswith(head) and not feeds_conv(n.output[0])]
+
+
 def copy_metadata(src: onnx.ModelProto, dst_path: Path) -> int:
     """ModelOpt drops metadata_props (Ultralytics keeps names, stride, imgsz there): put them back."""
     dst = onnx.load(str(dst_path))
@@ -171,6 +201,9 @@ def run_ptq(model_path: Path, input_name: str, calib: np.ndarray, settings: Quan
         if not any(rx.match(n) for n in node_names):
             log.warning("exclude-nodes pattern %r matches no node of %s", pat, model_path.name)
 
+    nodes_excl = list(settings.exclude_nodes)
+    preset = head_final_convs(src_model) if settings.head_preset else []
+    nodes_excl += [re.escape(n) + "$" for n in preset]
     tmp_out = temp_sibling(out_path)
     tmp_log = temp_sibling(log_path)
     # ModelOpt writes intermediate models next to its input and was seen rewriting the input file
@@ -183,7 +216,7 @@ def run_ptq(model_path: Path, input_name: str, calib: np.ndarray, settings: Quan
         "calibration_method": settings.method,
         "calibration_eps": eps,
         "op_types_to_exclude": op_excl,
-        "nodes_to_exclude": list(settings.exclude_nodes) or None,
+        "nodes_to_exclude": nodes_excl or None,
         "high_precision_dtype": settings.high_precision_dtype,
         "log_level": "INFO",
     }
@@ -220,6 +253,7 @@ def run_ptq(model_path: Path, input_name: str, calib: np.ndarray, settings: Quan
         "calibration_ep_used": enabled[0] if enabled else _ep_provider(eps[0]),
         "ort_eps_enabled": enabled,
         "metadata_props_restored": restored,
+        "head_preset_nodes": preset,
         "wall_s": round(wall, 3),
         "peak_rss_mib": round(mem.peak / 2**20, 1),
         "rss_growth_mib": round((mem.peak - mem.start) / 2**20, 1),

@@ -169,6 +169,7 @@ def step_quantize(ctx: RunContext, calib: dict[str, Any], settings: QuantSetting
                                    "calibration": {"sha256": calib["sha256"], "count": calib["count"]}},
                         "versions": ctx.versions, "wall_s": rec["wall_s"], "peak_rss_mib": rec["peak_rss_mib"],
                         "rss_growth_mib": rec["rss_growth_mib"], "metadata_props_restored": rec["metadata_props_restored"],
+                        "head_preset_nodes": rec["head_preset_nodes"],
                         "output_sha256": rec["onnx_sha256"], "seed": seed, "cache_key": key}
             atomic_write_json(tdir / "config.json", snapshot)
             atomic_write_json(tdir / "qdq-summary.json", rec["qdq"])

@@ -79,3 +79,19 @@ def test_auto_mode_keeps_the_fragile_block_in_float(tmp_path, fragile, tiny_data
     prod = {o: n for n in q.graph.node for o in n.output}
     head = next(n for n in q.graph.node if n.name == "/model.24/m/Conv")
     assert prod[head.input[0]].op_type != "DequantizeLinear"
+
+
+def test_head_preset_finds_the_final_head_convolutions(fragile, tiny_model):
+    from tasks.quantize import head_final_convs
+
+    assert head_final_convs(onnx.load(str(fragile))) == ["/model.24/m/Conv"]
+    assert head_final_convs(onnx.load(str(tiny_model))) == ["/model.1/conv/Conv"]  # no Conv after it
+
+
+@pytest.mark.slow
+def test_head_preset_keeps_them_in_float(tmp_path, fragile, tiny_data):
+    rec = run_ptq(fragile, "images", _calib(tiny_data), QuantSettings(head_preset=True), tmp_path / "q.onnx",
+                  tmp_path / "q.log")
+    assert rec["head_preset_nodes"] == ["/model.24/m/Conv"]
+    assert "/model.24/m/Conv" in rec["qdq"]["left_in_float"]
+    assert "/model.0/conv/Conv" not in rec["qdq"]["left_in_float"]
