@@ -35,7 +35,7 @@ CATEGORIES: list[dict] = [
 SPLIT_ID_BASE = {"train": 100_000, "val": 200_000, "calib": 300_000, "holdout": 400_000}
 
 JPEG_QUALITY = 92
-GENERATOR_VERSION = 2  # bump whenever the pixels or annotations a seed gives change
+GENERATOR_VERSION = 3  # bump whenever the pixels or annotations a seed gives change
 
 
 @dataclass(frozen=True)
@@ -52,15 +52,16 @@ class Profile:
     max_overlap: float              # share of an earlier object's visible area a newcomer may cover
     blur_share: float
     blur: tuple[float, float]
+    hue_spread: float | None        # None: any hue; else each class keeps a hue band (in 60-degree units)
 
 
 PROFILES = {
     # The demo's distribution: what the bundled model is evaluated on.
     "standard": Profile(noise=(2, 8), dark_share=0.12, dark_factor=0.5, min_size=18, max_size_frac=0.25,
-                        max_objects=7, max_overlap=0.25, blur_share=0.15, blur=(0.3, 0.8)),
+                        max_objects=7, max_overlap=0.25, blur_share=0.15, blur=(0.3, 0.8), hue_spread=0.35),
     # Harder scenes (darker, smaller, noisier, more occlusion): pre-training for the demo model.
     "hard": Profile(noise=(2, 12), dark_share=0.25, dark_factor=0.35, min_size=14, max_size_frac=0.22,
-                    max_objects=8, max_overlap=0.35, blur_share=0.3, blur=(0.3, 1.2)),
+                    max_objects=8, max_overlap=0.35, blur_share=0.3, blur=(0.3, 1.2), hue_spread=None),
 }
 
 
@@ -132,13 +133,16 @@ def _polygon_area(pts: list[tuple[float, float]]) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
 
 
-def _saturated_colour(rng: np.random.Generator, prof: Profile) -> tuple[int, int, int]:
-    hue = rng.uniform(0, 6)
+def _saturated_colour(rng: np.random.Generator, prof: Profile, cls: int) -> tuple[int, int, int]:
+    # Standard scenes give each class its own hue band (varied within it): a cue a small detector
+    # learns in a CPU-sized training budget. Shape still decides between dark objects.
+    hue = rng.uniform(0, 6) if prof.hue_spread is None else \
+        (cls + rng.uniform(-prof.hue_spread, prof.hue_spread)) % 6
     i, f = int(hue) % 6, hue - int(hue)
     v, lo = rng.uniform(170, 255), rng.uniform(0, 60)
     table = [(v, lo + f * (v - lo), lo), (v - f * (v - lo), v, lo), (lo, v, lo + f * (v - lo)),
              (lo, v - f * (v - lo), v), (lo + f * (v - lo), lo, v), (v, lo, v - f * (v - lo))]
-    if rng.random() < prof.dark_share:  # some dark objects too, so colour alone never gives the class away
+    if rng.random() < prof.dark_share:  # some dark objects too
         return tuple(int(c * prof.dark_factor) for c in table[i])  # type: ignore[return-value]
     return tuple(int(c) for c in table[i])  # type: ignore[return-value]
 
@@ -176,7 +180,7 @@ def render_scene(seed: int, split: str, index: int, profile: str = "standard") -
                 break
         if not ok:
             continue
-        draw.polygon(pts, fill=_saturated_colour(rng, prof))
+        draw.polygon(pts, fill=_saturated_colour(rng, prof, cls))
         owner[mask] = len(objects)
         objects.append({"category_id": CATEGORIES[cls]["id"], "_visible": int(mask.sum())})
     for _ in range(int(rng.integers(0, 6))):  # distractor strokes: thin lines and arcs
