@@ -25,6 +25,7 @@ def main() -> None:
     demo = load_demo_config()
     model: Path = demo["model"]
     info = json.loads((model.parent / "train-info.json").read_text())
+    stage1 = info.get("previous_stage") or info
     m = evaluate_model(model, demo["paths"]["images"], demo["paths"]["annotations"],
                        settings=EvalSettings(providers=["cpu"]))
     ref = {"model": model.name, "sha256": sha256_file(model), "map50_95": m["map50_95"], "map50": m["map50"],
@@ -36,16 +37,18 @@ def main() -> None:
     per_class = "\n".join(f"| {k} | {v:.3f} |" for k, v in m["per_class_ap"].items())
     card = f"""# Model card: {model.name}
 
-A YOLOv10n (Ultralytics' `yolov10n.yaml`: the real end-to-end `v10Detect` head) trained from scratch
-on the synthetic shapes dataset of `tasks/demo_data.py`. It exists so that the demo runs the real job
+A YOLOv10n (Ultralytics' `yolov10n.yaml`: the real end-to-end `v10Detect` head) trained from scratch,
+in two stages, on the synthetic shapes dataset of `tasks/demo_data.py` (the `standard` profile it is
+evaluated on gives each class a hue band, varied within it, besides its shape; stage 1 used the
+`hard` profile, any hue, darker, smaller and noisier objects). It exists so that the demo runs the real job
 (a real YOLOv10 graph, NMS-free 1x300x6 output, TopK post-processing) on a fresh machine with no download.
 
 | | |
 |---|---|
-| training command | `YOLO_OFFLINE=1 YOLO_AUTOINSTALL=false ../venv-train/bin/{info['command']}` |
-| trained with | torch {info['torch']}, ultralytics {info['ultralytics']}, {info['threads']} CPU threads, {info['train_seconds'] / 60:.0f} min |
+| training, stage 1 | `{stage1['command']}`: from scratch (`yolov10n.yaml`), {stage1['train_images']} images of the `hard` scene profile, {stage1['epochs']} epochs with mosaic, {stage1['train_seconds'] / 60:.0f} min |
+| training, stage 2 | `{info['command']}`: from stage 1's weights, {info['train_images']} images of the `standard` profile (the evaluated distribution), {info['epochs']} epochs without mosaic, {info['train_seconds'] / 60:.0f} min |
+| environment | `YOLO_OFFLINE=1 YOLO_AUTOINSTALL=false`, `../venv-train` (see the script's docstring): torch {info['torch']}, ultralytics {info['ultralytics']}, {info['threads']} CPU threads |
 | seed | {info['seed']} (data and training) |
-| training data | {info['train_images']} synthetic images (split `train`), {info['epochs']} epochs |
 | input | `{m['model']['input']}` float32 {m['model']['input_shape']} (letterbox to {info['imgsz']}, pad 114, RGB, /255) |
 | output | `{m['model']['output']}` {m['model']['output_shape']} = x1, y1, x2, y2, score, class (decoder `{m['model']['output_format']}`, chosen automatically) |
 | classes | {classes} |
