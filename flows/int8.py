@@ -116,8 +116,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path | None, dict[str, An
     ap.add_argument("--calib-eps", type=_csv, help="calibration EPs in priority order (default cuda:0,cpu)")
     ap.add_argument("--exclude-nodes", nargs="+", help="node-name regexes kept in float (matched from the start)")
     ap.add_argument("--exclude-op-types", nargs="+", help="op types kept in float")
-    ap.add_argument("--head-preset", action="store_true",
-                    help="keep the detection head's final convolutions in float (rule-based; off by default)")
+    ap.add_argument("--no-head-preset", dest="head_preset", action="store_false",
+                    help="quantize the detection head's final convolutions too (kept in float by default)")
     ap.add_argument("--quantize-topk", action="store_true", help="let ModelOpt quantize the TopK inputs too")
     ap.add_argument("--high-precision-dtype", choices=["fp32", "fp16"], help="default fp32 (ORT validation)")
     ap.add_argument("--providers", type=_csv, help="evaluation EPs in priority order (default cuda,cpu)")

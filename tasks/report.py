@@ -40,6 +40,7 @@ def build_summary(ctx, calib: dict[str, Any], quant: dict[str, Any], smoke: dict
             "excluded_nodes": list(qs["exclude_nodes"]),
             "excluded_op_types": cfgq["op_types_excluded"],
             "topk_kept_float": cfgq["topk_kept_float"],
+            "head_preset_nodes": cfgq.get("head_preset_nodes", []),
             "qdq_nodes": quant["qdq"]["qdq_nodes"],
             "quantized_share": quant["qdq"]["quantized_share"],
             "quantized_conv_share": quant["qdq"].get("conv_quantized_share"),
@@ -110,6 +111,8 @@ def render_markdown(s: dict[str, Any]) -> str:
         + (" (TopK kept in float by default: quantizing its inputs coarsens the output scores to a few levels)"
            if q["topk_kept_float"] else ""),
         f"- excluded nodes: {', '.join(q['excluded_nodes']) or 'none'}",
+        f"- head preset: {len(q['head_preset_nodes'])} final head convolutions kept in float"
+        + (f" ({', '.join(q['head_preset_nodes'])})" if q["head_preset_nodes"] else " (preset off or no head found)"),
     ]
     for r in q["calibration_ep_reasons"]:
         lines.append(f"- {r}")

@@ -24,6 +24,10 @@ def test_cli_options_fill_the_one_config_model(tmp_path):
     assert cfg.quant.exclude_nodes == ["/model.23/"] and cfg.quant.exclude_op_types == ["Add", "Mul"]
     assert cfg.quant.effective_op_types_to_exclude() == ["Add", "Mul", "TopK"]
     assert cfg.eval.providers == ["cpu"] and cfg.quant.high_precision_dtype == "fp16" and cfg.run_id == "r1"
+    assert cfg.quant.head_preset is True
+    _, off = parse_args(["--no-head-preset", "--accuracy-budget", "0.5", "--no-gate"])
+    cfg = build_config(None, off)
+    assert cfg.quant.head_preset is False and cfg.accuracy_budget == 0.5 and cfg.max_map_drop is None
 
 
 @pytest.mark.parametrize("values,match", [

@@ -32,7 +32,8 @@ def test_blocks_follow_module_paths(fragile):
 
 @pytest.mark.slow
 def test_keep_only_block_bypasses_every_other_qdq(tmp_path, fragile, tiny_data):
-    run_ptq(fragile, "images", _calib(tiny_data), QuantSettings(), tmp_path / "q.onnx", tmp_path / "q.log")
+    run_ptq(fragile, "images", _calib(tiny_data), QuantSettings(head_preset=False), tmp_path / "q.onnx",
+            tmp_path / "q.log")
     part = keep_only_block(onnx.load(str(tmp_path / "q.onnx")), "/model.24/")
     prod = {o: n for n in part.graph.node for o in n.output}
     fed = {n.name: prod.get(n.input[0]) is not None and prod[n.input[0]].op_type == "DequantizeLinear"
@@ -45,7 +46,7 @@ def test_keep_only_block_bypasses_every_other_qdq(tmp_path, fragile, tiny_data):
 @pytest.mark.slow
 def test_analysis_ranks_the_fragile_block_first(tmp_path, fragile, tiny_data):
     cal = _calib(tiny_data)
-    run_ptq(fragile, "images", cal, QuantSettings(), tmp_path / "q.onnx", tmp_path / "q.log")
+    run_ptq(fragile, "images", cal, QuantSettings(head_preset=False), tmp_path / "q.onnx", tmp_path / "q.log")
     rows = analyse(fragile, tmp_path / "q.onnx", "images", cal, "yolov5")
     assert rows[0]["block"] == "/model.24/" and rows[0]["cost"] > 0.3
     assert all(r["cost"] < 0.05 for r in rows[1:])
@@ -59,7 +60,7 @@ def test_auto_mode_keeps_the_fragile_block_in_float(tmp_path, fragile, tiny_data
         "model": str(fragile), "images": str(tiny_data["images"]), "annotations": str(tiny_data["annotations"]),
         "calib_images": str(tiny_data["calib_images"]), "calib_count": 8, "run_root": str(tmp_path / "runs"),
         "run_id": "auto", "eval": {"providers": ["cpu"], "warmup": 1, "class_map": [7, 7]}, "smoke_samples": 2,
-        "accuracy_budget": 0.5, "max_map_drop": None})
+        "accuracy_budget": 0.5, "max_map_drop": None, "quant": {"head_preset": False}})
     s = run_int8(cfg)
     g = s["accuracy_guard"]
     assert g["budget"] == 0.5 and g["met"] is True
@@ -89,8 +90,8 @@ def test_head_preset_finds_the_final_head_convolutions(fragile, tiny_model):
 
 
 @pytest.mark.slow
-def test_head_preset_keeps_them_in_float(tmp_path, fragile, tiny_data):
-    rec = run_ptq(fragile, "images", _calib(tiny_data), QuantSettings(head_preset=True), tmp_path / "q.onnx",
+def test_head_preset_is_on_by_default_and_keeps_them_in_float(tmp_path, fragile, tiny_data):
+    rec = run_ptq(fragile, "images", _calib(tiny_data), QuantSettings(), tmp_path / "q.onnx",
                   tmp_path / "q.log")
     assert rec["head_preset_nodes"] == ["/model.24/m/Conv"]
     assert "/model.24/m/Conv" in rec["qdq"]["left_in_float"]
