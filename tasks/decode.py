@@ -93,23 +93,30 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_thres: float, max_keep: int) 
 _BLOCK = 256  # boxes per IoU-matrix block: 256^2 comparisons at a time
 
 
-def _iou_over(a: np.ndarray, b: np.ndarray, iou_thres: float) -> np.ndarray:
-    """Boolean matrix: IoU(a_i, b_j) > iou_thres, for xyxy boxes."""
-    w = (np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])).clip(0)
-    h = (np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])).clip(0)
+def _areas(b: np.ndarray) -> np.ndarray:
+    return np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)
+
+
+def _iou_over(a: np.ndarray, area_a: np.ndarray, b: np.ndarray, area_b: np.ndarray, iou_thres: float) -> np.ndarray:
+    """Boolean matrix: IoU(a_i, b_j) > iou_thres, for xyxy boxes with precomputed areas."""
+    w = np.minimum(a[:, None, 2], b[None, :, 2])
+    w -= np.maximum(a[:, None, 0], b[None, :, 0])
+    np.maximum(w, 0, out=w)
+    h = np.minimum(a[:, None, 3], b[None, :, 3])
+    h -= np.maximum(a[:, None, 1], b[None, :, 1])
+    np.maximum(h, 0, out=h)
     inter = w * h
-    area_a = (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)
-    area_b = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
-    return inter > iou_thres * (area_a[:, None] + area_b[None] - inter + 1e-9)
+    # inter > t * union, without a division; zero-area pairs (inter = 0) never suppress
+    return inter > iou_thres * (area_a[:, None] + area_b[None] - inter)
 
 
-def _greedy_block(boxes: np.ndarray, iou_thres: float) -> np.ndarray:
+def _greedy_block(boxes: np.ndarray, areas: np.ndarray, iou_thres: float) -> np.ndarray:
     """Exact greedy NMS within one block of boxes sorted by score.
 
     S[j, i] = box j (better) overlaps box i (worse). Greedy keeps i iff no kept j < i has S[j, i].
     That recursion has one fixed point; iterating keep <- not any(S[keep]) from all-True settles one
     more level of the suppression chain per step, so the first repeat is the greedy answer."""
-    s = np.triu(_iou_over(boxes, boxes, iou_thres), 1)
+    s = np.triu(_iou_over(boxes, areas, boxes, areas, iou_thres), 1)
     keep = np.ones(len(boxes), dtype=bool)
     while True:
         new = ~s[keep].any(0)
@@ -118,22 +125,34 @@ def _greedy_block(boxes: np.ndarray, iou_thres: float) -> np.ndarray:
         keep = new
 
 
-def greedy_nms_sorted(boxes: np.ndarray, iou_thres: float) -> np.ndarray:
+def greedy_nms_sorted(boxes: np.ndarray, iou_thres: float, limit: int | None = None) -> np.ndarray:
     """Exact greedy NMS (same result as `nms`) for boxes sorted by descending score; boolean keep mask.
 
     Blocks of _BLOCK boxes in score order: a block is first cleared of boxes overlapping an
-    already-kept box (those are final), then resolved with `_greedy_block`. No Python loop per box."""
+    already-kept box (those are final), then resolved with `_greedy_block`. No Python loop per box.
+    Greedy keeps boxes in score order, so once `limit` are kept the rest cannot enter the top `limit`."""
+    areas = _areas(boxes)
     keep = np.zeros(len(boxes), dtype=bool)
-    kept = boxes[:0]
+    kept_idx = np.zeros(0, dtype=np.int64)
     for start in range(0, len(boxes), _BLOCK):
-        blk = boxes[start:start + _BLOCK]
-        alive = ~_iou_over(kept, blk, iou_thres).any(0) if len(kept) else np.ones(len(blk), dtype=bool)
+        stop = min(start + _BLOCK, len(boxes))
+        blk, blk_area = boxes[start:stop], areas[start:stop]
+        if len(kept_idx):
+            alive = ~_iou_over(boxes[kept_idx], areas[kept_idx], blk, blk_area, iou_thres).any(0)
+        else:
+            alive = np.ones(stop - start, dtype=bool)
         idx = np.flatnonzero(alive)
         if idx.size:
-            idx = idx[_greedy_block(blk[idx], iou_thres)]
+            idx = idx[_greedy_block(blk[idx], blk_area[idx], iou_thres)]
             keep[start + idx] = True
-            kept = np.concatenate([kept, blk[idx]])
+            kept_idx = np.concatenate([kept_idx, start + idx])
+        if limit is not None and len(kept_idx) >= limit:
+            keep[kept_idx[limit:]] = False
+            break
     return keep
+
+
+_MAX_WH = 7680.0  # class offset, larger than any input side: boxes of different classes never overlap
 
 
 def _class_aware_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_thres: float,
@@ -142,11 +161,10 @@ def _class_aware_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
         return Detections.empty()
     order = np.argsort(-scores, kind="stable")[:max_nms]  # as Ultralytics: at most max_nms candidates
     boxes, scores, classes = boxes[order], scores[order], classes[order]
-    kept = np.zeros(len(scores), dtype=bool)
-    for c in np.unique(classes):
-        idx = np.flatnonzero(classes == c)  # still in descending score order
-        kept[idx[greedy_nms_sorted(boxes[idx], iou_thres)]] = True
-    sel = np.flatnonzero(kept)[:max_det]  # flatnonzero keeps the global score order
+    # Offsetting each class far apart makes one pass class-aware, in global score order, so it can
+    # stop as soon as max_det boxes are kept.
+    shifted = boxes + classes[:, None].astype(boxes.dtype) * _MAX_WH
+    sel = np.flatnonzero(greedy_nms_sorted(shifted, iou_thres, limit=max_det))
     return Detections(boxes[sel].astype(np.float32), scores[sel].astype(np.float32), classes[sel].astype(np.int64))
 
 

@@ -84,3 +84,22 @@ def test_block_nms_equals_reference_greedy(seed):
     ref = sorted(nms(boxes, scores, 0.5, 10 ** 6).tolist())
     mask = greedy_nms_sorted(boxes[order], 0.5)
     assert sorted(order[mask].tolist()) == ref
+
+
+def test_class_aware_nms_equals_per_class_reference_and_caps_at_max_det():
+    from tasks.decode import _class_aware_nms
+
+    rng = np.random.default_rng(7)
+    n = 1500
+    xy = rng.uniform(0, 600, (n, 2))
+    boxes = np.c_[xy, xy + rng.uniform(5, 60, (n, 2))].astype(np.float32)
+    scores = rng.random(n).astype(np.float32)
+    classes = rng.integers(0, 5, n)
+    ref = []
+    for c in range(5):  # reference: plain greedy per class, then the best 300 overall
+        idx = np.flatnonzero(classes == c)
+        ref += idx[nms(boxes[idx], scores[idx], 0.6, 10 ** 6)].tolist()
+    ref = sorted(ref, key=lambda i: (-scores[i], i))[:300]
+    d = _class_aware_nms(boxes, scores, classes, 0.6, max_det=300)
+    assert len(d) == 300
+    assert np.allclose(d.scores, scores[ref]) and (d.classes == classes[ref]).all()
