@@ -19,6 +19,24 @@ def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(arr), name)
 
 
+def _save_model(path: Path, nodes, inits, name: str, out_shape: list[int],
+                metadata: dict[str, str] | None = None) -> Path:
+    """A one-input (`images` 1x3x64x64), one-output (`output0`) opset-17 model, checked and saved."""
+    graph = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, out_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
+    model.ir_version = 8
+    for k, v in (metadata or {}).items():
+        p = model.metadata_props.add()
+        p.key, p.value = k, v
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
 def tiny_detector(path: Path, seed: int = 0, with_topk: bool = True, names: str | None = "{0: 'thing'}") -> Path:
     """A YOLOv10-shaped detector (1x3x64x64 -> 1x2x6) that finds the tiny dataset's box.
 
@@ -61,21 +79,8 @@ def tiny_detector(path: Path, seed: int = 0, with_topk: bool = True, names: str 
                   _init("k", np.array([2], np.int64)), _init("ax0", np.array([0], np.int64))]
     else:
         nodes.append(helper.make_node("Identity", ["raw"], ["output0"], name="/model.23/Identity"))
-    graph = helper.make_graph(
-        nodes, "tiny_yolo",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 2, 6])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
-    model.ir_version = 8
-    if names is not None:
-        for k, v in (("names", names), ("stride", "32"), ("imgsz", f"[{SIZE}, {SIZE}]")):
-            p = model.metadata_props.add()
-            p.key, p.value = k, v
-    onnx.checker.check_model(model)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    meta = None if names is None else {"names": names, "stride": "32", "imgsz": f"[{SIZE}, {SIZE}]"}
+    return _save_model(path, nodes, inits, "tiny_yolo", [1, 2, 6], meta)
 
 
 def tiny_images(folder: Path, n: int, seed: int = 0, prefix: str = "img") -> list[Path]:
@@ -152,14 +157,4 @@ def fragile_detector(path: Path, seed: int = 0) -> Path:
              _init("s0", np.array([0], np.int64)), _init("s4", np.array([4], np.int64)),
              _init("s7", np.array([7], np.int64)), _init("ax1", np.array([1], np.int64)),
              _init("shp", np.array([1, 7, 64], np.int64))]
-    graph = helper.make_graph(
-        nodes, "fragile_yolo",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 64, 7])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return _save_model(path, nodes, inits, "fragile_yolo", [1, 64, 7])
