@@ -23,9 +23,11 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
+	mkdir -p $(PREFECT_HOME)
 	$(BIN)/python flows/int8.py --demo
 
 test: $(STAMP) browser
+	mkdir -p $(PREFECT_HOME)
 	$(BIN)/python -m pytest -q
 
 # The deployment test renders the Prefect UI in Debian's headless Chromium; without it that one check

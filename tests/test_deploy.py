@@ -93,20 +93,32 @@ def stack(tmp_path_factory):
             _stop(p)
 
 
-def _deployment(api: str, name: str) -> dict:
-    r = httpx.get(f"{api}/deployments/name/{FLOW}/{name}", timeout=10)
+def _api(method: str, url: str, **kw) -> httpx.Response:
+    """One API call, retried on 5xx and dropped connections as Prefect's own client does (a SQLite-backed
+    server answers 503 while its database is busy with a flow run's writes)."""
+    for attempt in range(15):
+        try:
+            r = httpx.request(method, url, timeout=15, **kw)
+            if r.status_code < 500:
+                r.raise_for_status()
+                return r
+        except httpx.TransportError:
+            pass
+        time.sleep(min(0.5 * (attempt + 1), 3))
     r.raise_for_status()
-    return r.json()
+    return r
+
+
+def _deployment(api: str, name: str) -> dict:
+    return _api("GET", f"{api}/deployments/name/{FLOW}/{name}").json()
 
 
 def _run(api: str, deployment: str, parameters: dict, timeout: float = 420) -> dict:
     dep = _deployment(api, deployment)
-    r = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters}, timeout=10)
-    r.raise_for_status()
-    run_id = r.json()["id"]
+    run_id = _api("POST", f"{api}/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters}).json()["id"]
     deadline = time.time() + timeout
     while time.time() < deadline:
-        fr = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
+        fr = _api("GET", f"{api}/flow_runs/{run_id}").json()
         if fr["state"]["type"] in TERMINAL:
             return fr
         time.sleep(1)
@@ -114,9 +126,7 @@ def _run(api: str, deployment: str, parameters: dict, timeout: float = 420) -> d
 
 
 def _artifacts(api: str, run_id: str) -> list[dict]:
-    r = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}, timeout=10)
-    r.raise_for_status()
-    return r.json()
+    return _api("POST", f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
 
 
 def _chromium() -> str | None:
