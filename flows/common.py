@@ -16,7 +16,6 @@ def offline_defaults() -> None:
     """No telemetry and no update checks: this tool runs where only package registries are reachable."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_UI_ENABLED", os.environ.get("PREFECT_UI_ENABLED", "true"))
 
 
 # Errors that say the input is wrong: retrying cannot help, so they fail at once.
