@@ -44,7 +44,7 @@ class Profile:
     differ), so a profile change never reshuffles what else an image holds."""
 
     noise: tuple[float, float]      # range of the Gaussian pixel-noise std
-    dark_share: float               # share of dark objects (colour alone never gives the class away)
+    dark_share: float               # share of dark objects (their colour says little)
     dark_factor: float
     min_size: float                 # smallest half-extent of an object, pixels
     max_size_frac: float            # largest half-extent, share of the image's short side

@@ -102,11 +102,16 @@ def qdq_summary(model: onnx.ModelProto) -> dict[str, Any]:
     q = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
     dq = sum(n.op_type == "DequantizeLinear" for n in model.graph.node)
     quantized, left_float = [], []
+    conv_total = conv_q = 0
     for n in model.graph.node:
         if n.op_type not in QUANTIZABLE_OPS:
             continue
         src = producers.get(n.input[0])
-        (quantized if src is not None and src.op_type == "DequantizeLinear" else left_float).append(n.name)
+        is_q = src is not None and src.op_type == "DequantizeLinear"
+        (quantized if is_q else left_float).append(n.name)
+        if n.op_type == "Conv":
+            conv_total += 1
+            conv_q += is_q
     topk_qdq = []
     for n in model.graph.node:
         if n.op_type == "TopK":
@@ -114,8 +119,6 @@ def qdq_summary(model: onnx.ModelProto) -> dict[str, Any]:
             if src is not None and src.op_type == "DequantizeLinear":
                 topk_qdq.append(n.name)
     total = len(quantized) + len(left_float)
-    conv_q = sum(1 for n in model.graph.node if n.op_type == "Conv" and n.name in set(quantized))
-    conv_total = sum(1 for n in model.graph.node if n.op_type == "Conv")
     return {"conv_total": conv_total, "conv_quantized": conv_q,
             "conv_quantized_share": round(conv_q / conv_total, 4) if conv_total else 0.0,
             "quantize_linear": q, "dequantize_linear": dq, "qdq_nodes": q + dq,

@@ -142,10 +142,6 @@ def analyse(fp32_path: Path, qdq_path: Path, input_name: str, samples: np.ndarra
     return rows
 
 
-def quantized_conv_share(qdq_summary: dict[str, Any], total_convs: int) -> float:
-    return round(qdq_summary["quantized_nodes"] / total_convs, 4) if total_convs else 0.0
-
-
 def plot_sensitivity(rows: list[dict[str, Any]], path: Path, top: int = 20) -> Path:
     """A horizontal bar chart (PNG, drawn with Pillow: no plotting dependency) of the top blocks' cost."""
     from PIL import Image, ImageDraw

@@ -57,7 +57,6 @@ class RunContext:
     cache: StepCache
     versions: dict[str, str]
     model: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def key_versions(self) -> dict[str, str]:
@@ -90,11 +89,10 @@ def prepare_run(cfg: RunConfig) -> RunContext:
     return ctx
 
 
-def _timed(ctx: RunContext, name: str, t0: float, result: dict[str, Any]) -> dict[str, Any]:
+def _timed(t0: float, result: dict[str, Any]) -> dict[str, Any]:
     """Record the step's wall time in its result (results travel between Prefect tasks; the context
     object may be copied on the way, so the result is the record)."""
     result["step_wall_s"] = round(time.perf_counter() - t0, 3)
-    ctx.timings[name] = result["step_wall_s"]
     return result
 
 
@@ -108,7 +106,7 @@ def step_calibration(ctx: RunContext) -> dict[str, Any]:
         _, info = load_calib_tensor(cfg.calib, m["input"], m["input_shape"], cfg.eval.preprocess)
         info.update({"tensor_path": str(cfg.calib), "cached": False})
         atomic_write_json(out_json, info)
-        return _timed(ctx, "calibration", t0, info)
+        return _timed(t0, info)
     files = pick_calib_images(cfg.calib_images, cfg.calib_count, cfg.calib_seed)
     eval_files = [Path(p) for p in m["eval_image_files"]]
     overlap = check_overlap(files, eval_files, cfg.allow_calib_overlap)
@@ -129,7 +127,7 @@ def step_calibration(ctx: RunContext) -> dict[str, Any]:
             "images": [n for n, _ in image_hashes], "image_sha256": dict(image_hashes),
             "overlap_with_eval": overlap, "tensor_path": str(tensor), "cached": cached}
     atomic_write_json(out_json, info)
-    return _timed(ctx, "calibration", t0, info)
+    return _timed(t0, info)
 
 
 def _calib_array(ctx: RunContext, calib: dict[str, Any]) -> np.ndarray:
@@ -183,7 +181,7 @@ def step_quantize(ctx: RunContext, calib: dict[str, Any], settings: QuantSetting
            "cached": cached, "config": snap, "qdq": qdq, "settings": settings.model_dump()}
     if publish:
         res = publish_quantized(ctx, res)
-    return _timed(ctx, "quantize", t0, res)
+    return _timed(t0, res)
 
 
 def publish_quantized(ctx: RunContext, quant: dict[str, Any]) -> dict[str, Any]:
@@ -206,7 +204,7 @@ def step_smoke(ctx: RunContext, calib: dict[str, Any], quant: dict[str, Any]) ->
                         cfg.eval.providers, conf=cfg.smoke_conf, strict=cfg.eval.strict_providers,
                         threads=cfg.eval.threads)
     atomic_write_json(ctx.run_dir / "quantize-int8" / "smoke.json", res)
-    return _timed(ctx, "smoke", t0, res)
+    return _timed(t0, res)
 
 
 def step_evaluate(ctx: RunContext, which: str, model_path: Path, model_sha: str,
@@ -229,7 +227,7 @@ def step_evaluate(ctx: RunContext, which: str, model_path: Path, model_sha: str,
         atomic_copy(entry.file("metrics.json"), ctx.run_dir / f"{which}-coco" / "metrics.json")
     metrics = json.loads(entry.file("metrics.json").read_text())
     metrics["cached"] = cached
-    return _timed(ctx, f"{which}_eval", t0, metrics)
+    return _timed(t0, metrics)
 
 
 def direct(name: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -305,7 +303,6 @@ def step_sensitivity(ctx: RunContext, calib: dict[str, Any], quant: dict[str, An
     rows = json.loads(entry.file("sensitivity.json").read_text())
     atomic_copy(entry.file("sensitivity.json"), ctx.run_dir / "quantize-int8" / "sensitivity.json")
     plot_sensitivity(rows, ctx.run_dir / "quantize-int8" / "sensitivity.png")
-    ctx.timings["sensitivity"] = round(time.perf_counter() - t0, 3)
     return rows
 
 
@@ -332,14 +329,14 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], quant: dict[str,
     base = cfg.quant
     fits = (lambda m: (fp32["map50_95"] - m["map50_95"]) * 100 <= budget + 1e-9)  # noqa: E731
     results = {"base": (base, [], quant, int8)}
-    cands = [_candidate_row(f"all-{base.method}", base, [], quant, int8, fp32)]
+    cands = {"base": _candidate_row(f"all-{base.method}", base, [], quant, int8, fp32)}
 
     # 1. the other calibration method, everything quantized
     other = base.model_copy(update={"method": "entropy" if base.method == "max" else "max"})
     q2 = step_quantize(ctx, calib, other, publish=False)
     e2 = step_evaluate(ctx, "int8", Path(q2["onnx"]), q2["sha256"], publish=False)
     results["other"] = (other, [], q2, e2)
-    cands.append(_candidate_row(f"all-{other.method}", other, [], q2, e2, fp32))
+    cands["other"] = _candidate_row(f"all-{other.method}", other, [], q2, e2, fp32)
     best_key = max(("base", "other"), key=lambda k: results[k][3]["map50_95"])
     settings, _, bq, be = results[best_key]
 
@@ -356,22 +353,22 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], quant: dict[str,
                 break
             e_k = step_evaluate(ctx, "int8", Path(q_k["onnx"]), q_k["sha256"], publish=False)
             results[f"ex{k}"] = (s_k, blocks, q_k, e_k)
-            cands.append(_candidate_row(f"{s_k.method}-exclude-{k}", s_k, blocks, q_k, e_k, fp32))
+            cands[f"ex{k}"] = _candidate_row(f"{s_k.method}-exclude-{k}", s_k, blocks, q_k, e_k, fp32)
             if fits(e_k):
                 chosen_key = f"ex{k}"
                 break
     met = chosen_key is not None
     if chosen_key is None:  # nothing fits: keep the most accurate candidate, and say so
         chosen_key = max(results, key=lambda k: results[k][3]["map50_95"])
-    settings, blocks, cq, ce = results[chosen_key]
-    chosen_row = next(c for c in cands if c["qdq_sha256"] == cq["sha256"])
+    settings, _, cq, ce = results[chosen_key]
+    chosen_row = cands[chosen_key]
     cq = publish_quantized(ctx, cq)
-    atomic_write_json(ctx.run_dir / "int8-coco" / "metrics.json", {k: v for k, v in ce.items() if k != "cached"})
+    step_evaluate(ctx, "int8", Path(cq["onnx"]), cq["sha256"])  # a cache hit: lays its metrics.json into the run
     reason = (f"fits the budget of {budget:g} points" if met else
               f"no candidate fits the budget of {budget:g} points: tried {len(cands)} candidates, at most "
               f"{cfg.guard_max_exclusions} blocks in float and at least {cfg.guard_min_conv_share:.0%} of convolutions "
               f"quantized; kept the most accurate ({chosen_row['name']}, drop {chosen_row['drop_points']:.2f} points)")
-    guard = {"budget": budget, "met": met, "reason": reason, "candidates": cands, "chosen": chosen_row,
+    guard = {"budget": budget, "met": met, "reason": reason, "candidates": list(cands.values()), "chosen": chosen_row,
              "quantized_conv_share": cq["qdq"].get("conv_quantized_share"), "wall_s": round(time.perf_counter() - t0, 3)}
     atomic_write_json(ctx.run_dir / "quantize-int8" / "accuracy-guard.json", guard)
     return {"quant": {**cq, "settings": settings.model_dump()}, "int8": ce, "guard": guard, "sensitivity": rows}
