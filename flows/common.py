@@ -16,6 +16,9 @@ def offline_defaults() -> None:
     """No telemetry and no update checks: this tool runs where only package registries are reachable."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # The temporary server's first start on a fresh PREFECT_HOME runs its database migrations; on a
+    # busy 2-core machine that was seen to pass Prefect's 20 s default and fail the run.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 # Errors that say the input is wrong: retrying cannot help, so they fail at once.
