@@ -3,6 +3,7 @@
     python flows/int8.py --demo                       # the bundled demo, end to end
     python flows/int8.py --model M.onnx --calib-images DIR --images DIR --annotations JSON
     python flows/int8.py --config run.yaml --method entropy
+    python flows/int8.py --demo --target tensorrt,ort-cpu   # both INT8 targets, side by side
 
 Each task is a thin wrapper over a plain function in tasks/steps.py.
 """
@@ -112,6 +113,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path | None, dict[str, An
     ap.add_argument("--images", help="evaluation image folder")
     ap.add_argument("--annotations", help="COCO instances JSON")
     ap.add_argument("--subset", help="N, random:N or a file of image ids / names (default: all)")
+    ap.add_argument("--target", dest="targets", type=_csv, metavar="tensorrt|ort-cpu",
+                    help="what the INT8 model is for: tensorrt (ModelOpt Q/DQ, default), ort-cpu (integer kernels "
+                         "on ONNX Runtime's CPU EP), or both comma-separated, evaluated side by side")
     ap.add_argument("--method", choices=["max", "entropy"], help="calibration method (default max)")
     ap.add_argument("--calib-eps", type=_csv, help="calibration EPs in priority order (default cuda:0,cpu)")
     ap.add_argument("--exclude-nodes", nargs="+", help="node-name regexes kept in float (matched from the start)")
@@ -125,6 +129,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path | None, dict[str, An
     ap.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     ap.add_argument("--output-format", choices=["auto", "yolov10", "yolov8", "yolov5"])
     ap.add_argument("--class-map", type=lambda v: [int(x) for x in _csv(v)], help="category id per class index")
+    ap.add_argument("--ort-reduce-range", dest="reduce_range", choices=["auto", "on", "off"],
+                    help="ort-cpu: 7-bit weights (default auto: on for x86 CPUs without VNNI)")
+    ap.add_argument("--ort-head-preset", dest="ort_head_preset", action="store_true",
+                    help="ort-cpu: keep the head's final convolutions in float too")
     ap.add_argument("--run-root", help="where run folders go (default tmp/<model-stem>_lowbit)")
     ap.add_argument("--run-id", help="run folder name (default a timestamp)")
     ap.add_argument("--cache-dir", help="step cache (default <run-root>/.cache)")
@@ -142,7 +150,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path | None, dict[str, An
     eval_keys = {"providers", "strict_providers", "threads", "output_format", "class_map"}
     values: dict[str, Any] = {}
     for k, v in ns.items():
-        if k in quant_keys:
+        if k == "reduce_range":
+            values.setdefault("ort_cpu", {})["reduce_range"] = v
+        elif k == "ort_head_preset":
+            values.setdefault("ort_cpu", {})["head_preset"] = v
+        elif k in quant_keys:
             values.setdefault("quant", {})[k] = v
         elif k in eval_keys:
             values.setdefault("eval", {})[k] = v

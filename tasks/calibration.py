@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from tasks.preprocess import PreprocessSpec, list_images, preprocess_file
-from tasks.rundir import atomic_write_bytes, sha256_file
+from tasks.rundir import atomic_write_bytes, sha256_file, temp_sibling
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,13 @@ def _open_array(path: Path, input_name: str) -> np.ndarray:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            # Memory-mapped: a large tensor is paged in as samples are read, not loaded whole.
-            return np.load(path, mmap_mode="r", allow_pickle=False)
+            # The header is checked by numpy (mmap maps nothing until read); samples are then read
+            # by file offsets, so a large tensor is never resident whole.
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            if arr.ndim == 4 and arr.dtype == np.float32 and arr.flags.c_contiguous:
+                del arr
+                return NpySampleReader(path)
+            return arr
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 keys = list(z.keys())
@@ -43,6 +49,8 @@ def _open_array(path: Path, input_name: str) -> np.ndarray:
                     raise CalibrationError(f"calibration archive {path} holds arrays {keys}; name one "
                                            f"{input_name!r} (the model input) or keep a single array")
                 return z[key]
+    except CalibrationError:
+        raise
     except ValueError as e:
         if "pickle" in str(e).lower():
             raise CalibrationError(f"calibration tensor {path} holds pickled objects, which are not loaded for "
@@ -122,11 +130,151 @@ def check_overlap(calib_files: Sequence[Path], eval_files: Sequence[Path], allow
 
 
 def build_calib_tensor(files: Sequence[Path], input_shape: Sequence[int], spec: PreprocessSpec) -> np.ndarray:
+    """The whole tensor in memory (tests and small sets; the flow streams with `write_calib_npy`)."""
     _, c, h, w = input_shape
     out = np.empty((len(files), c, h, w), dtype=np.float32)
     for i, p in enumerate(files):
         out[i], _ = preprocess_file(p, (h, w), spec)
     return out
+
+
+def write_calib_npy(path: Path, files: Sequence[Path], input_shape: Sequence[int], spec: PreprocessSpec) -> str:
+    """Preprocess images one at a time straight into a .npy (temporary name, then renamed); returns
+    its sha256. Memory stays at one sample however many images there are."""
+    _, c, h, w = input_shape
+    path = Path(path)
+    tmp = temp_sibling(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                    "shape": (len(files), c, h, w)})
+            buf = np.empty((c, h, w), np.float32)
+            for p in files:
+                buf[...] = preprocess_file(p, (h, w), spec)[0]
+                f.write(buf.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return sha256_file(path)
+
+
+class NpySampleReader:
+    """Reads samples of an N x C x H x W float32 .npy by plain file reads, one at a time.
+
+    Not a memory map on purpose: mapped pages that were read count as this process's resident
+    memory until unmapped, so a mapped 512-sample tensor at 640 (2.5 GB) would show up whole."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        if fortran or dtype != np.float32 or len(shape) != 4:
+            raise CalibrationError(f"calibration tensor {path} is not a C-ordered N x C x H x W float32 array")
+        self.shape = tuple(int(d) for d in shape)
+        self._count = int(np.prod(self.shape[1:]))
+        if self.offset + self.shape[0] * self._count * 4 > self.path.stat().st_size:
+            raise CalibrationError(f"calibration tensor {path} is shorter than its header says "
+                                   f"({list(self.shape)}); it is truncated: regenerate it")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    ndim = 4
+    dtype = np.dtype(np.float32)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        """Samples `key` (a slice) as one array, read from the file."""
+        start, stop, step = key.indices(len(self)) if isinstance(key, slice) else (key, key + 1, 1)
+        rows = [self.read(i) for i in range(start, stop, step)]
+        if not rows:
+            return np.empty((0, *self.shape[1:]), np.float32)
+        out = np.concatenate(rows)
+        return out if isinstance(key, slice) else out[0]
+
+    def read(self, i: int) -> np.ndarray:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + i * self._count * 4)
+            out = np.fromfile(f, dtype=np.float32, count=self._count)
+        if out.size != self._count:
+            raise CalibrationError(f"calibration tensor {self.path} is truncated at sample {i}; regenerate it")
+        return out.reshape(1, *self.shape[1:])
+
+
+class CalibReader:
+    """ONNX Runtime / ModelOpt `CalibrationDataReader` over calibration samples, one batch of 1 at a time.
+
+    `get_first` (ModelOpt's shape probe) does not advance; `rewind` starts again. The order is a
+    seeded permutation when `seed` is given (entropy histograms depend on it) and storage order
+    otherwise. Samples come from a `NpySampleReader`, an in-memory array, or image files
+    preprocessed on the fly, so memory does not grow with the number of samples."""
+
+    def __init__(self, source: "NpySampleReader | np.ndarray | Sequence[Path]", input_name: str,
+                 seed: int | None = None, input_shape: Sequence[int] | None = None,
+                 spec: PreprocessSpec | None = None, limit: int | None = None) -> None:
+        self.input_name = input_name
+        self.source = source
+        self._args = (input_shape, spec, limit)
+        if isinstance(source, (NpySampleReader, np.ndarray)):
+            n = len(source)
+        else:
+            if input_shape is None or spec is None:
+                raise ValueError("a reader over image files needs input_shape and spec")
+            self._files, self._hw, self._spec = list(source), tuple(input_shape[2:]), spec
+            n = len(self._files)
+        n = min(n, limit) if limit else n
+        self.order = (np.random.default_rng(seed).permutation(n) if seed is not None else np.arange(n)).tolist()
+        self._pos = 0
+        self.reads = 0  # samples produced, for tests and logs
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def with_seed(self, seed: int | None) -> "CalibReader":
+        """The same samples in another order (seeded permutation, or storage order for None)."""
+        shape, spec, limit = self._args
+        return CalibReader(self.source, self.input_name, seed=seed, input_shape=shape, spec=spec, limit=limit)
+
+    def _sample(self, i: int) -> np.ndarray:
+        self.reads += 1
+        src = self.source
+        if isinstance(src, NpySampleReader):
+            return src.read(i)
+        if isinstance(src, np.ndarray):
+            return np.ascontiguousarray(src[i:i + 1], dtype=np.float32)
+        return preprocess_file(self._files[i], self._hw, self._spec)[0][None]
+
+    def get_first(self) -> dict[str, np.ndarray] | None:
+        return {self.input_name: self._sample(self.order[0])} if self.order else None
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._pos >= len(self.order):
+            return None
+        self._pos += 1
+        return {self.input_name: self._sample(self.order[self._pos - 1])}
+
+    def rewind(self) -> None:
+        self._pos = 0
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        # ORT's calibrate-in-batches path; keeps the reader usable there too
+        self.order = self.order[start_index:end_index]
+        self._pos = 0
+
+
+def open_reader(path: Path, input_name: str, seed: int | None = None) -> CalibReader:
+    """A streaming reader over a checked calibration tensor file (.npy read by file offsets; .npz
+    cannot be read in pieces, so its array is loaded)."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        return CalibReader(NpySampleReader(path), input_name, seed=seed)
+    return CalibReader(_open_array(path, input_name), input_name, seed=seed)
 
 
 def save_npy(path: Path, arr: np.ndarray) -> str:

@@ -26,6 +26,11 @@ class QuantSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Literal["max", "entropy"] = "max"
+    entropy_impl: Literal["histogram", "modelopt"] = Field(
+        "histogram", description="entropy: 'histogram' = max calibration, then fixed 2048-bin histograms and "
+                                 "the KL search here, handed to ModelOpt as a calibration cache (bounded cost); "
+                                 "'modelopt' = ModelOpt/ORT's own entropy calibrator (its histograms can grow "
+                                 "without bound: ~100x slower than max was measured)")
     calib_eps: list[str] = Field(default_factory=lambda: ["cuda:0", "cpu"],
                                  description="calibration EPs in priority order; cpu is kept last")
     exclude_nodes: list[str] = Field(default_factory=list, description="regexes, matched from the node name's start")
@@ -55,6 +60,28 @@ class QuantSettings(BaseModel):
         return ops
 
 
+Target = Literal["tensorrt", "ort-cpu"]
+
+
+class OrtCpuSettings(BaseModel):
+    """The ort-cpu target: a Q/DQ model laid out so ONNX Runtime's CPU EP fuses it into integer kernels
+    (QLinearConv, QLinearSigmoid, QLinearMul ...). The quant section's exclusions apply to it too."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    activation_type: Literal["uint8", "int8"] = Field(
+        "uint8", description="uint8: ORT's x86 integer convolutions are u8 x s8 (int8 activations measured "
+                             "1.9x slower than FP32 on an AVX2 CPU, uint8 0.7x)")
+    per_channel: bool = Field(True, description="per-output-channel weight scales (free at run time)")
+    reduce_range: Literal["auto", "on", "off"] = Field(
+        "auto", description="7-bit weights; auto: on for x86 CPUs without VNNI, whose u8 x s8 instruction "
+                            "(vpmaddubsw) saturates with full-range weights")
+    head_preset: bool = Field(False, description="also keep the head's final convolutions in float (the decode "
+                                                 "after them always stays float)")
+    calib_merge_every: int = Field(8, ge=1, le=1024, description="samples whose min/max ORT keeps before "
+                                                                "merging them (bounds calibration memory)")
+
+
 class RunConfig(BaseModel):
     """A whole INT8 run: inputs, calibration, PTQ, evaluation and where artifacts go."""
 
@@ -71,7 +98,11 @@ class RunConfig(BaseModel):
     annotations: Path | None = None
     subset: str | None = Field(None, description="N, random:N, or a file of image ids / file names")
     subset_seed: int = 0
+    targets: list[Target] = Field(default_factory=lambda: ["tensorrt"],
+                                  description="tensorrt: ModelOpt Q/DQ for TensorRT engines (default); ort-cpu: "
+                                              "INT8 for ONNX Runtime's CPU EP; several are evaluated side by side")
     quant: QuantSettings = Field(default_factory=QuantSettings)
+    ort_cpu: OrtCpuSettings = Field(default_factory=OrtCpuSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     smoke_samples: int = Field(4, ge=1, le=64)
     smoke_conf: float = Field(0.25, gt=0, lt=1)
@@ -90,6 +121,13 @@ class RunConfig(BaseModel):
     guard_max_exclusions: int = Field(6, ge=1, le=64, description="blocks auto mode may keep in float at most")
     guard_min_conv_share: float = Field(0.5, ge=0, le=1, description="auto mode stops before fewer convolutions "
                                                                        "than this share stay quantized")
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one target: tensorrt, ort-cpu")
+        return list(dict.fromkeys(v))  # order kept: the first is the summary's primary target
 
     @model_validator(mode="after")
     def _one_calibration_source(self) -> "RunConfig":

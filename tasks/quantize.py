@@ -157,6 +157,46 @@ def head_final_convs(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in convs if n.name.startswith(head) and not feeds_conv(n.output[0])]
 
 
+def decode_tail_nodes(model: onnx.ModelProto) -> list[str]:
+    """Every node downstream of the head's final convolutions: the decode (DFL softmax, anchors,
+    strides, score sigmoid, TopK/gather). Integer kernels there coarsen boxes and scores for little
+    speed, so targets built for ORT keep it in float; a model with no recognisable head gives []."""
+    finals = set(head_final_convs(model))
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    tail: dict[str, None] = {}
+    todo = [o for n in model.graph.node if n.name in finals for o in n.output]
+    while todo:
+        for c in consumers.get(todo.pop(), []):
+            if c.name not in tail:
+                tail[c.name] = None
+                todo.extend(c.output)
+    return [n.name for n in model.graph.node if n.name in tail]
+
+
+def ort_cpu_kernels(model_path: Path) -> dict[str, int]:
+    """Op counts of the graph ONNX Runtime's CPU EP actually runs (after its Q/DQ fusions): how many
+    convolutions became integer kernels (QLinearConv) and how many stayed float (Conv)."""
+    import collections
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as td:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        # EXTENDED, not ALL: the layout transforms of level ALL are hardware-specific and not
+        # serialisable; the Q/DQ -> QLinear* fusions happen at this level already
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(Path(td) / "opt.onnx")
+        ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+        counts = collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+    keep = ("QLinearConv", "Conv", "FusedConv", "QLinearMatMul", "MatMulInteger", "QLinearSigmoid", "QLinearMul",
+            "QLinearAdd", "QLinearConcat", "QuantizeLinear", "DequantizeLinear")
+    return {k: counts[k] for k in keep if counts[k]}
+
+
 def copy_metadata(src: onnx.ModelProto, dst_path: Path) -> int:
     """ModelOpt drops metadata_props (Ultralytics keeps names, stride, imgsz there): put them back."""
     dst = onnx.load(str(dst_path))
@@ -184,9 +224,39 @@ def _eps_enabled_from_log(log_path: Path) -> list[str]:
     return re.findall(r"(\w+ExecutionProvider)", found[-1])
 
 
-def run_ptq(model_path: Path, input_name: str, calib: np.ndarray, settings: QuantSettings, out_path: Path,
+@contextlib.contextmanager
+def ort_quantization_restored() -> Iterator[None]:
+    """Undo, on exit, the monkey-patches ModelOpt applies to onnxruntime.quantization.
+
+    ModelOpt replaces ORT calibrator and quantizer methods process-wide when it runs (its
+    `patch_ort_modules`); an ORT `quantize_static` later in the same process (the ort-cpu target,
+    the peer benchmark) would then calibrate with ModelOpt's TensorRT-oriented behaviour."""
+    import inspect
+
+    import onnxruntime.quantization  # noqa: F401  (loads the submodules snapshotted below)
+
+    saved: list[tuple[Any, str, Any]] = []
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith("onnxruntime.quantization") or mod is None:
+            continue
+        for attr, val in list(vars(mod).items()):
+            saved.append((mod, attr, val))
+            if inspect.isclass(val) and val.__module__ == name:
+                saved.extend((val, a, v) for a, v in list(vars(val).items()) if not a.startswith("__") or a == "__init__")
+    try:
+        yield
+    finally:
+        for owner, attr, val in saved:
+            if owner.__dict__.get(attr, None) is not val:
+                setattr(owner, attr, val)
+
+
+def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettings, out_path: Path,
             log_path: Path, seed: int = 0) -> dict[str, Any]:
-    """Quantize `model_path` to INT8 Q/DQ at `out_path`; returns what was done, for config.json."""
+    """Quantize `model_path` to INT8 Q/DQ at `out_path`; returns what was done, for config.json.
+
+    `calib` is a `CalibReader` (streamed: memory does not grow with the sample count) or an array."""
+    from tasks.calibration import CalibReader
     from modelopt.onnx.quantization import quantize
 
     model_path, out_path, log_path = Path(model_path), Path(out_path), Path(log_path)
@@ -214,27 +284,38 @@ def run_ptq(model_path: Path, input_name: str, calib: np.ndarray, settings: Quan
     work = Path(tempfile.mkdtemp(prefix=".modelopt-", dir=out_path.parent))
     work_model = work / model_path.name
     shutil.copyfile(model_path, work_model)
+    fast_entropy = settings.method == "entropy" and settings.entropy_impl == "histogram"
     args: dict[str, Any] = {
         "quantize_mode": "int8",
-        "calibration_method": settings.method,
+        # the bounded entropy path starts from max scales (tasks/entropy.py)
+        "calibration_method": "max" if fast_entropy else settings.method,
         "calibration_eps": eps,
         "op_types_to_exclude": op_excl,
         "nodes_to_exclude": nodes_excl or None,
         "high_precision_dtype": settings.high_precision_dtype,
         "log_level": "INFO",
     }
-    if settings.method == "entropy":
-        # Entropy histograms depend on sample order: shuffle with the recorded seed.
-        calib = np.asarray(calib)[np.random.default_rng(seed).permutation(len(calib))]
+    if not isinstance(calib, CalibReader):
+        calib = CalibReader(np.asarray(calib), input_name)
+    if settings.method == "entropy" and not fast_entropy:
+        # ORT's growing histograms depend on sample order: shuffle with the recorded seed. (The
+        # fixed-range histograms of the bounded path do not; max calibration never does.)
+        calib = calib.with_seed(seed)
+    calib.rewind()
+    sample_shape = [len(calib), *calib.get_first()[input_name].shape[1:]]
     t0 = time.perf_counter()
     try:
-        with _PeakRSS() as mem, _stderr_to(tmp_log):
-            quantize(onnx_path=str(work_model), calibration_data={input_name: np.asarray(calib)},
+        with _PeakRSS() as mem, _stderr_to(tmp_log), ort_quantization_restored():
+            quantize(onnx_path=str(work_model), calibration_data_reader=calib,
                      output_path=str(tmp_out), log_file=str(tmp_log), **args)
+            if not tmp_out.exists() or tmp_out.stat().st_size == 0:
+                raise RuntimeError(f"ModelOpt wrote no model; see {tmp_log}")
+            fault_point("ptq-written")  # ModelOpt's output exists, under its temporary name only
+            entropy_rec = None
+            if fast_entropy:
+                entropy_rec = _apply_fast_entropy(model_path, tmp_out, calib,
+                                                  out_path.parent / "entropy-calibration.cache")
         wall = time.perf_counter() - t0
-        if not tmp_out.exists() or tmp_out.stat().st_size == 0:
-            raise RuntimeError(f"ModelOpt wrote no model; see {tmp_log}")
-        fault_point("ptq-written")  # ModelOpt's output exists, under its temporary name only
         restored = copy_metadata(src_model, tmp_out)
         q_model = onnx.load(str(tmp_out))
         summary = qdq_summary(q_model)
@@ -249,7 +330,8 @@ def run_ptq(model_path: Path, input_name: str, calib: np.ndarray, settings: Quan
             tmp_log.unlink()
     enabled = _eps_enabled_from_log(log_path)
     return {
-        "args": {**args, "calibration_data": {input_name: list(np.shape(calib))}, "onnx_path": str(model_path)},
+        "args": {**args, "calibration_data_reader": {input_name: sample_shape, "order": calib.order[:8] + (
+                     ["..."] if len(calib.order) > 8 else []), "streamed": True}, "onnx_path": str(model_path)},
         "calibration_eps_requested": list(settings.calib_eps),
         "calibration_eps_passed": eps,
         "calibration_eps_reasons": ep_reasons,
@@ -263,4 +345,24 @@ def run_ptq(model_path: Path, input_name: str, calib: np.ndarray, settings: Quan
         "qdq": summary,
         "onnx_sha256": sha256_file(out_path),
         "seed": seed,
+        "entropy": entropy_rec,
     }
+
+
+def _apply_fast_entropy(fp32_path: Path, qdq_path: Path, reader: Any, cache_path: Path) -> dict[str, Any]:
+    """Max-calibrated Q/DQ model -> entropy scales (tasks/entropy.py), written as a TensorRT
+    calibration cache and applied with ModelOpt's cache reader."""
+    from tasks.entropy import apply_calibration_cache, entropy_scales, write_calibration_cache
+
+    t0 = time.perf_counter()
+    rec = entropy_scales(fp32_path, onnx.load(str(qdq_path)), reader)
+    write_calibration_cache(cache_path, rec["scales"])
+    replaced = apply_calibration_cache(qdq_path, cache_path)
+    ratios = [rec["scales"][t] / s for t, s in rec["max_scales"].items() if s > 0]
+    return {"impl": "histogram", "bins": rec["bins"], "samples": rec["samples"], "tensors": len(rec["scales"]),
+            "scales_replaced": replaced, "shared_scale_groups": len(rec["groups"]),
+            "histogram_s": rec["histogram_s"], "search_s": rec["search_s"],
+            "wall_s": round(time.perf_counter() - t0, 3),
+            "threshold_vs_max": {"min": round(min(ratios), 4), "median": round(float(np.median(ratios)), 4),
+                                 "max": round(max(ratios), 4)} if ratios else None,
+            "cache": cache_path.name}

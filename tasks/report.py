@@ -16,12 +16,76 @@ def _side(m: dict[str, Any]) -> dict[str, Any]:
             "stats": m["stats"]}
 
 
-def build_summary(ctx, calib: dict[str, Any], quant: dict[str, Any], smoke: dict[str, Any],
-                  fp32: dict[str, Any], int8: dict[str, Any], corrupt: list[str]) -> dict[str, Any]:
-    cfg = ctx.cfg
+def _quantization_tensorrt(cfg, quant: dict[str, Any]) -> dict[str, Any]:
     cfgq = quant["config"]
     qs = quant.get("settings") or cfg.quant.model_dump()
+    return {
+        "tool": "modelopt.onnx.quantization.quantize", "quantize_mode": "int8", "target": "tensorrt",
+        "method": qs["method"],
+        "calibration_ep_used": cfgq["calibration_eps"]["calibration_ep_used"],
+        "calibration_eps_requested": cfgq["calibration_eps"]["calibration_eps_requested"],
+        "calibration_ep_reasons": cfgq["calibration_eps"]["calibration_eps_reasons"],
+        "high_precision_dtype": qs["high_precision_dtype"],
+        "excluded_nodes": list(qs["exclude_nodes"]),
+        "excluded_op_types": cfgq["op_types_excluded"],
+        "topk_kept_float": cfgq["topk_kept_float"],
+        "head_preset_nodes": cfgq.get("head_preset_nodes", []),
+        "qdq_nodes": quant["qdq"]["qdq_nodes"],
+        "quantized_share": quant["qdq"]["quantized_share"],
+        "quantized_conv_share": quant["qdq"].get("conv_quantized_share"),
+        "left_in_float": quant["qdq"]["left_in_float"],
+        "onnx": quant["onnx"], "sha256": quant["sha256"], "size_bytes": Path(quant["onnx"]).stat().st_size,
+        "wall_s": cfgq["wall_s"], "peak_rss_mib": cfgq["peak_rss_mib"],
+    }
+
+
+def _quantization_ort_cpu(cfg, quant: dict[str, Any]) -> dict[str, Any]:
+    c = quant["config"]
+    return {
+        "tool": c["tool"], "quantize_mode": "int8", "target": "ort-cpu", "method": "minmax",
+        "calibration_ep_used": "CPUExecutionProvider",
+        "activation_type": c["activation_type"], "weight_type": c["weight_type"], "per_channel": c["per_channel"],
+        "reduce_range": c["reduce_range"], "reduce_range_reason": c["reduce_range_reason"],
+        "decode_tail_nodes_float": len(c["decode_tail_nodes"]),
+        "excluded_nodes": list(cfg.quant.exclude_nodes), "excluded_op_types": list(cfg.quant.exclude_op_types),
+        "head_preset_nodes": c.get("head_preset_nodes", []),
+        "ort_cpu_kernels": c.get("ort_cpu_kernels", {}),
+        "qdq_nodes": quant["qdq"]["qdq_nodes"], "quantized_share": quant["qdq"]["quantized_share"],
+        "quantized_conv_share": quant["qdq"].get("conv_quantized_share"),
+        "left_in_float": quant["qdq"]["left_in_float"],
+        "onnx": quant["onnx"], "sha256": quant["sha256"], "size_bytes": Path(quant["onnx"]).stat().st_size,
+        "wall_s": c["wall_s"], "peak_rss_mib": c["peak_rss_mib"], "note": c.get("method_note"),
+    }
+
+
+def _smoke(smoke: dict[str, Any]) -> dict[str, Any]:
+    return {k: smoke.get(k) for k in ("samples", "agreement", "matched", "fp32_detections", "int8_detections",
+                                      "max_score_diff", "int8_distinct_scores_min")}
+
+
+def _delta(fp32: dict[str, Any], int8: dict[str, Any]) -> dict[str, Any]:
     p50_fp32, p50_int8 = fp32["latency_ms"]["p50"], int8["latency_ms"]["p50"]
+    return {"map50_95": round(int8["map50_95"] - fp32["map50_95"], 6),
+            "map50": round(int8["map50"] - fp32["map50"], 6),
+            "latency_ratio": round(p50_int8 / p50_fp32, 4) if p50_fp32 else None}
+
+
+def build_summary(ctx, calib: dict[str, Any], targets: dict[str, dict[str, Any]], fp32: dict[str, Any],
+                  corrupt: list[str]) -> dict[str, Any]:
+    """The run's record. The first target fills `quantization`, `int8`, `delta` and `smoke` (the
+    INT8 flow's shape, whichever target that is); with several, `targets` holds each one's."""
+    cfg = ctx.cfg
+    per: dict[str, dict[str, Any]] = {}
+    for name, r in targets.items():
+        q = _quantization_tensorrt(cfg, r["quant"]) if name == "tensorrt" else _quantization_ort_cpu(cfg, r["quant"])
+        per[name] = {"quantization": q, "smoke": _smoke(r["smoke"]), "int8": _side(r["int8"]),
+                     "delta": _delta(fp32, r["int8"]),
+                     "cached": {"quantize": bool(r["quant"]["cached"]), "int8_eval": bool(r["int8"].get("cached"))},
+                     "timings_s": {"quantize": r["quant"].get("step_wall_s"), "smoke": r["smoke"].get("step_wall_s"),
+                                   "int8_eval": r["int8"].get("step_wall_s")},
+                     "providers": r["int8"]["runtime"]["providers"]}
+    primary = next(iter(per))
+    p = per[primary]
     summary = {
         "run_id": cfg.run_id,
         "run_dir": str(ctx.run_dir),
@@ -30,81 +94,69 @@ def build_summary(ctx, calib: dict[str, Any], quant: dict[str, Any], smoke: dict
                   "size_bytes": Path(ctx.model["path"]).stat().st_size},
         "calibration": {"source": calib["source"], "count": calib["count"], "sha256": calib["sha256"],
                         "seed": calib.get("seed"), "path": calib.get("folder") or calib.get("path")},
-        "quantization": {
-            "tool": "modelopt.onnx.quantization.quantize", "quantize_mode": "int8", "target": "tensorrt",
-            "method": qs["method"],
-            "calibration_ep_used": cfgq["calibration_eps"]["calibration_ep_used"],
-            "calibration_eps_requested": cfgq["calibration_eps"]["calibration_eps_requested"],
-            "calibration_ep_reasons": cfgq["calibration_eps"]["calibration_eps_reasons"],
-            "high_precision_dtype": qs["high_precision_dtype"],
-            "excluded_nodes": list(qs["exclude_nodes"]),
-            "excluded_op_types": cfgq["op_types_excluded"],
-            "topk_kept_float": cfgq["topk_kept_float"],
-            "head_preset_nodes": cfgq.get("head_preset_nodes", []),
-            "qdq_nodes": quant["qdq"]["qdq_nodes"],
-            "quantized_share": quant["qdq"]["quantized_share"],
-            "quantized_conv_share": quant["qdq"].get("conv_quantized_share"),
-            "left_in_float": quant["qdq"]["left_in_float"],
-            "onnx": quant["onnx"], "sha256": quant["sha256"], "size_bytes": Path(quant["onnx"]).stat().st_size,
-            "wall_s": cfgq["wall_s"], "peak_rss_mib": cfgq["peak_rss_mib"],
-        },
-        "smoke": {k: smoke.get(k) for k in ("samples", "agreement", "matched", "fp32_detections", "int8_detections",
-                                            "max_score_diff", "int8_distinct_scores_min")},
+        "quantization": p["quantization"],
+        "smoke": p["smoke"],
         "fp32": _side(fp32),
-        "int8": _side(int8),
-        "delta": {"map50_95": round(int8["map50_95"] - fp32["map50_95"], 6),
-                  "map50": round(int8["map50"] - fp32["map50"], 6),
-                  "latency_ratio": round(p50_int8 / p50_fp32, 4) if p50_fp32 else None},
-        "cached": {"calibration": bool(calib.get("cached")), "quantize": bool(quant["cached"]),
-                   "fp32_eval": bool(fp32.get("cached")), "int8_eval": bool(int8.get("cached"))},
+        "int8": p["int8"],
+        "delta": p["delta"],
+        "cached": {"calibration": bool(calib.get("cached")), "quantize": p["cached"]["quantize"],
+                   "fp32_eval": bool(fp32.get("cached")), "int8_eval": p["cached"]["int8_eval"],
+                   **{f"{k}_{n}": v for n, t in per.items() if n != primary for k, v in t["cached"].items()}},
         "cache_corrupt_entries": corrupt,
-        "timings_s": {name: r.get("step_wall_s") for name, r in
-                      (("calibration", calib), ("quantize", quant), ("smoke", smoke), ("fp32_eval", fp32),
-                       ("int8_eval", int8))},
+        "timings_s": {"calibration": calib.get("step_wall_s"), "fp32_eval": fp32.get("step_wall_s"),
+                      **p["timings_s"],
+                      **{f"{k}_{n}": v for n, t in per.items() if n != primary for k, v in t["timings_s"].items()}},
         "runtime": {"ort_version": fp32["runtime"]["ort_version"], "threads": fp32["runtime"]["threads"],
                     "device": fp32["runtime"]["device"], "fp32_providers": fp32["runtime"]["providers"],
-                    "int8_providers": int8["runtime"]["providers"]},
+                    "int8_providers": p["providers"]},
         "versions": ctx.versions,
     }
+    if len(per) > 1:
+        summary["targets"] = {n: {k: v for k, v in t.items() if k not in ("cached", "timings_s")} for n, t in per.items()}
     return summary
 
 
+def per_target(s: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{target: its quantization/int8/delta/smoke}, for one target or several."""
+    if s.get("targets"):
+        return s["targets"]
+    return {s.get("quantization", {}).get("target", "tensorrt"): {k: s.get(k) for k in ("quantization", "int8", "delta", "smoke")}}
+
+
 def regression_gate(s: dict[str, Any], budget_points: float | None) -> dict[str, Any]:
-    """Pass/fail of the INT8 result against a drop budget in mAP50-95 points (0.01 each)."""
-    drop_points = round(-s["delta"]["map50_95"] * 100, 3) or 0.0  # no "-0.00"
-    reasons = []
-    if s["int8"]["detections"] == 0:
-        reasons.append(f"the INT8 model returned no detections on {s['int8']['images']} images")
-    if budget_points is not None and drop_points > budget_points:
-        reasons.append(f"INT8 mAP50-95 {s['int8']['map50_95']:.4f} is {drop_points:.2f} points below FP32 "
-                       f"{s['fp32']['map50_95']:.4f}, over the budget of {budget_points:g} points")
-    return {"budget_points": budget_points, "drop_points": drop_points, "passed": not reasons,
+    """Pass/fail of every INT8 target against a drop budget in mAP50-95 points (0.01 each)."""
+    reasons, drops = [], {}
+    for name, t in per_target(s).items():
+        label = "INT8" if "targets" not in s else f"INT8 ({name})"
+        drop = round(-t["delta"]["map50_95"] * 100, 3) or 0.0  # no "-0.00"
+        drops[name] = drop
+        if t["int8"]["detections"] == 0:
+            reasons.append(f"the {label} model returned no detections on {t['int8']['images']} images")
+        if budget_points is not None and drop > budget_points:
+            reasons.append(f"{label} mAP50-95 {t['int8']['map50_95']:.4f} is {drop:.2f} points below FP32 "
+                           f"{s['fp32']['map50_95']:.4f}, over the budget of {budget_points:g} points")
+    drop_points = max(drops.values())
+    return {"budget_points": budget_points, "drop_points": drop_points, "drop_points_by_target": drops,
+            "passed": not reasons,
             "message": "; ".join(reasons) if reasons else
             f"INT8 within budget: drop {drop_points:.2f} points (budget {budget_points if budget_points is not None else 'off'})"}
 
 
-def render_markdown(s: dict[str, Any]) -> str:
-    f, i, d, q = s["fp32"], s["int8"], s["delta"], s["quantization"]
-    mib = 2 ** 20
-    rows = [
-        ("mAP50-95", f"{f['map50_95']:.4f}", f"{i['map50_95']:.4f}", f"{d['map50_95'] * 100:+.2f} pt"),
-        ("mAP50", f"{f['map50']:.4f}", f"{i['map50']:.4f}", f"{d['map50'] * 100:+.2f} pt"),
-        ("latency p50 (ms)", f"{f['latency_ms']['p50']:.2f}", f"{i['latency_ms']['p50']:.2f}",
-         f"x{d['latency_ratio']:.2f}" if d["latency_ratio"] else "n/a"),
-        ("latency p90 (ms)", f"{f['latency_ms']['p90']:.2f}", f"{i['latency_ms']['p90']:.2f}", ""),
-        ("model size (MiB)", f"{s['model']['size_bytes'] / mib:.2f}", f"{q['size_bytes'] / mib:.2f}", ""),
-        ("provider", f["provider"], i["provider"], ""),
-        ("images / detections", f"{f['images']} / {f['detections']}", f"{i['images']} / {i['detections']}", ""),
-    ]
-    lines = [f"# INT8 report: {Path(s['model']['path']).name} (run {s['run_id']})", "",
-             "| | FP32 | INT8 | delta |", "|---|---:|---:|---:|"]
-    lines += [f"| {a} | {b} | {c} | {e} |" for a, b, c, e in rows]
-    cached = [k for k, v in s["cached"].items() if v]
-    lines += [
-        "",
-        "## Quantization",
-        f"- ModelOpt ONNX PTQ, int8, calibration **{q['method']}** on {s['calibration']['count']} samples "
-        f"({s['calibration']['source']}), calibration EP used: `{q['calibration_ep_used']}`",
+def _quant_lines(name: str, q: dict[str, Any], calib: dict[str, Any]) -> list[str]:
+    if q["target"] == "ort-cpu":
+        k = q.get("ort_cpu_kernels", {})
+        return [
+            f"- **ort-cpu**: ONNX Runtime `quantize_static`, QDQ, {q['activation_type']} activations (asymmetric "
+            f"min/max on {calib['count']} samples), int8 {'per-channel' if q['per_channel'] else 'per-tensor'} weights; "
+            f"{q['reduce_range_reason']}",
+            f"- ort-cpu: {q['decode_tail_nodes_float']} decode nodes after the head kept in float; on the CPU EP "
+            f"{k.get('QLinearConv', 0)} convolutions run as integer kernels (QLinearConv), {k.get('Conv', 0)} in float",
+            f"- ort-cpu excluded nodes: {', '.join(q['excluded_nodes']) or 'none'}"
+            + (f"; {q['note']}" if q.get("note") else ""),
+        ]
+    lines = [
+        f"- **tensorrt**: ModelOpt ONNX PTQ, int8, calibration **{q['method']}** on {calib['count']} samples "
+        f"({calib['source']}), calibration EP used: `{q['calibration_ep_used']}`",
         f"- high-precision dtype: {q['high_precision_dtype']}; Q/DQ nodes: {q['qdq_nodes']}; "
         f"quantizable nodes quantized: {q['quantized_share'] * 100:.1f}%",
         f"- excluded op types: {', '.join(q['excluded_op_types']) or 'none'}"
@@ -114,13 +166,53 @@ def render_markdown(s: dict[str, Any]) -> str:
         f"- head preset: {len(q['head_preset_nodes'])} final head convolutions kept in float"
         + (f" ({', '.join(q['head_preset_nodes'])})" if q["head_preset_nodes"] else " (preset off or no head found)"),
     ]
-    for r in q["calibration_ep_reasons"]:
-        lines.append(f"- {r}")
-    sm = s["smoke"]
-    lines += ["", "## Smoke check (FP32 vs INT8 on calibration samples)",
-              f"- {sm['matched']} of {sm['fp32_detections']} FP32 detections above the smoke threshold matched by INT8 "
-              f"(agreement {sm['agreement']}); largest score difference {sm['max_score_diff']}",
-              "", "## Run",
+    lines += [f"- {r}" for r in q["calibration_ep_reasons"]]
+    return lines
+
+
+def render_markdown(s: dict[str, Any]) -> str:
+    f = s["fp32"]
+    ts = per_target(s)
+    multi = "targets" in s
+    mib = 2 ** 20
+    heads = ["FP32"] + [f"INT8 {n}" if multi else "INT8" for n in ts]
+    cols = list(ts.values())
+
+    def row(label: str, fv: str, fn, dn=None) -> str:
+        cells = [fv] + [fn(t) for t in cols]
+        if dn is not None:
+            cells += [dn(t) for t in cols]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    delta_heads = [f"delta {n}" if multi else "delta" for n in ts]
+    empty = (lambda t: "")  # noqa: E731
+    lines = [f"# INT8 report: {Path(s['model']['path']).name} (run {s['run_id']})", "",
+             "| | " + " | ".join(heads + delta_heads) + " |", "|---|" + "---:|" * (len(heads) + len(delta_heads))]
+    lines += [
+        row("mAP50-95", f"{f['map50_95']:.4f}", lambda t: f"{t['int8']['map50_95']:.4f}",
+            lambda t: f"{t['delta']['map50_95'] * 100:+.2f} pt"),
+        row("mAP50", f"{f['map50']:.4f}", lambda t: f"{t['int8']['map50']:.4f}",
+            lambda t: f"{t['delta']['map50'] * 100:+.2f} pt"),
+        row("latency p50 (ms)", f"{f['latency_ms']['p50']:.2f}", lambda t: f"{t['int8']['latency_ms']['p50']:.2f}",
+            lambda t: f"x{t['delta']['latency_ratio']:.2f}" if t["delta"]["latency_ratio"] else "n/a"),
+        row("latency p90 (ms)", f"{f['latency_ms']['p90']:.2f}", lambda t: f"{t['int8']['latency_ms']['p90']:.2f}", empty),
+        row("model size (MiB)", f"{s['model']['size_bytes'] / mib:.2f}",
+            lambda t: f"{t['quantization']['size_bytes'] / mib:.2f}", empty),
+        row("provider", f["provider"], lambda t: t["int8"]["provider"], empty),
+        row("images / detections", f"{f['images']} / {f['detections']}",
+            lambda t: f"{t['int8']['images']} / {t['int8']['detections']}", empty),
+    ]
+    cached = [k for k, v in s["cached"].items() if v]
+    lines += ["", "## Quantization"]
+    for name, t in ts.items():
+        lines += _quant_lines(name, t["quantization"], s["calibration"])
+    lines += ["", "## Smoke check (FP32 vs INT8 on calibration samples)"]
+    for name, t in ts.items():
+        sm = t["smoke"]
+        lines.append(f"- {name + ': ' if multi else ''}{sm['matched']} of {sm['fp32_detections']} FP32 detections above "
+                     f"the smoke threshold matched by INT8 (agreement {sm['agreement']}); largest score difference "
+                     f"{sm['max_score_diff']}")
+    lines += ["", "## Run",
               f"- run folder: `{s['run_dir']}`",
               f"- from cache: {', '.join(cached) if cached else 'nothing'}",
               f"- wall time per step (s): " + ", ".join(f"{k} {v:.1f}" for k, v in s["timings_s"].items()),
@@ -150,10 +242,18 @@ def render_markdown(s: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sides(s: dict[str, Any]) -> list[tuple[str, dict[str, Any], float | None]]:
+    """(label, metrics, latency ratio) for FP32 and each target; one target keeps the label "int8"."""
+    ts = per_target(s)
+    multi = "targets" in s
+    return [("fp32", s["fp32"], None)] + [(f"int8-{n}" if multi else "int8", t["int8"], t["delta"]["latency_ratio"])
+                                          for n, t in ts.items()]
+
+
 def table_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"model": name, "map50_95": s[name]["map50_95"], "map50": s[name]["map50"],
-             "latency_p50_ms": s[name]["latency_ms"]["p50"], "latency_p90_ms": s[name]["latency_ms"]["p90"],
-             "provider": s[name]["provider"], "images": s[name]["images"]} for name in ("fp32", "int8")]
+    return [{"model": label, "map50_95": m["map50_95"], "map50": m["map50"],
+             "latency_p50_ms": m["latency_ms"]["p50"], "latency_p90_ms": m["latency_ms"]["p90"],
+             "latency_ratio": ratio, "provider": m["provider"], "images": m["images"]} for label, m, ratio in _sides(s)]
 
 
 def write_report(run_dir: Path, summary: dict[str, Any]) -> str:
@@ -164,12 +264,11 @@ def write_report(run_dir: Path, summary: dict[str, Any]) -> str:
 
 
 def console_table(s: dict[str, Any]) -> str:
-    head = f"{'':10}{'mAP50-95':>10}{'mAP50':>9}{'p50 ms':>9}{'p90 ms':>9}  provider"
+    head = f"{'':16}{'mAP50-95':>10}{'mAP50':>9}{'p50 ms':>9}{'p90 ms':>9}{'vs FP32':>18}  provider"
     out = [head]
-    for name in ("fp32", "int8"):
-        m = s[name]
-        out.append(f"{name:10}{m['map50_95']:>10.4f}{m['map50']:>9.4f}{m['latency_ms']['p50']:>9.2f}"
-                   f"{m['latency_ms']['p90']:>9.2f}  {m['provider']}")
-    d = s["delta"]
-    out.append(f"{'delta':10}{d['map50_95']:>+10.4f}{d['map50']:>+9.4f}{'x' + format(d['latency_ratio'], '.2f'):>9}")
+    fp = s["fp32"]
+    for label, m, ratio in _sides(s):
+        rel = "" if ratio is None else f"{m['map50_95'] - fp['map50_95']:+.4f} x{ratio:.2f}"
+        out.append(f"{label:16}{m['map50_95']:>10.4f}{m['map50']:>9.4f}{m['latency_ms']['p50']:>9.2f}"
+                   f"{m['latency_ms']['p90']:>9.2f}  {rel:>16}  {m['provider']}")
     return "\n".join(out)

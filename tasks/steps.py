@@ -16,7 +16,7 @@ import numpy as np
 
 from tasks import __version__
 from tasks.cache import StepCache, cache_key
-from tasks.calibration import build_calib_tensor, check_overlap, load_calib_tensor, pick_calib_images, save_npy
+from tasks.calibration import CalibReader, check_overlap, load_calib_tensor, open_reader, pick_calib_images, write_calib_npy
 from tasks.coco_eval import load_coco, select_subset
 from tasks.config import QuantSettings, RunConfig
 from tasks.faults import fault_point
@@ -116,9 +116,8 @@ def step_calibration(ctx: RunContext) -> dict[str, Any]:
     entry = ctx.cache.get("calibration", key)
     cached = entry is not None
     if entry is None:
-        arr = build_calib_tensor(files, m["input_shape"], cfg.eval.preprocess)
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
-            sha = save_npy(Path(td) / "calib.npy", arr)
+            sha = write_calib_npy(Path(td) / "calib.npy", files, m["input_shape"], cfg.eval.preprocess)
             entry = ctx.cache.put("calibration", key, {"calib.npy": Path(td) / "calib.npy"}, {"sha256": sha})
     tensor = entry.file("calib.npy")
     info = {"source": "images", "folder": str(cfg.calib_images), "count": len(files),
@@ -130,11 +129,13 @@ def step_calibration(ctx: RunContext) -> dict[str, Any]:
     return _timed(t0, info)
 
 
-def _calib_array(ctx: RunContext, calib: dict[str, Any]) -> np.ndarray:
-    path, m = calib["tensor_path"], ctx.model
-    if path.endswith(".npy"):
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    return load_calib_tensor(Path(path), m["input"], m["input_shape"], ctx.cfg.eval.preprocess)[0]
+def _calib_array(ctx: RunContext, calib: dict[str, Any]) -> Any:
+    """The calibration samples, sliceable; a .npy is read by file offsets, never whole."""
+    return open_reader(Path(calib["tensor_path"]), ctx.model["input"]).source
+
+
+def _calib_reader(ctx: RunContext, calib: dict[str, Any]) -> CalibReader:
+    return open_reader(Path(calib["tensor_path"]), ctx.model["input"])
 
 
 def step_quantize(ctx: RunContext, calib: dict[str, Any], settings: QuantSettings | None = None,
@@ -152,10 +153,9 @@ def step_quantize(ctx: RunContext, calib: dict[str, Any], settings: QuantSetting
     entry = ctx.cache.get("quantize", key)
     cached = entry is not None
     if entry is None:
-        arr = _calib_array(ctx, calib)
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
             tdir = Path(td)
-            rec = run_ptq(Path(cfg.model), m["input"], arr, settings, tdir / "model.onnx",
+            rec = run_ptq(Path(cfg.model), m["input"], _calib_reader(ctx, calib), settings, tdir / "model.onnx",
                           tdir / "modelopt-onnx-ptq.log", seed=seed)
             snapshot = {"settings": settings.model_dump(), "modelopt_call": rec["args"],
                         "op_types_excluded": rec["args"]["op_types_to_exclude"],
@@ -169,12 +169,14 @@ def step_quantize(ctx: RunContext, calib: dict[str, Any], settings: QuantSetting
                         "rss_growth_mib": rec["rss_growth_mib"], "metadata_props_restored": rec["metadata_props_restored"],
                         "head_preset_nodes": rec["head_preset_nodes"],
                         "output_sha256": rec["onnx_sha256"], "seed": seed, "cache_key": key}
+            snapshot["entropy"] = rec["entropy"]
             atomic_write_json(tdir / "config.json", snapshot)
             atomic_write_json(tdir / "qdq-summary.json", rec["qdq"])
-            entry = ctx.cache.put("quantize", key, {
-                "model.onnx": tdir / "model.onnx", "config.json": tdir / "config.json",
-                "qdq-summary.json": tdir / "qdq-summary.json",
-                "modelopt-onnx-ptq.log": tdir / "modelopt-onnx-ptq.log"}, {"wall_s": rec["wall_s"]})
+            files = {"model.onnx": tdir / "model.onnx", "config.json": tdir / "config.json",
+                     "qdq-summary.json": tdir / "qdq-summary.json", "modelopt-onnx-ptq.log": tdir / "modelopt-onnx-ptq.log"}
+            if (tdir / "entropy-calibration.cache").exists():
+                files["entropy-calibration.cache"] = tdir / "entropy-calibration.cache"
+            entry = ctx.cache.put("quantize", key, files, {"wall_s": rec["wall_s"]})
     snap = json.loads(entry.file("config.json").read_text())
     qdq = json.loads(entry.file("qdq-summary.json").read_text())
     res = {"onnx": str(entry.file("model.onnx")), "entry": str(entry.path), "sha256": entry.files["model.onnx"],
@@ -189,12 +191,62 @@ def publish_quantized(ctx: RunContext, quant: dict[str, Any]) -> dict[str, Any]:
     entry = Path(quant["entry"])
     onnx_out = ctx.run_dir / "onnx" / f"{Path(ctx.cfg.model).stem}-int8-qdq.onnx"
     atomic_copy(entry / "model.onnx", onnx_out)
-    for name in ("config.json", "qdq-summary.json", "modelopt-onnx-ptq.log"):
-        atomic_copy(entry / name, ctx.run_dir / "quantize-int8" / name)
+    for name in ("config.json", "qdq-summary.json", "modelopt-onnx-ptq.log", "entropy-calibration.cache"):
+        if (entry / name).exists():
+            atomic_copy(entry / name, ctx.run_dir / "quantize-int8" / name)
     return {**quant, "onnx": str(onnx_out)}
 
 
-def step_smoke(ctx: RunContext, calib: dict[str, Any], quant: dict[str, Any]) -> dict[str, Any]:
+# Where each target's artifacts go: (quantized model name suffix, quantize folder, evaluation name).
+# The tensorrt target keeps the INT8 flow's original names.
+TARGET_LAYOUT = {"tensorrt": ("int8-qdq", "quantize-int8", "int8"),
+                 "ort-cpu": ("int8-ort-cpu", "quantize-int8-ort-cpu", "int8-ort-cpu")}
+
+
+def step_quantize_ort_cpu(ctx: RunContext, calib: dict[str, Any]) -> dict[str, Any]:
+    """The ort-cpu target (tasks/ortcpu.py), cached like the ModelOpt step and published under its own names."""
+    from tasks.ortcpu import build_ort_cpu, cpu_has_vnni
+
+    t0 = time.perf_counter()
+    cfg, m = ctx.cfg, ctx.model
+    settings = cfg.ort_cpu
+    suffix, qdir, _ = TARGET_LAYOUT["ort-cpu"]
+    key = cache_key("quantize-ort-cpu", {
+        "model": m["sha256"], "calib": calib["sha256"], "settings": settings.model_dump(),
+        "exclude_nodes": cfg.quant.exclude_nodes, "exclude_op_types": cfg.quant.exclude_op_types,
+        # reduce_range "auto" resolves per CPU: a model built on another CPU kind is another entry
+        "cpu_vnni": cpu_has_vnni(), "versions": ctx.key_versions})
+    entry = ctx.cache.get("quantize-ort-cpu", key)
+    cached = entry is not None
+    if entry is None:
+        with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
+            tdir = Path(td)
+            rec = build_ort_cpu(Path(cfg.model), _calib_reader(ctx, calib), settings, tdir / "model.onnx",
+                                tdir / "ort-quantize.log", cfg.quant.exclude_nodes, cfg.quant.exclude_op_types)
+            snapshot = {**{k: v for k, v in rec.items() if k != "qdq"}, "target": "ort-cpu",
+                        "settings": settings.model_dump(), "method_note": (
+                            "ort-cpu calibrates asymmetric min/max; --method entropy applies to the tensorrt target"
+                            if cfg.quant.method == "entropy" else None),
+                        "inputs": {"model": {"path": str(cfg.model), "sha256": m["sha256"]},
+                                   "calibration": {"sha256": calib["sha256"], "count": calib["count"]}},
+                        "versions": ctx.versions, "output_sha256": rec["onnx_sha256"], "cache_key": key}
+            atomic_write_json(tdir / "config.json", snapshot)
+            atomic_write_json(tdir / "qdq-summary.json", rec["qdq"])
+            entry = ctx.cache.put("quantize-ort-cpu", key, {
+                "model.onnx": tdir / "model.onnx", "config.json": tdir / "config.json",
+                "qdq-summary.json": tdir / "qdq-summary.json", "ort-quantize.log": tdir / "ort-quantize.log"},
+                {"wall_s": rec["wall_s"]})
+    onnx_out = ctx.run_dir / "onnx" / f"{Path(cfg.model).stem}-{suffix}.onnx"
+    atomic_copy(entry.file("model.onnx"), onnx_out)
+    for name in ("config.json", "qdq-summary.json", "ort-quantize.log"):
+        atomic_copy(entry.file(name), ctx.run_dir / qdir / name)
+    res = {"onnx": str(onnx_out), "entry": str(entry.path), "sha256": entry.files["model.onnx"], "cached": cached,
+           "config": json.loads(entry.file("config.json").read_text()),
+           "qdq": json.loads(entry.file("qdq-summary.json").read_text()), "target": "ort-cpu"}
+    return _timed(t0, res)
+
+
+def step_smoke(ctx: RunContext, calib: dict[str, Any], quant: dict[str, Any], qdir: str = "quantize-int8") -> dict[str, Any]:
     """FP32 vs INT8 on the first few calibration samples; raises SmokeError on a broken INT8 model."""
     t0 = time.perf_counter()
     cfg, m = ctx.cfg, ctx.model
@@ -203,7 +255,7 @@ def step_smoke(ctx: RunContext, calib: dict[str, Any], quant: dict[str, Any]) ->
     res = smoke_compare(Path(cfg.model), Path(quant["onnx"]), m["input"], samples, m["output_format"],
                         cfg.eval.providers, conf=cfg.smoke_conf, strict=cfg.eval.strict_providers,
                         threads=cfg.eval.threads)
-    atomic_write_json(ctx.run_dir / "quantize-int8" / "smoke.json", res)
+    atomic_write_json(ctx.run_dir / qdir / "smoke.json", res)
     return _timed(t0, res)
 
 
@@ -235,12 +287,14 @@ def direct(name: str, fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
-def step_report(ctx: RunContext, calib: dict[str, Any], quant: dict[str, Any], smoke: dict[str, Any],
-                fp32: dict[str, Any], int8: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """summary.json and report.md, with the regression gate's verdict in them."""
+def step_report(ctx: RunContext, calib: dict[str, Any], targets: dict[str, dict[str, Any]],
+                fp32: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """summary.json and report.md, with the regression gate's verdict in them.
+
+    `targets` maps each target to its {"quant", "smoke", "int8"} results, in the run's target order."""
     from tasks.report import build_summary, regression_gate, write_report
 
-    summary = build_summary(ctx, calib, quant, smoke, fp32, int8, ctx.cache.corrupt)
+    summary = build_summary(ctx, calib, targets, fp32, ctx.cache.corrupt)
     summary.update(extra)
     summary["gate"] = regression_gate(summary, ctx.cfg.max_map_drop)
     write_report(ctx.run_dir, summary)
@@ -251,20 +305,33 @@ def execute(ctx: RunContext, call: Callable[..., Any] = direct) -> dict[str, Any
     """Every stage after prepare_run, in order; `call(name, fn, *args)` runs each one."""
     cfg = ctx.cfg
     calib = call("calibration", step_calibration, ctx)
-    quant = call("quantize-int8", step_quantize, ctx, calib)
-    smoke = call("smoke-inference", step_smoke, ctx, calib, quant)
-    fp32 = call("coco-eval-fp32", step_evaluate, ctx, "fp32", Path(cfg.model), ctx.model["sha256"])
-    int8 = call("coco-eval-int8", step_evaluate, ctx, "int8", Path(quant["onnx"]), quant["sha256"])
+    fp32: dict[str, Any] | None = None
+    targets: dict[str, dict[str, Any]] = {}
     extra: dict[str, Any] = {}
-    if cfg.accuracy_budget is not None:
-        g = call("accuracy-guard", step_accuracy_guard, ctx, calib, quant, fp32, int8)
-        if g["quant"]["sha256"] != quant["sha256"]:
-            smoke = call("smoke-inference-chosen", step_smoke, ctx, calib, g["quant"])
-        quant, int8 = g["quant"], g["int8"]
-        extra = {"sensitivity": g["sensitivity"], "accuracy_guard": g["guard"]}
-    elif cfg.sensitivity:
-        extra = {"sensitivity": call("sensitivity", step_sensitivity, ctx, calib, quant)}
-    return call("report", step_report, ctx, calib, quant, smoke, fp32, int8, extra)
+    for target in cfg.targets:
+        _, qdir, which = TARGET_LAYOUT[target]
+        if target == "tensorrt":
+            quant = call("quantize-int8", step_quantize, ctx, calib)
+            smoke = call("smoke-inference", step_smoke, ctx, calib, quant)
+        else:
+            quant = call("quantize-int8-ort-cpu", step_quantize_ort_cpu, ctx, calib)
+            smoke = call("smoke-inference-ort-cpu", step_smoke, ctx, calib, quant, qdir)
+        if fp32 is None:
+            fp32 = call("coco-eval-fp32", step_evaluate, ctx, "fp32", Path(cfg.model), ctx.model["sha256"])
+        suffix = "" if target == "tensorrt" else f"-{target}"
+        int8 = call(f"coco-eval-int8{suffix}", step_evaluate, ctx, which, Path(quant["onnx"]), quant["sha256"])
+        if target == "tensorrt":
+            # auto mode and the sensitivity ranking work on ModelOpt's Q/DQ model
+            if cfg.accuracy_budget is not None:
+                g = call("accuracy-guard", step_accuracy_guard, ctx, calib, quant, fp32, int8)
+                if g["quant"]["sha256"] != quant["sha256"]:
+                    smoke = call("smoke-inference-chosen", step_smoke, ctx, calib, g["quant"])
+                quant, int8 = g["quant"], g["int8"]
+                extra = {"sensitivity": g["sensitivity"], "accuracy_guard": g["guard"]}
+            elif cfg.sensitivity:
+                extra = {"sensitivity": call("sensitivity", step_sensitivity, ctx, calib, quant)}
+        targets[target] = {"quant": quant, "smoke": smoke, "int8": int8}
+    return call("report", step_report, ctx, calib, targets, fp32, extra)
 
 
 def run_int8(cfg: RunConfig) -> dict[str, Any]:

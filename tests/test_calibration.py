@@ -3,8 +3,8 @@ import pickle
 import numpy as np
 import pytest
 
-from tasks.calibration import (CalibrationError, build_calib_tensor, check_overlap, load_calib_tensor,
-                               pick_calib_images)
+from tasks.calibration import (CalibrationError, CalibReader, NpySampleReader, build_calib_tensor, check_overlap,
+                               load_calib_tensor, open_reader, pick_calib_images, write_calib_npy)
 from tasks.preprocess import PreprocessSpec
 
 SHAPE = (1, 3, 64, 64)
@@ -17,11 +17,45 @@ def _save(tmp_path, arr, name="c.npy"):
     return p
 
 
-def test_good_tensor_is_memory_mapped(tmp_path):
-    p = _save(tmp_path, np.random.default_rng(0).random((5, 3, 64, 64), dtype=np.float32))
+def test_good_tensor_is_read_by_samples_not_loaded(tmp_path):
+    a = np.random.default_rng(0).random((5, 3, 64, 64), dtype=np.float32)
+    p = _save(tmp_path, a)
     arr, info = load_calib_tensor(p, "images", SHAPE, SPEC)
-    assert isinstance(arr, np.memmap)
+    assert isinstance(arr, NpySampleReader) and not isinstance(arr, np.ndarray)
     assert info["count"] == 5 and info["shape"] == [5, 3, 64, 64] and len(info["sha256"]) == 64
+    np.testing.assert_array_equal(arr[1:3], a[1:3])
+    np.testing.assert_array_equal(arr[4], a[4])
+
+
+def test_truncated_npy_is_named(tmp_path):
+    p = _save(tmp_path, np.random.default_rng(0).random((4, 3, 64, 64), dtype=np.float32))
+    p.write_bytes(p.read_bytes()[:-100])
+    with pytest.raises(CalibrationError, match="truncated"):
+        load_calib_tensor(p, "images", SHAPE, SPEC)
+
+
+def test_reader_protocol_order_and_rewind(tmp_path):
+    a = np.arange(6, dtype=np.float32)[:, None, None, None] * np.ones((1, 3, 64, 64), np.float32) / 10
+    r = open_reader(_save(tmp_path, a), "images")
+    first = r.get_first()["images"]
+    assert first.shape == (1, 3, 64, 64) and first[0, 0, 0, 0] == 0
+    seen = []
+    while (b := r.get_next()) is not None:  # get_first did not advance
+        seen.append(round(float(b["images"][0, 0, 0, 0]) * 10))
+    assert seen == [0, 1, 2, 3, 4, 5]
+    r.rewind()
+    assert r.get_next() is not None
+    s1, s2 = r.with_seed(3), r.with_seed(3)
+    assert s1.order == s2.order == np.random.default_rng(3).permutation(6).tolist() and s1.order != seen
+
+
+def test_streamed_npy_equals_in_memory_build(tmp_path, tiny_data):
+    files = sorted(tiny_data["calib_images"].iterdir())[:3]
+    sha = write_calib_npy(tmp_path / "c.npy", files, SHAPE, SPEC)
+    np.testing.assert_array_equal(np.load(tmp_path / "c.npy"), build_calib_tensor(files, SHAPE, SPEC))
+    assert len(sha) == 64 and sorted(p.name for p in tmp_path.iterdir()) == ["c.npy", "calib", "coco"]
+    r = CalibReader(files, "images", input_shape=SHAPE, spec=SPEC)
+    np.testing.assert_array_equal(r.get_next()["images"], np.load(tmp_path / "c.npy")[:1])
 
 
 def test_npz_by_input_name_or_single_array(tmp_path):

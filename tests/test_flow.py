@@ -155,3 +155,9 @@ def test_gate_flags_a_model_without_detections():
          "fp32": {"map50_95": 0.504}}
     assert regression_gate(s, 0.5)["passed"] and not regression_gate(s, 0.3)["passed"]
     assert regression_gate(s, None)["passed"]
+    # several targets: each one is held to the budget, and the failing one is named
+    s["targets"] = {"tensorrt": {k: s[k] for k in ("delta", "int8")},
+                    "ort-cpu": {"delta": {"map50_95": -0.02}, "int8": {"detections": 9, "images": 5, "map50_95": 0.484}}}
+    g = regression_gate(s, 1.0)
+    assert not g["passed"] and "INT8 (ort-cpu)" in g["message"] and "tensorrt" not in g["message"]
+    assert g["drop_points_by_target"] == {"tensorrt": 0.4, "ort-cpu": 2.0}

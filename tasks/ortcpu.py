@@ -1,0 +1,145 @@
+"""The ort-cpu target: an INT8 model that ONNX Runtime's CPU EP runs with integer kernels.
+
+ModelOpt places Q/DQ for TensorRT: only convolution *inputs* are quantized, so on the ORT CPU EP
+almost no convolution fuses into QLinearConv and the model runs slower than FP32. ORT fuses
+DQ -> op -> Q groups, which needs a scale on every op output along the way (Conv, Sigmoid, Mul,
+Add, Concat ...). ModelOpt calibrates only the tensors it quantizes, and symmetrically (int8, zero
+point 0); this target calibrates every activation min/max asymmetrically for uint8 (post-SiLU
+tensors are nearly non-negative: a symmetric range wastes half the codes), in one streamed pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import onnx
+
+from tasks.config import OrtCpuSettings
+from tasks.quantize import (_PeakRSS, _stderr_to, copy_metadata, decode_tail_nodes, head_final_convs, ort_cpu_kernels,
+                            qdq_summary)
+from tasks.rundir import atomic_copy, sha256_file, temp_sibling
+
+log = logging.getLogger(__name__)
+
+
+def cpu_has_vnni(cpuinfo: str | None = None) -> bool | None:
+    """True/False on x86 Linux (from /proc/cpuinfo flags); None where it cannot be told."""
+    if cpuinfo is None:
+        if platform.machine().lower() not in ("x86_64", "amd64") or not os.path.exists("/proc/cpuinfo"):
+            return None
+        cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), None)
+    if flags is None:
+        return None
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+
+
+def resolve_reduce_range(setting: str, vnni: bool | None) -> tuple[bool, str]:
+    if setting != "auto":
+        return setting == "on", f"reduce_range {setting} (set)"
+    if vnni is False:
+        return True, "reduce_range on: x86 CPU without VNNI, whose u8 x s8 multiply-add saturates on 8-bit weights"
+    return False, "reduce_range off: " + ("CPU has VNNI" if vnni else "not an x86 CPU, or its flags are unknown")
+
+
+def expand_exclusions(model: onnx.ModelProto, patterns: Sequence[str]) -> list[str]:
+    """Node names matched from their start by the user's regexes (ORT wants exact names)."""
+    out = []
+    for pat in patterns:
+        rx = re.compile(pat)
+        out += [n.name for n in model.graph.node if rx.match(n.name)]
+    return out
+
+
+class _MinMaxSafeReader:
+    """Wraps a reader so ORT's min/max calibrator, merging every `k` samples, never ends on an empty
+    batch: ORT 1.24 raises "No data is collected" when the sample count is a multiple of k. The
+    last sample is then given twice, which leaves every min and max unchanged."""
+
+    def __init__(self, reader: Any, k: int) -> None:
+        self.reader, self.repeat = reader, len(reader) % k == 0
+        self._last: dict | None = None
+        self._done = False
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def get_next(self) -> dict | None:
+        nxt = self.reader.get_next()
+        if nxt is not None:
+            self._last = nxt
+            return nxt
+        if self.repeat and not self._done and self._last is not None:
+            self._done = True
+            return self._last
+        return None
+
+    def get_first(self) -> dict | None:
+        return self.reader.get_first()
+
+    def rewind(self) -> None:
+        self.reader.rewind()
+        self._done = False
+
+
+def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_path: Path, log_path: Path,
+                  exclude_nodes: Sequence[str] = (), exclude_op_types: Sequence[str] = ()) -> dict[str, Any]:
+    """Quantize `model_path` for ORT's CPU EP at `out_path` (temporary name, then renamed)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    model_path, out_path, log_path = Path(model_path), Path(out_path), Path(log_path)
+    src = onnx.load(str(model_path))
+    tail = decode_tail_nodes(src)
+    if not tail:
+        log.warning("no YOLO head found in %s: nothing is kept in float for decoding", model_path.name)
+    preset = head_final_convs(src) if settings.head_preset else []
+    user = expand_exclusions(src, exclude_nodes)
+    by_type = [n.name for n in src.graph.node if n.op_type in set(exclude_op_types)]
+    excluded = list(dict.fromkeys(tail + preset + user + by_type))
+    vnni = cpu_has_vnni()
+    reduce_range, rr_reason = resolve_reduce_range(settings.reduce_range, vnni)
+    act = QuantType.QUInt8 if settings.activation_type == "uint8" else QuantType.QInt8
+    extra = {"CalibMaxIntermediateOutputs": settings.calib_merge_every}
+    tmp_out, tmp_log = temp_sibling(out_path), temp_sibling(log_path)
+    # ORT writes an augmented copy of the model next to a path it is given: keep it private
+    work = Path(tempfile.mkdtemp(prefix=".ortq-", dir=out_path.parent))
+    reader.rewind()
+    safe = _MinMaxSafeReader(reader, settings.calib_merge_every)
+    t0 = time.perf_counter()
+    try:
+        with _PeakRSS() as mem, _stderr_to(tmp_log):
+            quantize_static(str(model_path), str(tmp_out), safe, quant_format=QuantFormat.QDQ,
+                            activation_type=act, weight_type=QuantType.QInt8, per_channel=settings.per_channel,
+                            reduce_range=reduce_range, calibrate_method=CalibrationMethod.MinMax,
+                            nodes_to_exclude=excluded, extra_options=extra,
+                            calibration_providers=["CPUExecutionProvider"])
+        wall = time.perf_counter() - t0
+        restored = copy_metadata(src, tmp_out)
+        summary = qdq_summary(onnx.load(str(tmp_out)))
+        if summary["qdq_nodes"] == 0:
+            raise RuntimeError("ONNX Runtime inserted no Q/DQ node: nothing was quantized (check exclusions)")
+        kernels = ort_cpu_kernels(tmp_out)
+        os.replace(tmp_out, out_path)
+    finally:
+        tmp_out.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+        if tmp_log.exists():
+            atomic_copy(tmp_log, log_path)
+            tmp_log.unlink()
+    return {
+        "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "calibration": "minmax (asymmetric)",
+        "activation_type": settings.activation_type, "weight_type": "int8", "per_channel": settings.per_channel,
+        "reduce_range": reduce_range, "reduce_range_reason": rr_reason, "cpu_vnni": vnni,
+        "decode_tail_nodes": tail, "head_preset_nodes": preset, "excluded_nodes": user, "excluded_by_type": by_type,
+        "calib_samples": len(reader), "wall_s": round(wall, 3), "peak_rss_mib": round(mem.peak / 2**20, 1),
+        "rss_growth_mib": round((mem.peak - mem.start) / 2**20, 1), "metadata_props_restored": restored,
+        "qdq": summary, "ort_cpu_kernels": kernels, "onnx_sha256": sha256_file(out_path),
+    }
