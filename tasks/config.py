@@ -76,8 +76,10 @@ class OrtCpuSettings(BaseModel):
     reduce_range: Literal["auto", "on", "off"] = Field(
         "auto", description="7-bit weights; auto: on for x86 CPUs without VNNI, whose u8 x s8 instruction "
                             "(vpmaddubsw) saturates with full-range weights")
-    head_preset: bool = Field(False, description="also keep the head's final convolutions in float (the decode "
-                                                 "after them always stays float)")
+    head_preset: bool = Field(True, description="also keep the head's final convolutions in float (the decode "
+                                                "after them always stays float)")
+    stem_float: bool = Field(True, description="keep the first convolution (on the 3-channel image) in float: "
+                                               "integer kernels gain little there and its error reaches everything")
     calib_merge_every: int = Field(8, ge=1, le=1024, description="samples whose min/max ORT keeps before "
                                                                 "merging them (bounds calibration memory)")
 

@@ -50,6 +50,38 @@ def resolve_reduce_range(setting: str, vnni: bool | None) -> tuple[bool, str]:
     return False, "reduce_range off: " + ("CPU has VNNI" if vnni else "not an x86 CPU, or its flags are unknown")
 
 
+MIN_OPSET = 13
+
+
+def stem_nodes(model: onnx.ModelProto) -> list[str]:
+    """The convolution that reads the model input, with its activation (SiLU = Sigmoid, Mul)."""
+    inputs = {i.name for i in model.graph.input}
+    conv = next((n for n in model.graph.node if n.op_type == "Conv" and n.input[0] in inputs), None)
+    if conv is None:
+        return []
+    out, names = conv.output[0], [conv.name]
+    for n in model.graph.node:
+        if n.op_type in ("Sigmoid", "Relu", "Mul") and out in n.input:
+            names.append(n.name)
+    return names
+
+
+def with_min_opset(model_path: Path, work: Path, min_opset: int = MIN_OPSET) -> tuple[Path, int]:
+    """The model at opset >= 13 (a converted copy in `work` if needed), and its original opset.
+
+    Per-channel Q/DQ needs opset 13 (DequantizeLinear's axis); ORT's quantizer writes it on older
+    models anyway, which ORT then refuses to load (YOLOv5 exports default to opset 12)."""
+    model = onnx.load(str(model_path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= min_opset:
+        return Path(model_path), opset
+    from onnx import version_converter
+
+    out = Path(work) / f"opset{min_opset}.onnx"
+    onnx.save(version_converter.convert_version(model, min_opset), str(out))
+    return out, opset
+
+
 def expand_exclusions(model: onnx.ModelProto, patterns: Sequence[str]) -> list[str]:
     """Node names matched from their start by the user's regexes (ORT wants exact names)."""
     out = []
@@ -59,13 +91,14 @@ def expand_exclusions(model: onnx.ModelProto, patterns: Sequence[str]) -> list[s
     return out
 
 
-class _MinMaxSafeReader:
+class MinMaxSafeReader:
     """Wraps a reader so ORT's min/max calibrator, merging every `k` samples, never ends on an empty
     batch: ORT 1.24 raises "No data is collected" when the sample count is a multiple of k. The
     last sample is then given twice, which leaves every min and max unchanged."""
 
     def __init__(self, reader: Any, k: int) -> None:
         self.reader, self.repeat = reader, len(reader) % k == 0
+        reader.rewind()  # ORT reads to the end without rewinding first
         self._last: dict | None = None
         self._done = False
 
@@ -101,9 +134,10 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
     if not tail:
         log.warning("no YOLO head found in %s: nothing is kept in float for decoding", model_path.name)
     preset = head_final_convs(src) if settings.head_preset else []
+    stem = stem_nodes(src) if settings.stem_float else []
     user = expand_exclusions(src, exclude_nodes)
     by_type = [n.name for n in src.graph.node if n.op_type in set(exclude_op_types)]
-    excluded = list(dict.fromkeys(tail + preset + user + by_type))
+    excluded = list(dict.fromkeys(tail + preset + stem + user + by_type))
     vnni = cpu_has_vnni()
     reduce_range, rr_reason = resolve_reduce_range(settings.reduce_range, vnni)
     act = QuantType.QUInt8 if settings.activation_type == "uint8" else QuantType.QInt8
@@ -112,11 +146,12 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
     # ORT writes an augmented copy of the model next to a path it is given: keep it private
     work = Path(tempfile.mkdtemp(prefix=".ortq-", dir=out_path.parent))
     reader.rewind()
-    safe = _MinMaxSafeReader(reader, settings.calib_merge_every)
+    safe = MinMaxSafeReader(reader, settings.calib_merge_every)
     t0 = time.perf_counter()
     try:
+        src_path, opset = with_min_opset(model_path, work)
         with _PeakRSS() as mem, _stderr_to(tmp_log):
-            quantize_static(str(model_path), str(tmp_out), safe, quant_format=QuantFormat.QDQ,
+            quantize_static(str(src_path), str(tmp_out), safe, quant_format=QuantFormat.QDQ,
                             activation_type=act, weight_type=QuantType.QInt8, per_channel=settings.per_channel,
                             reduce_range=reduce_range, calibrate_method=CalibrationMethod.MinMax,
                             nodes_to_exclude=excluded, extra_options=extra,
@@ -138,7 +173,8 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
         "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "calibration": "minmax (asymmetric)",
         "activation_type": settings.activation_type, "weight_type": "int8", "per_channel": settings.per_channel,
         "reduce_range": reduce_range, "reduce_range_reason": rr_reason, "cpu_vnni": vnni,
-        "decode_tail_nodes": tail, "head_preset_nodes": preset, "excluded_nodes": user, "excluded_by_type": by_type,
+        "decode_tail_nodes": tail, "head_preset_nodes": preset, "stem_nodes": stem, "excluded_nodes": user, "excluded_by_type": by_type,
+        "source_opset": opset, "opset_converted_to": MIN_OPSET if opset < MIN_OPSET else None,
         "calib_samples": len(reader), "wall_s": round(wall, 3), "peak_rss_mib": round(mem.peak / 2**20, 1),
         "rss_growth_mib": round((mem.peak - mem.start) / 2**20, 1), "metadata_props_restored": restored,
         "qdq": summary, "ort_cpu_kernels": kernels, "onnx_sha256": sha256_file(out_path),

@@ -1,0 +1,233 @@
+"""INT8 targets side by side, in one process: FP32, ModelOpt `tensorrt`, our `ort-cpu`, and the peer
+(ONNX Runtime's own `quantize_static`: QDQ, MinMax, its default int8 activations and per-tensor
+weights, the decode tail after the head kept in float), on the same model, calibration images and
+evaluation subset.
+
+    .venv/bin/python bench/targets.py                      # demo + yolov5n (+ yolov10m-random if exported)
+    .venv/bin/python bench/targets.py --models demo --rounds 5
+
+Writes bench/results/targets.json and bench/results/targets.png (mAP50-95 against latency for
+every variant) and prints a table. Latency: median of interleaved rounds (every variant once per
+round, so drifts of a shared machine hit all alike) of single-image inference on the CPU EP, with
+the evaluator's session settings. The YOLOv10m-architecture graph has random weights (made by
+scripts/export_random_yolov10m.py): only its latency is read. TensorRT: when the TensorRT EP can
+start, an engine from the Q/DQ model is timed against an FP16 engine; otherwise the reason it was
+skipped is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tasks.calibration import CalibReader, pick_calib_images  # noqa: E402
+from tasks.config import OrtCpuSettings, QuantSettings, load_demo_config  # noqa: E402
+from tasks.evaluate import EvalSettings, evaluate_model  # noqa: E402
+from tasks.ortcpu import MinMaxSafeReader, build_ort_cpu, with_min_opset  # noqa: E402
+from tasks.preprocess import PreprocessSpec  # noqa: E402
+from tasks.quantize import decode_tail_nodes, ort_cpu_kernels  # noqa: E402
+from tasks.runtime import make_session, model_io, select_providers  # noqa: E402
+from tasks.trt import tensorrt_timing  # noqa: E402
+
+# CI and developers read ../shared; a copy elsewhere (another machine) is named by YOLO_LOWBIT_SHARED
+SHARED = Path(os.environ.get("YOLO_LOWBIT_SHARED", ROOT.parent / "shared"))
+OUT = ROOT / "bench" / "results"
+log = logging.getLogger("bench")
+
+
+def model_set(names: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for name in names:
+        if name == "demo":
+            d = load_demo_config()
+            out.append({"name": "demo-yolov10n", "model": d["model"], "calib": d["paths"]["calib_images"],
+                        "images": d["paths"]["images"], "annotations": d["paths"]["annotations"]})
+        elif name == "yolov5n":
+            if not (SHARED / "models/yolov5n-coco/yolov5n.onnx").exists():
+                print(f"skipped yolov5n: {SHARED} is absent")
+                continue
+            out.append({"name": "yolov5n-coco", "model": SHARED / "models/yolov5n-coco/yolov5n.onnx",
+                        "calib": SHARED / "data/coco-val2017-calib/images",
+                        "images": SHARED / "data/coco-val2017-mini/images",
+                        "annotations": SHARED / "data/coco-val2017-mini/annotations/instances_val2017.json"})
+        elif name == "yolov10m-random":
+            p = ROOT / "tmp/bench-models/yolov10m-random.onnx"
+            if not p.exists():
+                print(f"skipped yolov10m-random: {p} is absent (make it with "
+                      f"/work/venv-train/bin/python scripts/export_random_yolov10m.py)")
+                continue
+            out.append({"name": "yolov10m-random", "model": p, "calib": load_demo_config()["paths"]["calib_images"],
+                        "images": None, "annotations": None})
+    return out
+
+
+def peer_quantize(model: Path, reader: CalibReader, out: Path) -> dict[str, Any]:
+    """ORT's quantize_static as a user would call it, decode tail in float (as in issue #7)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    tail = decode_tail_nodes(onnx.load(str(model)))
+    reader.rewind()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as td:
+        model, _ = with_min_opset(model, Path(td))  # ORT's quantizer writes an invalid graph below opset 13
+        quantize_static(str(model), str(out), MinMaxSafeReader(reader, 8), quant_format=QuantFormat.QDQ,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=tail,
+                        extra_options={"CalibMaxIntermediateOutputs": 8}, calibration_providers=["CPUExecutionProvider"])
+    return {"wall_s": round(time.perf_counter() - t0, 2), "decode_tail_nodes": len(tail)}
+
+
+def interleaved_latency(paths: dict[str, Path], x: np.ndarray, input_name: str, rounds: int, iters: int,
+                        threads: int | None) -> dict[str, dict[str, float]]:
+    choice = select_providers(["cpu"])
+    sessions = {k: make_session(p, choice, threads) for k, p in paths.items()}
+    for s in sessions.values():
+        for _ in range(5):
+            s.run(None, {input_name: x})
+    samples: dict[str, list[float]] = {k: [] for k in paths}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                s.run(None, {input_name: x})
+                samples[k].append(time.perf_counter() - t0)
+    return {k: {"p50_ms": round(float(np.median(v)) * 1000, 3), "p90_ms": round(float(np.percentile(v, 90)) * 1000, 3),
+                "n": len(v)} for k, v in samples.items()}
+
+
+def bench_model(m: dict[str, Any], work: Path, calib_count: int, rounds: int, iters: int,
+                threads: int | None, variants: list[str]) -> dict[str, Any]:
+    import onnx
+
+    model = Path(m["model"])
+    input_name, shape, _ = model_io(onnx.load(str(model)))
+    files = pick_calib_images(Path(m["calib"]), calib_count, seed=0)
+    reader = CalibReader(files, input_name, input_shape=shape, spec=PreprocessSpec())
+    paths = {"fp32": model}
+    build: dict[str, Any] = {}
+    if "tensorrt" in variants:
+        from tasks.quantize import run_ptq
+
+        rec = run_ptq(model, input_name, reader, QuantSettings(calib_eps=["cpu"]), work / "tensorrt.onnx",
+                      work / "tensorrt.log")
+        paths["tensorrt"] = work / "tensorrt.onnx"
+        build["tensorrt"] = {"wall_s": rec["wall_s"], "peak_rss_mib": rec["peak_rss_mib"],
+                             "conv_quantized": rec["qdq"]["conv_quantized"], "conv_total": rec["qdq"]["conv_total"]}
+    if "ort-cpu" in variants:
+        rec = build_ort_cpu(model, reader, OrtCpuSettings(), work / "ort-cpu.onnx", work / "ort-cpu.log")
+        paths["ort-cpu"] = work / "ort-cpu.onnx"
+        build["ort-cpu"] = {"wall_s": rec["wall_s"], "peak_rss_mib": rec["peak_rss_mib"],
+                            "reduce_range": rec["reduce_range"], "reduce_range_reason": rec["reduce_range_reason"]}
+    if "peer" in variants:
+        build["peer"] = peer_quantize(model, reader, work / "peer.onnx")
+        paths["peer"] = work / "peer.onnx"
+    for k in paths:
+        build.setdefault(k, {})["ort_cpu_kernels"] = ort_cpu_kernels(paths[k])
+    x = reader.get_first()[input_name]
+    lat = interleaved_latency(paths, x, input_name, rounds, iters, threads)
+    rows = {}
+    for k, p in paths.items():
+        row: dict[str, Any] = {"latency": lat[k], "latency_ratio": round(lat[k]["p50_ms"] / lat["fp32"]["p50_ms"], 4),
+                               "build": build.get(k, {})}
+        if m["images"] is not None:
+            met = evaluate_model(p, m["images"], m["annotations"], settings=EvalSettings(providers=["cpu"], threads=threads))
+            row.update({"map50_95": met["map50_95"], "map50": met["map50"], "images": met["images"]})
+        rows[k] = row
+    if m["images"] is not None:
+        for k, r in rows.items():
+            r["map_delta_points"] = round((r["map50_95"] - rows["fp32"]["map50_95"]) * 100, 3)
+    trt = tensorrt_timing(model, paths["tensorrt"], x, input_name) if "tensorrt" in paths else \
+        {"ran": False, "reason": "the tensorrt variant was not built in this run"}
+    return {"model": m["name"], "path": str(model), "input_shape": list(shape), "calib_images": len(files),
+            "variants": rows, "tensorrt_engines": trt}
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """mAP50-95 against latency (PNG, Pillow); random-weight models get a latency strip instead."""
+    from PIL import Image, ImageDraw
+
+    colours = {"fp32": "#2c3e50", "tensorrt": "#c0392b", "ort-cpu": "#27ae60", "peer": "#2980b9"}
+    panels = results
+    w, h, pad = 420, 320, 50
+    img = Image.new("RGB", (w * max(len(panels), 1), h + 40), "white")
+    d = ImageDraw.Draw(img)
+    for j, r in enumerate(panels):
+        x0 = j * w
+        v = r["variants"]
+        lats = [x["latency"]["p50_ms"] for x in v.values()]
+        has_map = all("map50_95" in x for x in v.values())
+        maps = [x["map50_95"] for x in v.values()] if has_map else [0.5] * len(v)
+        lx0, lx1 = 0.0, max(lats) * 1.15
+        my0, my1 = (min(maps) - 0.02, max(maps) + 0.02) if has_map else (0.0, 1.0)
+        d.text((x0 + pad, 8), f"{r['model']} ({'x'.join(map(str, r['input_shape'][2:]))})", fill="black")
+        d.rectangle([x0 + pad, 30, x0 + w - 15, h - pad + 30], outline="#999999")
+        d.text((x0 + pad, h - pad + 36), f"latency p50 ms (0 .. {lx1:.0f}), CPU EP", fill="black")
+        d.text((x0 + 4, 34), f"{my1:.3f}" if has_map else "", fill="black")
+        d.text((x0 + 4, h - pad + 20), f"{my0:.3f}" if has_map else "timing only", fill="black")
+        for (k, x), lat, mp in zip(v.items(), lats, maps):
+            px = x0 + pad + (lat - lx0) / (lx1 - lx0) * (w - pad - 15)
+            py = 30 + (1 - (mp - my0) / (my1 - my0)) * (h - pad)
+            d.ellipse([px - 5, py - 5, px + 5, py + 5], fill=colours.get(k, "black"))
+            d.text((px + 7, py - 6), f"{k} x{x['latency_ratio']:.2f}", fill=colours.get(k, "black"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    img.save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="demo,yolov5n,yolov10m-random")
+    ap.add_argument("--variants", default="tensorrt,ort-cpu,peer", help="besides fp32 (tensorrt needs ModelOpt)")
+    ap.add_argument("--calib-count", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    results = []
+    for m in model_set(args.models.split(",")):
+        with tempfile.TemporaryDirectory(prefix="bench-targets-") as td:
+            t0 = time.perf_counter()
+            r = bench_model(m, Path(td), args.calib_count, args.rounds, args.iters, args.threads,
+                            args.variants.split(","))
+            r["bench_wall_s"] = round(time.perf_counter() - t0, 1)
+        results.append(r)
+        print(f"\n{r['model']}  ({r['calib_images']} calibration images, {args.rounds}x{args.iters} timed runs each)")
+        print(f"{'variant':10}{'mAP50-95':>10}{'delta pt':>10}{'p50 ms':>9}{'vs FP32':>9}  integer convs")
+        for k, v in r["variants"].items():
+            kern = v["build"].get("ort_cpu_kernels", {})
+            print(f"{k:10}{v.get('map50_95', float('nan')):>10.4f}{v.get('map_delta_points', float('nan')):>10.2f}"
+                  f"{v['latency']['p50_ms']:>9.2f}{v['latency_ratio']:>9.3f}  {kern.get('QLinearConv', 0)} QLinearConv, "
+                  f"{kern.get('Conv', 0)} Conv")
+        t = r["tensorrt_engines"]
+        print("TensorRT: " + (f"INT8 {t['int8_p50_ms']} ms vs FP16 {t['fp16_p50_ms']} ms" if t.get("ran")
+                              else f"skipped: {t['reason']}"))
+    from tasks.runtime import runtime_info
+    import onnxruntime as ort
+
+    doc = {"ort_version": ort.__version__, "threads": args.threads, "rounds": args.rounds, "iters": args.iters,
+           "cpu": runtime_info(select_providers(["cpu"]), args.threads).get("device"), "results": results}
+    args.out.mkdir(parents=True, exist_ok=True)
+    tmp = args.out / ".targets.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(args.out / "targets.json")
+    plot(results, args.out / "targets.png")
+    print(f"\nwrote {args.out / 'targets.json'} and {args.out / 'targets.png'}")
+
+
+if __name__ == "__main__":
+    main()
