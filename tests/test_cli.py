@@ -28,6 +28,10 @@ def test_cli_options_fill_the_one_config_model(tmp_path):
     _, off = parse_args(["--no-head-preset", "--accuracy-budget", "0.5", "--no-gate"])
     cfg = build_config(None, off)
     assert cfg.quant.head_preset is False and cfg.accuracy_budget == 0.5 and cfg.max_map_drop is None
+    assert cfg.targets == ["tensorrt"] and cfg.ort_cpu.head_preset and cfg.ort_cpu.reduce_range == "auto"
+    _, t = parse_args(["--target", "ort-cpu,tensorrt,ort-cpu", "--ort-reduce-range", "off"])
+    cfg = build_config(None, t)
+    assert cfg.targets == ["ort-cpu", "tensorrt"] and cfg.ort_cpu.reduce_range == "off"  # order kept, deduplicated
 
 
 @pytest.mark.parametrize("values,match", [
@@ -36,6 +40,9 @@ def test_cli_options_fill_the_one_config_model(tmp_path):
     ({"run_id": "../escape"}, "run_id"),
     ({"calib": "a.npy", "calib_images": "dir"}, "either calib"),
     ({"unknown_option": 1}, "unknown_option"),
+    ({"targets": ["tensorrt", "openvino"]}, "targets"),
+    ({"targets": []}, "at least one target"),
+    ({"quant": {"entropy_impl": "fast"}}, "entropy_impl"),
 ])
 def test_invalid_settings_name_the_setting(values, match):
     with pytest.raises(ConfigError, match=match):

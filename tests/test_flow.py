@@ -161,3 +161,32 @@ def test_gate_flags_a_model_without_detections():
     g = regression_gate(s, 1.0)
     assert not g["passed"] and "INT8 (ort-cpu)" in g["message"] and "tensorrt" not in g["message"]
     assert g["drop_points_by_target"] == {"tensorrt": 0.4, "ort-cpu": 2.0}
+
+
+def test_flow_targets_side_by_side_and_alone(harness, tmp_path, tiny_model, tiny_data):
+    from flows.int8 import int8_flow
+
+    # the tiny detector's only convolutions are its stem and its head: keep neither in float here
+    ort = {"stem_float": False, "head_preset": False}
+    s = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="both", targets=["tensorrt", "ort-cpu"],
+                              ort_cpu=ort))
+    run = Path(s["run_dir"])
+    for rel in ("onnx/tiny-int8-qdq.onnx", "onnx/tiny-int8-ort-cpu.onnx", "quantize-int8-ort-cpu/config.json",
+                "quantize-int8-ort-cpu/smoke.json", "int8-ort-cpu-coco/metrics.json", "int8-coco/metrics.json"):
+        assert (run / rel).is_file(), rel
+    assert list(s["targets"]) == ["tensorrt", "ort-cpu"]
+    assert s["quantization"]["target"] == "tensorrt" and s["int8"] == s["targets"]["tensorrt"]["int8"]
+    oc = s["targets"]["ort-cpu"]
+    assert oc["quantization"]["tool"] == "onnxruntime.quantization.quantize_static"
+    assert oc["quantization"]["ort_cpu_kernels"]["QLinearConv"] >= 1 and oc["int8"]["images"] == 6
+    assert oc["delta"]["latency_ratio"] > 0 and set(s["gate"]["drop_points_by_target"]) == {"tensorrt", "ort-cpu"}
+    md = (run / "results" / "report.md").read_text()
+    assert "INT8 ort-cpu" in md and "QLinearConv" in md
+    again = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="both-again",
+                                  targets=["tensorrt", "ort-cpu"], ort_cpu=ort))
+    assert all(again["cached"].values()), again["cached"]
+
+    alone = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="alone", targets=["ort-cpu"], ort_cpu=ort))
+    assert "targets" not in alone and alone["quantization"]["target"] == "ort-cpu"
+    assert alone["int8"]["map50_95"] == oc["int8"]["map50_95"] and alone["cached"]["quantize"]
+    assert set(alone["delta"]) == {"map50_95", "map50", "latency_ratio"}

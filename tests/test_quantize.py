@@ -74,3 +74,31 @@ def test_input_model_is_never_modified(tmp_path, tiny_model):
     _quantize(tmp_path, tiny_model)
     assert sha256_file(tiny_model) == before
     assert sorted(p.name for p in tiny_model.parent.iterdir()) == listing  # no intermediates beside it
+
+
+@pytest.mark.slow
+def test_streamed_reader_gives_the_array_path_scales_and_ort_is_left_unpatched(tmp_path, tiny_model):
+    """Max scales from the streamed reader equal those of ModelOpt's own array provider (the path
+    used before streaming), and ModelOpt's ORT monkey-patches are undone afterwards."""
+    from modelopt.onnx.quantization import quantize
+    from onnxruntime.quantization import calibrate
+
+    from tasks.calibration import CalibReader
+    from tasks.entropy import activation_scales
+
+    original = calibrate.MinMaxCalibrater.collect_data
+    run_ptq(tiny_model, "images", CalibReader(CAL, "images"), QuantSettings(calib_eps=["cpu"]),
+            tmp_path / "r.onnx", tmp_path / "r.log")
+    assert calibrate.MinMaxCalibrater.collect_data is original
+    assert calibrate.MinMaxCalibrater.collect_data.__module__.startswith("onnxruntime")
+    src = tmp_path / "copy.onnx"
+    src.write_bytes(tiny_model.read_bytes())
+    from tasks.quantize import ort_quantization_restored
+
+    with ort_quantization_restored():  # later tests in this process run ORT's quantizer unpatched
+        quantize(onnx_path=str(src), calibration_data={"images": CAL}, calibration_method="max",
+                 calibration_eps=["cpu"], op_types_to_exclude=["TopK"], high_precision_dtype="fp32",
+                 output_path=str(tmp_path / "a.onnx"), nodes_to_exclude=[r"/model\.1/conv/Conv$"])
+    got = activation_scales(onnx.load(str(tmp_path / "r.onnx")))
+    ref = activation_scales(onnx.load(str(tmp_path / "a.onnx")))
+    assert got == ref and got

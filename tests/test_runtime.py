@@ -82,3 +82,15 @@ def test_latency_stats():
     s = latency_stats([0.010, 0.020, 0.030, 0.040])
     assert s["p50"] == pytest.approx(25.0) and s["min"] == pytest.approx(10.0) and s["n"] == 4
     assert np.isnan(latency_stats([])["p50"])
+
+
+def test_tensorrt_timing_says_why_it_was_skipped(tmp_path):
+    import numpy as np
+
+    from tasks.trt import tensorrt_timing
+
+    r = tensorrt_timing(tmp_path / "a.onnx", tmp_path / "b.onnx", np.zeros((1, 3, 8, 8), np.float32), "images",
+                        probe=lambda p: (False, f"{p} is not in this onnxruntime build"))
+    assert r == {"ran": False, "reason": "TensorrtExecutionProvider is not in this onnxruntime build"}
+    real = tensorrt_timing(tmp_path / "a.onnx", tmp_path / "b.onnx", np.zeros((1, 3, 8, 8), np.float32), "images")
+    assert real["ran"] is False and "TensorrtExecutionProvider" in real["reason"]  # no GPU here or in CI

@@ -158,3 +158,42 @@ def fragile_detector(path: Path, seed: int = 0) -> Path:
              _init("s7", np.array([7], np.int64)), _init("ax1", np.array([1], np.int64)),
              _init("shp", np.array([1, 7, 64], np.int64))]
     return _save_model(path, nodes, inits, "fragile_yolo", [1, 64, 7])
+
+
+def tiny_silu_net(path: Path, seed: int = 0, opset: int = 17) -> Path:
+    """A YOLO-shaped chain with SiLU activations (Sigmoid * Mul), module names as Ultralytics exports
+    them: stem `/model.0/`, a backbone conv `/model.1/`, a head `/model.2/` whose last convolution
+    feeds a Sigmoid "decode". Output 1x4x16x16 (not evaluable: for structural checks)."""
+    rng = np.random.default_rng(seed)
+
+    def conv(name: str, src: str, dst: str, cin: int, cout: int, stride: int = 1) -> tuple[list, list]:
+        w = rng.normal(0, 0.4, (cout, cin, 3, 3)).astype(np.float32)
+        b = rng.normal(0, 0.1, cout).astype(np.float32)
+        nodes = [helper.make_node("Conv", [src, f"{name}.w", f"{name}.b"], [f"{dst}_c"], name=f"{name}/Conv",
+                                  pads=[1, 1, 1, 1], strides=[stride, stride])]
+        return nodes, [_init(f"{name}.w", w), _init(f"{name}.b", b)]
+
+    def silu(name: str, src: str, dst: str) -> list:
+        return [helper.make_node("Sigmoid", [src], [f"{dst}_s"], name=f"{name}/act/Sigmoid"),
+                helper.make_node("Mul", [src, f"{dst}_s"], [dst], name=f"{name}/act/Mul")]
+
+    nodes, inits = [], []
+    for name, src, dst, cin, cout, stride in (("/model.0/conv", "images", "a0", 3, 8, 2),
+                                              ("/model.1/conv", "a0", "a1", 8, 16, 2),
+                                              ("/model.2/cv2.0/cv2.0.0/conv", "a1", "a2", 16, 16, 1)):
+        n, i = conv(name, src, dst, cin, cout, stride)
+        nodes += n + silu(name.rsplit("/", 1)[0], f"{dst}_c", dst)
+        inits += i
+    n, i = conv("/model.2/cv2.0/cv2.0.2", "a2", "h", 16, 4)
+    nodes += n + [helper.make_node("Sigmoid", ["h_c"], ["output0"], name="/model.2/Sigmoid")]
+    inits += i
+    graph = helper.make_graph(nodes, "tiny_silu", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                                                                 [1, 3, SIZE, SIZE])],
+                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4, 16, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tests")
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

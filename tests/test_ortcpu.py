@@ -1,0 +1,91 @@
+"""The ort-cpu target on tiny graphs: which nodes got Q/DQ, which stayed float, and that ONNX
+Runtime's CPU EP fuses the result into integer kernels."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from tasks.calibration import CalibReader
+from tasks.config import OrtCpuSettings
+from tasks.ortcpu import (MinMaxSafeReader, build_ort_cpu, cpu_has_vnni, resolve_reduce_range, stem_nodes,
+                          with_min_opset)
+from tasks.quantize import decode_tail_nodes, head_final_convs
+
+CAL = np.random.default_rng(0).random((9, 3, 64, 64), dtype=np.float32)
+
+
+def _dq_fed(model, name, i=0):
+    prod = {o: n for n in model.graph.node for o in n.output}
+    node = next(n for n in model.graph.node if n.name == name)
+    src = prod.get(node.input[i])
+    return src is not None and src.op_type == "DequantizeLinear"
+
+
+def test_stem_head_and_decode_are_recognised(tmp_path):
+    from tiny import tiny_silu_net
+
+    m = onnx.load(str(tiny_silu_net(tmp_path / "t.onnx")))
+    assert stem_nodes(m) == ["/model.0/conv/Conv", "/model.0/act/Sigmoid", "/model.0/act/Mul"]
+    assert head_final_convs(m) == ["/model.2/cv2.0/cv2.0.2/Conv"]
+    assert decode_tail_nodes(m) == ["/model.2/Sigmoid"]
+
+
+@pytest.mark.parametrize("stem,head", [(True, True), (False, False)])
+def test_ort_cpu_quantizes_the_body_into_integer_kernels(tmp_path, stem, head):
+    from tiny import tiny_silu_net
+
+    src = tiny_silu_net(tmp_path / "t.onnx")
+    out = tmp_path / "q.onnx"
+    rec = build_ort_cpu(src, CalibReader(CAL, "images"), OrtCpuSettings(stem_float=stem, head_preset=head),
+                        out, tmp_path / "q.log")
+    q = onnx.load(str(out))
+    assert _dq_fed(q, "/model.1/conv/Conv") and _dq_fed(q, "/model.2/cv2.0/cv2.0.0/conv/Conv")
+    assert _dq_fed(q, "/model.0/conv/Conv") is not stem
+    # a head conv kept in float may read a quantized activation, but its weights stay float
+    assert _dq_fed(q, "/model.2/cv2.0/cv2.0.2/Conv", i=1) is not head
+    assert _dq_fed(q, "/model.2/Sigmoid", i=0) is not head  # the decode computes in float; without the head
+    # preset, the last conv's *output* is quantized (ORT puts a Q after a conv it fuses), so it reads
+    # 8-bit values: one reason the preset is on by default
+    assert not any(n.op_type == "QuantizeLinear" and n.input[0] == "output0" for n in q.graph.node)
+    kernels = rec["ort_cpu_kernels"]
+    assert kernels["QLinearConv"] == 4 - stem - head
+    assert kernels.get("Conv", 0) + kernels.get("FusedConv", 0) == stem + head  # float convolutions
+    assert rec["activation_type"] == "uint8" and rec["per_channel"]
+    s = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    y = s.run(None, {"images": CAL[:1]})[0]
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"images": CAL[:1]})[0]
+    assert y.shape == ref.shape and np.isfinite(y).all() and np.abs(y - ref).mean() < 0.03
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.log", "q.onnx", "t.onnx"]  # nothing half-written left
+
+
+def test_old_opset_models_are_converted_first(tmp_path):
+    from tiny import tiny_silu_net
+
+    src = tiny_silu_net(tmp_path / "t12.onnx", opset=12)
+    conv, opset = with_min_opset(src, tmp_path)
+    assert opset == 12 and onnx.load(str(conv)).opset_import[0].version == 13
+    rec = build_ort_cpu(src, CalibReader(CAL, "images"), OrtCpuSettings(), tmp_path / "q.onnx", tmp_path / "q.log")
+    assert rec["source_opset"] == 12 and rec["opset_converted_to"] == 13
+    ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])  # loads (ORT refuses opset 12)
+
+
+def test_min_max_merging_never_ends_on_an_empty_batch():
+    r = CalibReader(CAL[:8], "images")
+    safe = MinMaxSafeReader(r, 4)  # 8 samples, merged every 4: ORT would end on an empty batch
+    got = []
+    while (b := safe.get_next()) is not None:
+        got.append(b["images"])
+    assert len(got) == 9 and np.array_equal(got[-1], got[-2])
+    safe.rewind()
+    assert sum(1 for _ in iter(safe.get_next, None)) == 9
+    assert len([b for b in iter(MinMaxSafeReader(CalibReader(CAL[:7], "images"), 4).get_next, None)]) == 7
+
+
+def test_vnni_detection_and_reduce_range_choice():
+    assert cpu_has_vnni("flags\t\t: fpu sse avx2 avx512f avx512_vnni\n") is True
+    assert cpu_has_vnni("flags\t\t: fpu sse avx2\n") is False
+    assert cpu_has_vnni("processor : 0\n") is None
+    assert resolve_reduce_range("auto", False)[0] is True
+    assert resolve_reduce_range("auto", True)[0] is False
+    assert resolve_reduce_range("auto", None)[0] is False
+    assert resolve_reduce_range("on", True)[0] is True and resolve_reduce_range("off", False)[0] is False
