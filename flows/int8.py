@@ -131,8 +131,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path | None, dict[str, An
     ap.add_argument("--class-map", type=lambda v: [int(x) for x in _csv(v)], help="category id per class index")
     ap.add_argument("--ort-reduce-range", dest="reduce_range", choices=["auto", "on", "off"],
                     help="ort-cpu: 7-bit weights (default auto: on for x86 CPUs without VNNI)")
-    ap.add_argument("--ort-head-preset", dest="ort_head_preset", action="store_true",
-                    help="ort-cpu: keep the head's final convolutions in float too")
+    ap.add_argument("--no-ort-head-preset", dest="ort_head_preset", action="store_false",
+                    help="ort-cpu: quantize the head's final convolutions too (kept in float by default)")
+    ap.add_argument("--no-ort-stem-float", dest="ort_stem_float", action="store_false",
+                    help="ort-cpu: quantize the first convolution too (kept in float by default)")
     ap.add_argument("--run-root", help="where run folders go (default tmp/<model-stem>_lowbit)")
     ap.add_argument("--run-id", help="run folder name (default a timestamp)")
     ap.add_argument("--cache-dir", help="step cache (default <run-root>/.cache)")
@@ -152,8 +154,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path | None, dict[str, An
     for k, v in ns.items():
         if k == "reduce_range":
             values.setdefault("ort_cpu", {})["reduce_range"] = v
-        elif k == "ort_head_preset":
-            values.setdefault("ort_cpu", {})["head_preset"] = v
+        elif k in ("ort_head_preset", "ort_stem_float"):
+            values.setdefault("ort_cpu", {})[k.removeprefix("ort_")] = v
         elif k in quant_keys:
             values.setdefault("quant", {})[k] = v
         elif k in eval_keys:

@@ -14,8 +14,6 @@ import logging
 import os
 import platform
 import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,9 +21,9 @@ from typing import Any, Sequence
 import onnx
 
 from tasks.config import OrtCpuSettings
-from tasks.quantize import (_PeakRSS, _stderr_to, copy_metadata, decode_tail_nodes, head_final_convs, ort_cpu_kernels,
-                            qdq_summary)
-from tasks.rundir import atomic_copy, sha256_file, temp_sibling
+from tasks.quantize import (_PeakRSS, _stderr_to, checked_qdq, decode_tail_nodes, head_final_convs, ort_cpu_kernels,
+                            quantizer_workspace)
+from tasks.rundir import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -142,13 +140,9 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
     reduce_range, rr_reason = resolve_reduce_range(settings.reduce_range, vnni)
     act = QuantType.QUInt8 if settings.activation_type == "uint8" else QuantType.QInt8
     extra = {"CalibMaxIntermediateOutputs": settings.calib_merge_every}
-    tmp_out, tmp_log = temp_sibling(out_path), temp_sibling(log_path)
-    # ORT writes an augmented copy of the model next to a path it is given: keep it private
-    work = Path(tempfile.mkdtemp(prefix=".ortq-", dir=out_path.parent))
-    reader.rewind()
     safe = MinMaxSafeReader(reader, settings.calib_merge_every)
     t0 = time.perf_counter()
-    try:
+    with quantizer_workspace(out_path, log_path, ".ortq-") as (tmp_out, tmp_log, work):
         src_path, opset = with_min_opset(model_path, work)
         with _PeakRSS() as mem, _stderr_to(tmp_log):
             quantize_static(str(src_path), str(tmp_out), safe, quant_format=QuantFormat.QDQ,
@@ -157,18 +151,9 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
                             nodes_to_exclude=excluded, extra_options=extra,
                             calibration_providers=["CPUExecutionProvider"])
         wall = time.perf_counter() - t0
-        restored = copy_metadata(src, tmp_out)
-        summary = qdq_summary(onnx.load(str(tmp_out)))
-        if summary["qdq_nodes"] == 0:
-            raise RuntimeError("ONNX Runtime inserted no Q/DQ node: nothing was quantized (check exclusions)")
+        restored, summary = checked_qdq(src, tmp_out, "ONNX Runtime")
         kernels = ort_cpu_kernels(tmp_out)
         os.replace(tmp_out, out_path)
-    finally:
-        tmp_out.unlink(missing_ok=True)
-        shutil.rmtree(work, ignore_errors=True)
-        if tmp_log.exists():
-            atomic_copy(tmp_log, log_path)
-            tmp_log.unlink()
     return {
         "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "calibration": "minmax (asymmetric)",
         "activation_type": settings.activation_type, "weight_type": "int8", "per_channel": settings.per_channel,

@@ -197,6 +197,33 @@ def ort_cpu_kernels(model_path: Path) -> dict[str, int]:
     return {k: counts[k] for k in keep if counts[k]}
 
 
+@contextlib.contextmanager
+def quantizer_workspace(out_path: Path, log_path: Path, prefix: str) -> Iterator[tuple[Path, Path, Path]]:
+    """(temporary model path, temporary log path, private work folder) for one quantizer call.
+
+    The model reaches `out_path` only through the caller's os.replace once it is checked; the log is
+    kept whatever happens (it says why a run failed); the rest is removed."""
+    tmp_out, tmp_log = temp_sibling(out_path), temp_sibling(log_path)
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=out_path.parent))
+    try:
+        yield tmp_out, tmp_log, work
+    finally:
+        tmp_out.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+        if tmp_log.exists():
+            atomic_copy(tmp_log, log_path)
+            tmp_log.unlink()
+
+
+def checked_qdq(src: onnx.ModelProto, path: Path, tool: str) -> tuple[int, dict[str, Any]]:
+    """Restore metadata into a freshly written Q/DQ model and summarise it; refuse one with no Q/DQ."""
+    restored = copy_metadata(src, path)
+    summary = qdq_summary(onnx.load(str(path)))
+    if summary["qdq_nodes"] == 0:
+        raise RuntimeError(f"{tool} inserted no Q/DQ node: nothing was quantized (check exclusions)")
+    return restored, summary
+
+
 def copy_metadata(src: onnx.ModelProto, dst_path: Path) -> int:
     """ModelOpt drops metadata_props (Ultralytics keeps names, stride, imgsz there): put them back."""
     dst = onnx.load(str(dst_path))
@@ -277,13 +304,6 @@ def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettin
     nodes_excl = list(settings.exclude_nodes)
     preset = head_final_convs(src_model) if settings.head_preset else []
     nodes_excl += [re.escape(n) + "$" for n in preset]
-    tmp_out = temp_sibling(out_path)
-    tmp_log = temp_sibling(log_path)
-    # ModelOpt writes intermediate models next to its input and was seen rewriting the input file
-    # itself (its sha256 changed after a run): it only ever sees a private copy.
-    work = Path(tempfile.mkdtemp(prefix=".modelopt-", dir=out_path.parent))
-    work_model = work / model_path.name
-    shutil.copyfile(model_path, work_model)
     fast_entropy = settings.method == "entropy" and settings.entropy_impl == "histogram"
     args: dict[str, Any] = {
         "quantize_mode": "int8",
@@ -304,30 +324,24 @@ def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettin
     calib.rewind()
     sample_shape = [len(calib), *calib.get_first()[input_name].shape[1:]]
     t0 = time.perf_counter()
-    try:
+    with quantizer_workspace(out_path, log_path, ".modelopt-") as (tmp_out, tmp_log, work):
+        # ModelOpt writes intermediate models next to its input and was seen rewriting the input
+        # file itself (its sha256 changed after a run): it only ever sees a private copy.
+        work_model = work / model_path.name
+        shutil.copyfile(model_path, work_model)
         with _PeakRSS() as mem, _stderr_to(tmp_log), ort_quantization_restored():
             quantize(onnx_path=str(work_model), calibration_data_reader=calib,
                      output_path=str(tmp_out), log_file=str(tmp_log), **args)
             if not tmp_out.exists() or tmp_out.stat().st_size == 0:
-                raise RuntimeError(f"ModelOpt wrote no model; see {tmp_log}")
+                raise RuntimeError(f"ModelOpt wrote no model; see {log_path}")
             fault_point("ptq-written")  # ModelOpt's output exists, under its temporary name only
             entropy_rec = None
             if fast_entropy:
                 entropy_rec = _apply_fast_entropy(model_path, tmp_out, calib,
                                                   out_path.parent / "entropy-calibration.cache")
         wall = time.perf_counter() - t0
-        restored = copy_metadata(src_model, tmp_out)
-        q_model = onnx.load(str(tmp_out))
-        summary = qdq_summary(q_model)
-        if summary["qdq_nodes"] == 0:
-            raise RuntimeError("ModelOpt inserted no Q/DQ node: nothing was quantized (check exclusions)")
+        restored, summary = checked_qdq(src_model, tmp_out, "ModelOpt")
         os.replace(tmp_out, out_path)
-    finally:
-        tmp_out.unlink(missing_ok=True)
-        shutil.rmtree(work, ignore_errors=True)
-        if tmp_log.exists():
-            atomic_copy(tmp_log, log_path)
-            tmp_log.unlink()
     enabled = _eps_enabled_from_log(log_path)
     return {
         "args": {**args, "calibration_data_reader": {input_name: sample_shape, "order": calib.order[:8] + (

@@ -215,7 +215,8 @@ def render_markdown(s: dict[str, Any]) -> str:
     lines += ["", "## Run",
               f"- run folder: `{s['run_dir']}`",
               f"- from cache: {', '.join(cached) if cached else 'nothing'}",
-              f"- wall time per step (s): " + ", ".join(f"{k} {v:.1f}" for k, v in s["timings_s"].items()),
+              "- wall time per step (s): " + ", ".join(f"{k} {v:.1f}" if v is not None else f"{k} -"
+                                                         for k, v in s["timings_s"].items()),
               f"- device: {s['runtime']['device']}; ORT {s['runtime']['ort_version']}, {s['runtime']['threads']} threads",
               "- latency is per image on the provider above, inference only (preprocessing and decoding apart)"]
     if s.get("accuracy_guard"):

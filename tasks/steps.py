@@ -354,7 +354,6 @@ def step_sensitivity(ctx: RunContext, calib: dict[str, Any], quant: dict[str, An
     """Blocks ranked by what quantizing each alone costs; cached by model, Q/DQ model and samples."""
     from tasks.sensitivity import analyse, plot_sensitivity
 
-    t0 = time.perf_counter()
     cfg, m = ctx.cfg, ctx.model
     key = cache_key("sensitivity", {"model": m["sha256"], "qdq": quant["sha256"], "calib": calib["sha256"],
                                     "samples": cfg.sensitivity_samples, "conf": cfg.smoke_conf,

@@ -29,9 +29,10 @@ def test_cli_options_fill_the_one_config_model(tmp_path):
     cfg = build_config(None, off)
     assert cfg.quant.head_preset is False and cfg.accuracy_budget == 0.5 and cfg.max_map_drop is None
     assert cfg.targets == ["tensorrt"] and cfg.ort_cpu.head_preset and cfg.ort_cpu.reduce_range == "auto"
-    _, t = parse_args(["--target", "ort-cpu,tensorrt,ort-cpu", "--ort-reduce-range", "off"])
+    _, t = parse_args(["--target", "ort-cpu,tensorrt,ort-cpu", "--ort-reduce-range", "off", "--no-ort-stem-float"])
     cfg = build_config(None, t)
     assert cfg.targets == ["ort-cpu", "tensorrt"] and cfg.ort_cpu.reduce_range == "off"  # order kept, deduplicated
+    assert cfg.ort_cpu.stem_float is False and cfg.ort_cpu.head_preset is True
 
 
 @pytest.mark.parametrize("values,match", [

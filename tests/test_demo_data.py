@@ -1,8 +1,6 @@
 import hashlib
 import json
 
-import numpy as np
-import pytest
 
 from tasks.coco_eval import load_coco
 from tasks.demo_data import CATEGORIES, write_split

@@ -1,7 +1,6 @@
 """The committed demo model: its contract, and its accuracy against the reference in its model card."""
 import json
 
-import onnx
 import pytest
 
 from conftest import ROOT
