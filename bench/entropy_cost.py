@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/entropy_cost.py                    # demo model, 64 calibration images
     .venv/bin/python bench/entropy_cost.py --modelopt-entropy # also ModelOpt/ORT's own entropy (slow)
+    .venv/bin/python bench/entropy_cost.py --real --modelopt-entropy   # real YOLOv5n, real COCO images
 
 Runs ModelOpt PTQ with max, with the bounded entropy path (max, then fixed 2048-bin histograms and
 the KL search, applied through a ModelOpt calibration cache), and optionally ModelOpt's own entropy
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -34,15 +36,28 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=64)
     ap.add_argument("--modelopt-entropy", action="store_true", help="also time ModelOpt's own entropy calibrator")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "entropy-cost.json")
+    ap.add_argument("--real", action="store_true", help="../shared's YOLOv5n on real COCO calibration images")
+    ap.add_argument("--calib-images", type=Path, help="calibrate on this folder instead (e.g. real images for the demo)")
+    ap.add_argument("--seed", type=int, default=0, help="calibration sample and order seed (as --calib-seed)")
+    ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     logging.disable(logging.WARNING)
     import onnx
 
-    demo = load_demo_config()
-    model, paths = Path(demo["model"]), demo["paths"]
-    shape = [1, 3, 320, 320]
-    files = pick_calib_images(Path(paths["calib_images"]), args.count, seed=0)
+    from tasks.runtime import model_io
+
+    if args.real:
+        shared = Path(os.environ.get("YOLO_LOWBIT_SHARED", ROOT.parent / "shared"))
+        model = shared / "models/yolov5n-coco/yolov5n.onnx"
+        paths = {"calib_images": shared / "data/coco-val2017-calib/images",
+                 "images": shared / "data/coco-val2017-mini/images",
+                 "annotations": shared / "data/coco-val2017-mini/annotations/instances_val2017.json"}
+    else:
+        demo = load_demo_config()
+        model, paths = Path(demo["model"]), demo["paths"]
+    args.out = args.out or ROOT / "bench" / "results" / f"entropy-cost{'-real' if args.real else ''}.json"
+    input_name, shape, _ = model_io(onnx.load(str(model)))
+    files = pick_calib_images(Path(args.calib_images or paths["calib_images"]), args.count, seed=args.seed)
     runs = {"max": QuantSettings(calib_eps=["cpu"]),
             "entropy": QuantSettings(calib_eps=["cpu"], method="entropy")}
     if args.modelopt_entropy:
@@ -50,9 +65,9 @@ def main() -> None:
     rows = {}
     with tempfile.TemporaryDirectory(prefix="entropy-cost-") as td:
         for name, st in runs.items():
-            reader = CalibReader(files, "images", input_shape=shape, spec=PreprocessSpec())
+            reader = CalibReader(files, input_name, input_shape=shape, spec=PreprocessSpec())
             out = Path(td) / f"{name}.onnx"
-            rec = run_ptq(model, "images", reader, st, out, Path(td) / f"{name}.log")
+            rec = run_ptq(model, input_name, reader, st, out, Path(td) / f"{name}.log", seed=args.seed)
             m = evaluate_model(out, paths["images"], paths["annotations"], settings=EvalSettings(providers=["cpu"]))
             rows[name] = {"wall_s": rec["wall_s"], "peak_rss_mib": rec["peak_rss_mib"], "map50_95": m["map50_95"],
                           "entropy": rec["entropy"]}
@@ -68,7 +83,7 @@ def main() -> None:
 
         excl = [re.escape(n) + "$" for n in head_final_convs(onnx.load(str(model)))]
         with ort_quantization_restored():
-            quantize(onnx_path=str(src), calibration_data={"images": arr}, calibration_method="max",
+            quantize(onnx_path=str(src), calibration_data={input_name: arr}, calibration_method="max",
                      calibration_eps=["cpu"], op_types_to_exclude=["TopK"], nodes_to_exclude=excl,
                      high_precision_dtype="fp32", output_path=str(Path(td) / "array.onnx"))
         a = activation_scales(onnx.load(str(Path(td) / "array.onnx")))
@@ -83,7 +98,8 @@ def main() -> None:
     print(f"max scales, streamed reader vs array input: {'identical' if same else 'DIFFERENT'} ({len(s)} tensors)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps({"model": str(model), "calib_images": len(files), "runs": rows,
+    tmp.write_text(json.dumps({"model": str(model), "calib_images": len(files), "calib_folder": str(files[0].parent),
+                               "seed": args.seed, "runs": rows,
                                "max_scales_identical_to_array_path": same}, indent=2))
     tmp.replace(args.out)
 

@@ -5,10 +5,13 @@ bin *width* of the first sample and appends bins whenever a later sample has a l
 A tensor whose first sample is small grows past 100,000 bins, and the threshold search is
 quadratic in the bin count: 385 s against 4 s for max on 64 images (issue #7).
 
-Here, as TensorRT does: max calibration first (ModelOpt, unchanged), whose scales give each
-tensor's range [0, amax]; one more pass histograms |x| into a fixed 2048 bins over that range;
-the KL search picks each threshold. The scales are written as a TensorRT calibration cache
-(ModelOpt's `calibration_cache_path` format) and applied with ModelOpt's own cache reader.
+Here: max calibration first (ModelOpt, unchanged), whose scales give each tensor's range
+[-amax, amax]; one more pass fills a fixed 2048-bin histogram per tensor over that range; ORT's
+own KL search (same windows, same smoothing, same divergence; it starts where ORT's would, at the
+first sample's magnitude) picks each threshold. The scales are written as a TensorRT calibration
+cache (ModelOpt's `calibration_cache_path` format) and applied with ModelOpt's own cache reader.
+Results match ModelOpt's entropy up to histogram resolution: ORT's bins are 1/64 of the first
+sample's range, these 1/1024 of the whole range.
 """
 
 from __future__ import annotations
@@ -17,14 +20,14 @@ import struct
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-NUM_BINS = 2048
-QUANT_BINS = 128  # int8: 2^(8-1) levels on each side of zero
+NUM_BINS = 2048   # signed, over [-amax, amax]
+QUANT_BINS = 128  # ORT's num_quantized_bins
 CACHE_HEADER = "TRT-8600-EntropyCalibration2"
 
 
@@ -50,8 +53,9 @@ def scale_groups(scales: dict[str, float]) -> list[list[str]]:
 
 
 def collect_histograms(model_path: Path, amax: dict[str, float], reader: Any, bins: int = NUM_BINS,
-                       threads: int | None = None) -> tuple[dict[str, np.ndarray], int]:
-    """Histogram of |x| over [0, amax] for each tensor, over every sample the reader gives."""
+                       threads: int | None = None) -> tuple[dict[str, dict[str, Any]], int]:
+    """Per tensor: a signed histogram over [-amax, amax] (fixed size: bounded memory and search),
+    the first sample's largest magnitude (ORT's search starts there) and the observed min/max."""
     import onnxruntime as ort
 
     model = onnx.load(str(model_path))
@@ -68,93 +72,66 @@ def collect_histograms(model_path: Path, amax: dict[str, float], reader: Any, bi
         onnx.save(model, str(path))
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     names = list(amax)
-    hists = {t: np.zeros(bins, np.int64) for t in names}
+    stats = {t: {"hist": np.zeros(bins, np.int64), "first": None, "min": np.inf, "max": -np.inf} for t in names}
     reader.rewind()
     n = 0
     while (feed := reader.get_next()) is not None:
         for t, x in zip(names, sess.run(names, feed)):
-            a = amax[t]
+            st, a = stats[t], amax[t]
+            x = x.reshape(-1)
+            lo, hi = float(x.min()), float(x.max())
+            st["min"], st["max"] = min(st["min"], lo), max(st["max"], hi)
+            if st["first"] is None:
+                st["first"] = max(abs(lo), abs(hi))
             if a > 0:
-                # values past amax (none for max-calibrated ranges) land in the last bin
-                idx = np.minimum((np.abs(x, dtype=np.float32).reshape(-1) * (bins / a)).astype(np.int64), bins - 1)
-                hists[t] += np.bincount(idx, minlength=bins)
+                idx = np.clip(((x + a) * (bins / (2 * a))).astype(np.int64), 0, bins - 1)
+                st["hist"] += np.bincount(idx, minlength=bins)
         n += 1
-    return hists, n
+    return stats, n
 
 
-def entropy_amax(hist: np.ndarray, amax: float, start_bin: int = QUANT_BINS, stride: int = 1) -> float:
-    """The clipping threshold that minimises KL(P || Q), P the clipped reference distribution and
-    Q its 128-level quantization (TensorRT's entropy calibration, after pytorch-quantization)."""
-    bins = hist.astype(np.float64).copy()
-    n = len(bins)
-    if bins.sum() == 0 or amax <= 0:
+def ort_entropy_threshold(hist: np.ndarray, amax: float, first_amax: float, vmin: float, vmax: float,
+                          num_quantized_bins: int = QUANT_BINS) -> float:
+    """ONNX Runtime's entropy threshold (`HistogramCollector.get_entropy_threshold`, the one
+    ModelOpt's entropy calibration runs), on a signed histogram of fixed size over [-amax, amax].
+
+    ORT's histogram starts at 128 bins over the *first* sample's range and grows by that bin
+    width, so its search never clips below the first sample's largest magnitude; the windows
+    tried here start there too, in this histogram's (bounded) bins. The KL of each window is ORT's
+    own: outliers folded into the end bins, 128 merged bins expanded over the non-zero ones
+    (integer counts, as ORT keeps them), both smoothed, then ORT's `entropy`. Returns the
+    symmetric range (max of |low|, |high| after ORT's clamp to the observed min/max)."""
+    from onnxruntime.quantization.calibrate import entropy
+    from onnxruntime.quantization.quant_utils import smooth_distribution
+
+    n = len(hist)
+    zero, half_q = n // 2, num_quantized_bins // 2
+    if hist.sum() == 0 or amax <= 0:
         return amax
-    bins[0] = bins[1]  # zeros (post-ReLU/SiLU) would dominate the distribution otherwise
-    tail = np.concatenate([np.cumsum(bins[::-1])[::-1], [0.0]])  # tail[i] = sum(bins[i:])
-    best, best_i = np.inf, n
-    for i in range(start_bin, n + 1, stride):
-        p = bins[:i]
-        nz = p > 0
-        d = (np.arange(i) * QUANT_BINS) // i
-        sums = np.bincount(d[nz], weights=p[nz], minlength=QUANT_BINS)
-        cnt = np.bincount(d[nz], minlength=QUANT_BINS)
-        q = np.where(nz, (sums / np.maximum(cnt, 1))[d], 0.0)
-        ref = p.copy()
-        ref[-1] += tail[i]
-        ref_sum, q_sum = ref.sum(), q.sum()
-        if q_sum == 0:
-            continue
-        ref, q = ref / ref_sum, q / q_sum
-        m = ref > 0
-        if np.any(q[m] == 0):
-            kl = np.inf
-        else:
-            kl = float(np.sum(ref[m] * np.log(ref[m] / q[m])))
-        if kl <= best:  # ties go to the larger threshold, as in pytorch-quantization
-            best, best_i = kl, i
-    return float(amax * best_i / n)
-
-
-def entropy_amax_fast(hist: np.ndarray, amax: float, start_bin: int = QUANT_BINS) -> float:
-    """`entropy_amax` for every candidate threshold at once, from prefix sums: the KL sum splits
-    into per-group terms (each group's Q is flat), so a threshold costs O(128), not O(bins).
-    Same thresholds as the loop (a test holds them equal); ~100x faster."""
-    bins = hist.astype(np.float64).copy()
-    n = len(bins)
-    total = bins.sum()
-    if total == 0 or amax <= 0:
-        return amax
-    bins[0] = bins[1]
-    total = bins.sum()
-    plogp = np.where(bins > 0, bins * np.log(np.where(bins > 0, bins, 1.0)), 0.0)
-    cp = np.concatenate([[0.0], np.cumsum(bins)])           # sum of p over [0, j)
-    cpl = np.concatenate([[0.0], np.cumsum(plogp)])         # sum of p log p over [0, j)
-    cn = np.concatenate([[0], np.cumsum(bins > 0)])         # nonzero bins over [0, j)
-    i = np.arange(start_bin, n + 1)[:, None]                # candidate thresholds (bins kept)
-    k = np.arange(QUANT_BINS + 1)[None, :]
-    edges = -((-k * i) // QUANT_BINS)                       # ceil(k * i / 128): group k = [edges_k, edges_k+1)
-    lo, hi = edges[:, :-1], edges[:, 1:]
-    s_k, c_k = cp[hi] - cp[lo], cn[hi] - cn[lo]
-    i1 = i[:, 0]
-    s_i = cp[i1]                                            # clipped mass without the tail
-    tail = total - s_i
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logq = np.log(s_k / (c_k * s_i[:, None]))           # log of normalised Q on each group's nonzero bins
-        # all bins but the last one kept: their P is p / total
-        last = i1 - 1
-        a_k = cpl[hi] - cpl[lo]
-        s_adj = s_k.copy()
-        a_adj = a_k.copy()
-        s_adj[:, -1] -= bins[last]
-        a_adj[:, -1] -= plogp[last]
-        body = np.where(c_k > 0, (a_adj - s_adj * (np.log(total) + logq)) / total, 0.0).sum(1)
-        ref_last = bins[last] + tail
-        q_last = np.where(bins[last] > 0, logq[:, -1], -np.inf)
-        last_term = np.where(ref_last > 0, ref_last / total * (np.log(ref_last / total) - q_last), 0.0)
-    kl = body + last_term
-    kl = np.where(np.isnan(kl) | (s_i == 0), np.inf, kl)
-    best = len(kl) - 1 - int(np.argmin(kl[::-1]))           # ties go to the larger threshold
-    return float(amax * int(i1[best]) / n)
+    step = amax / zero
+    j_min = max(half_q, min(zero, int(np.ceil(first_amax / step - 1e-6))))
+    csum = np.concatenate([[0], np.cumsum(hist)])
+    best, best_j = np.inf, zero
+    for j in range(j_min, zero + 1):
+        lo, hi = zero - j, min(zero + j + 1, n)  # ORT's window: one bin more above zero
+        window = hist[lo:hi]
+        p = window.astype(np.int64).copy()
+        p[0] += csum[lo]
+        p[-1] += csum[n] - csum[hi]
+        m = window.size // num_quantized_bins
+        body = window[:num_quantized_bins * m].reshape(num_quantized_bins, m)
+        qb = body.sum(1)
+        qb[-1] += window[num_quantized_bins * m:].sum()
+        norm = (p[:num_quantized_bins * m] != 0).reshape(num_quantized_bins, m).sum(1)
+        q = np.zeros(p.size, np.int64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q[:num_quantized_bins * m] = np.repeat(np.where(norm > 0, qb / np.maximum(norm, 1), 0), m).astype(np.int64)
+        ps, qs = smooth_distribution(p), smooth_distribution(q)
+        div = np.inf if ps is None or qs is None else float(entropy(ps, qs))
+        if div < best:  # ORT's argmin: the first (smallest) window wins ties
+            best, best_j = div, j
+    low, high = max(-best_j * step, vmin), min(min(best_j + 1, zero) * step, vmax)
+    return float(max(abs(low), abs(high)))
 
 
 def write_calibration_cache(path: Path, scales: dict[str, float]) -> None:
@@ -184,22 +161,22 @@ def apply_calibration_cache(model_path: Path, cache_path: Path) -> int:
 
 def entropy_scales(fp32_path: Path, max_model: onnx.ModelProto, reader: Any,
                    threads: int | None = None) -> dict[str, Any]:
-    """Entropy scales for the activations ModelOpt's max run quantized; grouped tensors share one."""
+    """Entropy scales for the activations ModelOpt's max run quantized; grouped tensors share one,
+    computed from their summed histograms (as ORT merges a group's data)."""
     t0 = time.perf_counter()
     max_scales = activation_scales(max_model)
     amax = {t: s * 127.0 for t, s in max_scales.items()}
-    hists, samples = collect_histograms(fp32_path, amax, reader, threads=threads)
+    stats, samples = collect_histograms(fp32_path, amax, reader, threads=threads)
     t1 = time.perf_counter()
     scales: dict[str, float] = {}
-    for group in scale_groups(max_scales):
-        h = np.sum([hists[t] for t in group], axis=0)  # same range (same amax): bins line up
-        a = entropy_amax_fast(h, amax[group[0]])
+    groups = scale_groups(max_scales)
+    for group in groups:
+        st = [stats[t] for t in group]
+        h = np.sum([x["hist"] for x in st], axis=0)  # same amax: the bins line up
+        a = ort_entropy_threshold(h, amax[group[0]], max(x["first"] or 0.0 for x in st),
+                                  min(x["min"] for x in st), max(x["max"] for x in st))
         for t in group:
             scales[t] = a / 127.0
     return {"scales": scales, "max_scales": max_scales, "samples": samples, "bins": NUM_BINS,
-            "groups": [g for g in scale_groups(max_scales) if len(g) > 1],
+            "groups": [g for g in groups if len(g) > 1],
             "histogram_s": round(t1 - t0, 3), "search_s": round(time.perf_counter() - t1, 3)}
-
-
-def clipped_share(scales: dict[str, float], max_scales: dict[str, float]) -> Iterable[float]:
-    return [scales[t] / max_scales[t] for t in scales if max_scales.get(t)]

@@ -317,9 +317,9 @@ def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettin
     }
     if not isinstance(calib, CalibReader):
         calib = CalibReader(np.asarray(calib), input_name)
-    if settings.method == "entropy" and not fast_entropy:
-        # ORT's growing histograms depend on sample order: shuffle with the recorded seed. (The
-        # fixed-range histograms of the bounded path do not; max calibration never does.)
+    if settings.method == "entropy":
+        # ORT's entropy depends on sample order (its search starts at the first sample's range;
+        # the bounded path keeps that): shuffle with the recorded seed. Max does not depend on it.
         calib = calib.with_seed(seed)
     calib.rewind()
     sample_shape = [len(calib), *calib.get_first()[input_name].shape[1:]]

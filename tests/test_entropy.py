@@ -1,43 +1,52 @@
-"""Bounded entropy calibration: the fast KL search equals the plain one, the calibration cache is
-ModelOpt's format, and the scales reach the model the way ModelOpt's own cache path puts them."""
+"""Bounded entropy calibration: ORT's own threshold on a fixed-size histogram, the calibration
+cache is ModelOpt's format, and the scales reach the model the way ModelOpt's cache path puts them."""
 import numpy as np
 import onnx
 import pytest
 
 from tasks.calibration import CalibReader
 from tasks.config import QuantSettings
-from tasks.entropy import (activation_scales, entropy_amax, entropy_amax_fast, scale_groups,
-                           write_calibration_cache)
+from tasks.entropy import activation_scales, ort_entropy_threshold, scale_groups, write_calibration_cache
 from tasks.quantize import run_ptq
 
 CAL = np.random.default_rng(0).random((8, 3, 64, 64), dtype=np.float32)
 
 
-def _hist(rng, kind):
-    x = np.abs(rng.normal(0, 1, 50000))
+def _sample(rng, kind):
+    x = rng.normal(0.3, 1, 100000)
     if kind == "outliers":
-        x = np.concatenate([x, rng.normal(0, 30, 25)])
-    if kind == "relu":
-        x = np.concatenate([x, np.zeros(30000)])
-    x = np.abs(x)
-    a = float(x.max())
-    h = np.bincount(np.minimum((x * 2048 / a).astype(int), 2047), minlength=2048)
-    if kind == "gap":
-        h[900:1500] = 0
-    return h, a
+        x = np.concatenate([x, rng.normal(0, 30, 40)])
+    if kind == "silu":
+        x = np.maximum(x, -0.28)
+    if kind == "exp":
+        x = rng.exponential(1, 100000)
+    return x.astype(np.float32)
 
 
-@pytest.mark.parametrize("kind", ["plain", "outliers", "relu", "gap"])
-def test_fast_search_picks_the_same_threshold_as_the_loop(kind):
-    h, a = _hist(np.random.default_rng(1), kind)
-    assert entropy_amax_fast(h, a) == pytest.approx(entropy_amax(h, a), rel=0, abs=1e-12)
-    assert 0 < entropy_amax_fast(h, a) <= a
+@pytest.mark.parametrize("kind", ["plain", "outliers", "silu", "exp"])
+def test_threshold_is_onnxruntimes_own_on_the_same_histogram(kind):
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    x = _sample(np.random.default_rng(1), kind)
+    a = float(np.abs(x).max())
+    hist, edges = np.histogram(x, 2048, range=(-a, a))
+    ort = HistogramCollector("entropy", symmetric=True, num_bins=2048, num_quantized_bins=128, percentile=99.99,
+                             scenario="same")
+    lo, hi = ort.get_entropy_threshold((hist, edges.astype(np.float32), np.float32(x.min()), np.float32(x.max()),
+                                        np.float32(a)), 128)
+    # first_amax 0: ORT's search from its smallest window, as when its histogram began at this range
+    ours = ort_entropy_threshold(hist, a, 0.0, float(x.min()), float(x.max()))
+    assert ours == pytest.approx(max(abs(float(lo)), abs(float(hi))), rel=1e-6)
 
 
-def test_outliers_are_clipped_and_empty_histograms_keep_max():
-    h, a = _hist(np.random.default_rng(2), "outliers")
-    assert entropy_amax_fast(h, a) < 0.5 * a
-    assert entropy_amax_fast(np.zeros(2048, np.int64), 3.0) == 3.0
+def test_search_starts_at_the_first_samples_magnitude():
+    x = _sample(np.random.default_rng(2), "outliers")
+    a = float(np.abs(x).max())
+    hist, _ = np.histogram(x, 2048, range=(-a, a))
+    free = ort_entropy_threshold(hist, a, 0.0, float(x.min()), float(x.max()))
+    floored = ort_entropy_threshold(hist, a, 0.8 * a, float(x.min()), float(x.max()))
+    assert free < 0.5 * a and floored >= 0.8 * a - 1e-6  # outliers clipped, unless the first sample had them
+    assert ort_entropy_threshold(np.zeros(2048, np.int64), 3.0, 1.0, 0.0, 0.0) == 3.0
 
 
 def test_cache_is_what_modelopt_reads(tmp_path):
