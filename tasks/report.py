@@ -48,7 +48,7 @@ def _quantization_ort_cpu(cfg, quant: dict[str, Any]) -> dict[str, Any]:
         "reduce_range": c["reduce_range"], "reduce_range_reason": c["reduce_range_reason"],
         "decode_tail_nodes_float": len(c["decode_tail_nodes"]),
         "excluded_nodes": list(cfg.quant.exclude_nodes), "excluded_op_types": list(cfg.quant.exclude_op_types),
-        "head_preset_nodes": c.get("head_preset_nodes", []),
+        "head_preset_nodes": c.get("head_preset_nodes", []), "stem_nodes": c.get("stem_nodes", []),
         "ort_cpu_kernels": c.get("ort_cpu_kernels", {}),
         "qdq_nodes": quant["qdq"]["qdq_nodes"], "quantized_share": quant["qdq"]["quantized_share"],
         "quantized_conv_share": quant["qdq"].get("conv_quantized_share"),
@@ -149,8 +149,11 @@ def _quant_lines(name: str, q: dict[str, Any], calib: dict[str, Any]) -> list[st
             f"- **ort-cpu**: ONNX Runtime `quantize_static`, QDQ, {q['activation_type']} activations (asymmetric "
             f"min/max on {calib['count']} samples), int8 {'per-channel' if q['per_channel'] else 'per-tensor'} weights; "
             f"{q['reduce_range_reason']}",
-            f"- ort-cpu: {q['decode_tail_nodes_float']} decode nodes after the head kept in float; on the CPU EP "
-            f"{k.get('QLinearConv', 0)} convolutions run as integer kernels (QLinearConv), {k.get('Conv', 0)} in float",
+            f"- ort-cpu: kept in float: {q['decode_tail_nodes_float']} decode nodes after the head, "
+            f"{len(q.get('head_preset_nodes', []))} final head convolutions (preset), "
+            f"{'the stem convolution' if q.get('stem_nodes') else 'no stem'}; on the CPU EP "
+            f"{k.get('QLinearConv', 0)} convolutions run as integer kernels (QLinearConv), "
+            f"{k.get('Conv', 0) + k.get('FusedConv', 0)} in float",
             f"- ort-cpu excluded nodes: {', '.join(q['excluded_nodes']) or 'none'}"
             + (f"; {q['note']}" if q.get("note") else ""),
         ]
@@ -219,6 +222,11 @@ def render_markdown(s: dict[str, Any]) -> str:
                                                          for k, v in s["timings_s"].items()),
               f"- device: {s['runtime']['device']}; ORT {s['runtime']['ort_version']}, {s['runtime']['threads']} threads",
               "- latency is per image on the provider above, inference only (preprocessing and decoding apart)"]
+    evals = {k: v for k, v in s["cached"].items() if "eval" in k}
+    if len(set(evals.values())) > 1:
+        lines.append("- some evaluations come from the cache (" + ", ".join(k for k, v in evals.items() if v) + "): their "
+                     "latency was measured in an earlier run, so latency ratios compare different moments of this "
+                     "machine; bench/targets.py times every variant interleaved")
     if s.get("accuracy_guard"):
         g = s["accuracy_guard"]
         lines += ["", f"## Accuracy guard (budget {g['budget']:g} mAP50-95 points)", f"- {g['reason']}",
