@@ -38,7 +38,7 @@ def child(model: Path, images: Path, count: int) -> dict:
     from tasks.config import OrtCpuSettings, QuantSettings
     from tasks.ortcpu import build_ort_cpu
     from tasks.preprocess import PreprocessSpec
-    from tasks.quantize import _PeakRSS, run_ptq
+    from tasks.quantize import PeakRSS, run_ptq
     from tasks.runtime import model_io
 
     name, shape, _ = model_io(onnx.load(str(model)))
@@ -47,7 +47,7 @@ def child(model: Path, images: Path, count: int) -> dict:
     out: dict = {"count": count, "input_shape": list(shape)}
     with tempfile.TemporaryDirectory(prefix="calib-mem-") as td:
         t0 = time.perf_counter()
-        with _PeakRSS() as mem:
+        with PeakRSS() as mem:
             write_calib_npy(Path(td) / "calib.npy", files, shape, PreprocessSpec())
         out["tensor_mib"] = round((Path(td) / "calib.npy").stat().st_size / 2**20, 1)
         out["write_peak_mib"], out["write_s"] = round(mem.peak / 2**20, 1), round(time.perf_counter() - t0, 1)

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import onnx
 
 from tasks.config import OrtCpuSettings
-from tasks.quantize import (_PeakRSS, _stderr_to, checked_qdq, decode_tail_nodes, head_final_convs, ort_cpu_kernels,
+from tasks.quantize import (PeakRSS, stderr_to, checked_qdq, decode_tail_nodes, head_final_convs, ort_cpu_kernels,
                             quantizer_workspace)
 from tasks.rundir import sha256_file
 
@@ -84,8 +84,14 @@ def expand_exclusions(model: onnx.ModelProto, patterns: Sequence[str]) -> list[s
     """Node names matched from their start by the user's regexes (ORT wants exact names)."""
     out = []
     for pat in patterns:
-        rx = re.compile(pat)
-        out += [n.name for n in model.graph.node if rx.match(n.name)]
+        try:
+            rx = re.compile(pat)
+        except re.error as e:
+            raise ValueError(f"--exclude-nodes pattern {pat!r} is not a valid regex ({e})") from e
+        hits = [n.name for n in model.graph.node if rx.match(n.name)]
+        if not hits:
+            log.warning("exclude-nodes pattern %r matches no node", pat)
+        out += hits
     return out
 
 
@@ -144,7 +150,7 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
     t0 = time.perf_counter()
     with quantizer_workspace(out_path, log_path, ".ortq-") as (tmp_out, tmp_log, work):
         src_path, opset = with_min_opset(model_path, work)
-        with _PeakRSS() as mem, _stderr_to(tmp_log):
+        with PeakRSS() as mem, stderr_to(tmp_log):
             quantize_static(str(src_path), str(tmp_out), safe, quant_format=QuantFormat.QDQ,
                             activation_type=act, weight_type=QuantType.QInt8, per_channel=settings.per_channel,
                             reduce_range=reduce_range, calibrate_method=CalibrationMethod.MinMax,
@@ -158,7 +164,8 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
         "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "calibration": "minmax (asymmetric)",
         "activation_type": settings.activation_type, "weight_type": "int8", "per_channel": settings.per_channel,
         "reduce_range": reduce_range, "reduce_range_reason": rr_reason, "cpu_vnni": vnni,
-        "decode_tail_nodes": tail, "head_preset_nodes": preset, "stem_nodes": stem, "excluded_nodes": user, "excluded_by_type": by_type,
+        "decode_tail_nodes": tail, "head_preset_nodes": preset, "stem_nodes": stem, "excluded_nodes": user,
+        "excluded_by_type": by_type,
         "source_opset": opset, "opset_converted_to": MIN_OPSET if opset < MIN_OPSET else None,
         "calib_samples": len(reader), "wall_s": round(wall, 3), "peak_rss_mib": round(mem.peak / 2**20, 1),
         "rss_growth_mib": round((mem.peak - mem.start) / 2**20, 1), "metadata_props_restored": restored,

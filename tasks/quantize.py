@@ -57,7 +57,7 @@ def resolve_calibration_eps(requested: Sequence[str], available: Sequence[str] |
 
 
 @contextlib.contextmanager
-def _stderr_to(path: Path) -> Iterator[None]:
+def stderr_to(path: Path) -> Iterator[None]:
     """Send fd 2 (ONNX Runtime's C++ logging, ModelOpt's stray prints) to the log file."""
     sys.stderr.flush()
     saved = os.dup(2)
@@ -71,7 +71,7 @@ def _stderr_to(path: Path) -> Iterator[None]:
             os.close(saved)
 
 
-class _PeakRSS:
+class PeakRSS:
     """Sample this process's resident memory while a block runs (peak in MiB)."""
 
     def __init__(self, interval: float = 0.05) -> None:
@@ -85,7 +85,7 @@ class _PeakRSS:
         while not self._stop.wait(self._interval):
             self.peak = max(self.peak, self._proc.memory_info().rss)
 
-    def __enter__(self) -> "_PeakRSS":
+    def __enter__(self) -> "PeakRSS":
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
         return self
@@ -329,7 +329,7 @@ def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettin
         # file itself (its sha256 changed after a run): it only ever sees a private copy.
         work_model = work / model_path.name
         shutil.copyfile(model_path, work_model)
-        with _PeakRSS() as mem, _stderr_to(tmp_log), ort_quantization_restored():
+        with PeakRSS() as mem, stderr_to(tmp_log), ort_quantization_restored():
             quantize(onnx_path=str(work_model), calibration_data_reader=calib,
                      output_path=str(tmp_out), log_file=str(tmp_log), **args)
             if not tmp_out.exists() or tmp_out.stat().st_size == 0:
