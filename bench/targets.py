@@ -176,6 +176,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         d.rectangle([x0 + pad, 30, x0 + w - 15, h - pad + 30], outline="#999999")
         d.text((x0 + pad, h - pad + 36), f"latency p50 ms (0 .. {lx1:.0f}), CPU EP", fill="black")
         d.text((x0 + 4, 34), f"{my1:.3f}" if has_map else "", fill="black")
+        d.text((x0 + 4, 50), "mAP50-95" if has_map else "", fill="#666666")
         d.text((x0 + 4, h - pad + 20), f"{my0:.3f}" if has_map else "timing only", fill="black")
         for (k, x), lat, mp in zip(v.items(), lats, maps):
             px = x0 + pad + (lat - lx0) / (lx1 - lx0) * (w - pad - 15)
