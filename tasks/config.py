@@ -135,6 +135,9 @@ class RunConfig(BaseModel):
     def _one_calibration_source(self) -> "RunConfig":
         if self.calib is not None and self.calib_images is not None:
             raise ValueError("give either calib (a tensor file) or calib_images (a folder), not both")
+        if (self.accuracy_budget is not None or self.sensitivity) and "tensorrt" not in self.targets:
+            raise ValueError("auto mode and the sensitivity ranking work on the tensorrt target (ModelOpt's Q/DQ "
+                             "model): add tensorrt to --target, or drop --accuracy-budget/--sensitivity")
         return self
 
     def resolved(self) -> "RunConfig":
@@ -208,5 +211,6 @@ def build_config(file_values: dict[str, Any] | None, cli_values: dict[str, Any])
     try:
         return RunConfig.model_validate(merged)
     except ValidationError as e:
-        msgs = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        msgs = "; ".join((f"{'.'.join(map(str, err['loc']))}: " if err["loc"] else "")
+                         + err["msg"].removeprefix("Value error, ") for err in e.errors())
         raise ConfigError(f"invalid settings: {msgs}") from e

@@ -157,7 +157,9 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
                             nodes_to_exclude=excluded, extra_options=extra,
                             calibration_providers=["CPUExecutionProvider"])
         wall = time.perf_counter() - t0
-        restored, summary = checked_qdq(src, tmp_out, "ONNX Runtime")
+        restored, summary = checked_qdq(
+            src, tmp_out, "ONNX Runtime", f"{len(excluded)} nodes kept in float: the decode, the head preset, the stem "
+            "and your exclusions; for a model this small try --no-ort-stem-float / --no-ort-head-preset")
         kernels = ort_cpu_kernels(tmp_out)
         os.replace(tmp_out, out_path)
     return {

@@ -215,12 +215,12 @@ def quantizer_workspace(out_path: Path, log_path: Path, prefix: str) -> Iterator
             tmp_log.unlink()
 
 
-def checked_qdq(src: onnx.ModelProto, path: Path, tool: str) -> tuple[int, dict[str, Any]]:
+def checked_qdq(src: onnx.ModelProto, path: Path, tool: str, hint: str = "check exclusions") -> tuple[int, dict[str, Any]]:
     """Restore metadata into a freshly written Q/DQ model and summarise it; refuse one with no Q/DQ."""
     restored = copy_metadata(src, path)
     summary = qdq_summary(onnx.load(str(path)))
     if summary["qdq_nodes"] == 0:
-        raise RuntimeError(f"{tool} inserted no Q/DQ node: nothing was quantized (check exclusions)")
+        raise RuntimeError(f"{tool} inserted no Q/DQ node: nothing was quantized ({hint})")
     return restored, summary
 
 

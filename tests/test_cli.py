@@ -44,6 +44,7 @@ def test_cli_options_fill_the_one_config_model(tmp_path):
     ({"targets": ["tensorrt", "openvino"]}, "targets"),
     ({"targets": []}, "at least one target"),
     ({"quant": {"entropy_impl": "fast"}}, "entropy_impl"),
+    ({"targets": ["ort-cpu"], "accuracy_budget": 0.5}, "add tensorrt to --target"),
 ])
 def test_invalid_settings_name_the_setting(values, match):
     with pytest.raises(ConfigError, match=match):

@@ -89,3 +89,10 @@ def test_vnni_detection_and_reduce_range_choice():
     assert resolve_reduce_range("auto", True)[0] is False
     assert resolve_reduce_range("auto", None)[0] is False
     assert resolve_reduce_range("on", True)[0] is True and resolve_reduce_range("off", False)[0] is False
+
+
+def test_a_model_with_nothing_left_to_quantize_is_refused_with_the_reason(tmp_path, tiny_model):
+    # the tiny detector's two convolutions are its stem and its head: the presets keep both in float
+    with pytest.raises(RuntimeError, match="no-ort-stem-float"):
+        build_ort_cpu(tiny_model, CalibReader(CAL, "images"), OrtCpuSettings(), tmp_path / "q.onnx", tmp_path / "q.log")
+    assert not (tmp_path / "q.onnx").exists() and (tmp_path / "q.log").exists()
