@@ -1,7 +1,8 @@
 """INT8 targets side by side, in one process: FP32, ModelOpt `tensorrt`, our `ort-cpu`, and the peer
 (ONNX Runtime's own `quantize_static`: QDQ, MinMax, its default int8 activations and per-tensor
 weights, the decode tail after the head kept in float), on the same model, calibration images and
-evaluation subset.
+evaluation subset; also `ort-cpu` built with ModelOpt's max scales where ModelOpt has them (does its
+own calibration earn its keep?).
 
     .venv/bin/python bench/targets.py                      # demo + yolov5n (+ yolov10m-random if exported)
     .venv/bin/python bench/targets.py --models demo --rounds 5
@@ -35,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 from tasks.calibration import CalibReader, pick_calib_images  # noqa: E402
 from tasks.config import OrtCpuSettings, QuantSettings, load_demo_config  # noqa: E402
 from tasks.evaluate import EvalSettings, evaluate_model  # noqa: E402
-from tasks.ortcpu import MinMaxSafeReader, build_ort_cpu, with_min_opset  # noqa: E402
+from tasks.entropy import activation_scales  # noqa: E402
+from tasks.ortcpu import MinMaxSafeReader, build_ort_cpu, symmetric_overrides, with_min_opset  # noqa: E402
 from tasks.preprocess import PreprocessSpec  # noqa: E402
 from tasks.quantize import decode_tail_nodes, ort_cpu_kernels  # noqa: E402
 from tasks.runtime import make_session, model_io, select_providers  # noqa: E402
@@ -130,6 +132,14 @@ def bench_model(m: dict[str, Any], work: Path, calib_count: int, rounds: int, it
         paths["ort-cpu"] = work / "ort-cpu.onnx"
         build["ort-cpu"] = {"wall_s": rec["wall_s"], "peak_rss_mib": rec["peak_rss_mib"],
                             "reduce_range": rec["reduce_range"], "reduce_range_reason": rec["reduce_range_reason"]}
+    if "tensorrt" in paths and "ort-cpu" in paths:
+        # the same target with ModelOpt's max scales where ModelOpt calibrated (symmetric, mapped to
+        # uint8 with zero point 128): does ort-cpu's own asymmetric calibration earn its keep?
+        amax = {t: s * 127.0 for t, s in activation_scales(onnx.load(str(paths["tensorrt"]))).items() if t != input_name}
+        rec = build_ort_cpu(model, reader, OrtCpuSettings(), work / "ort-cpu-mo.onnx", work / "ort-cpu-mo.log",
+                            tensor_overrides=symmetric_overrides(amax))
+        paths["ort-cpu-modelopt-scales"] = work / "ort-cpu-mo.onnx"
+        build["ort-cpu-modelopt-scales"] = {"wall_s": rec["wall_s"], "tensors_from_modelopt": rec["tensor_overrides"]}
     if "peer" in variants:
         build["peer"] = peer_quantize(model, reader, work / "peer.onnx")
         paths["peer"] = work / "peer.onnx"
@@ -158,7 +168,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     """mAP50-95 against latency (PNG, Pillow); random-weight models get a latency strip instead."""
     from PIL import Image, ImageDraw
 
-    colours = {"fp32": "#2c3e50", "tensorrt": "#c0392b", "ort-cpu": "#27ae60", "peer": "#2980b9"}
+    colours = {"fp32": "#2c3e50", "tensorrt": "#c0392b", "ort-cpu": "#27ae60", "ort-cpu-modelopt-scales": "#8e44ad",
+               "peer": "#2980b9"}
     panels = results
     w, h, pad = 420, 320, 50
     img = Image.new("RGB", (w * max(len(panels), 1), h + 40), "white")
@@ -209,10 +220,10 @@ def main() -> None:
             r["bench_wall_s"] = round(time.perf_counter() - t0, 1)
         results.append(r)
         print(f"\n{r['model']}  ({r['calib_images']} calibration images, {args.rounds}x{args.iters} timed runs each)")
-        print(f"{'variant':10}{'mAP50-95':>10}{'delta pt':>10}{'p50 ms':>9}{'vs FP32':>9}  integer convs")
+        print(f"{'variant':24}{'mAP50-95':>10}{'delta pt':>10}{'p50 ms':>9}{'vs FP32':>9}  integer convs")
         for k, v in r["variants"].items():
             kern = v["build"].get("ort_cpu_kernels", {})
-            print(f"{k:10}{v.get('map50_95', float('nan')):>10.4f}{v.get('map_delta_points', float('nan')):>10.2f}"
+            print(f"{k:24}{v.get('map50_95', float('nan')):>10.4f}{v.get('map_delta_points', float('nan')):>10.2f}"
                   f"{v['latency']['p50_ms']:>9.2f}{v['latency_ratio']:>9.3f}  {kern.get('QLinearConv', 0)} QLinearConv, "
                   f"{kern.get('Conv', 0)} Conv")
         t = r["tensorrt_engines"]

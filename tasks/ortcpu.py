@@ -127,9 +127,22 @@ class MinMaxSafeReader:
         self._done = False
 
 
+def symmetric_overrides(amax: dict[str, float]) -> dict[str, list[dict[str, Any]]]:
+    """ORT `TensorQuantOverrides` that give uint8 tensors symmetric ranges [-amax, amax] (zero point
+    128): how ModelOpt's max scales (int8, symmetric) map onto this target, for comparison."""
+    import numpy as np
+
+    return {t: [{"scale": np.array(2 * a / 255, dtype=np.float32), "zero_point": np.array(128, dtype=np.uint8)}]
+            for t, a in amax.items() if a > 0}
+
+
 def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_path: Path, log_path: Path,
-                  exclude_nodes: Sequence[str] = (), exclude_op_types: Sequence[str] = ()) -> dict[str, Any]:
-    """Quantize `model_path` for ORT's CPU EP at `out_path` (temporary name, then renamed)."""
+                  exclude_nodes: Sequence[str] = (), exclude_op_types: Sequence[str] = (),
+                  tensor_overrides: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """Quantize `model_path` for ORT's CPU EP at `out_path` (temporary name, then renamed).
+
+    `tensor_overrides` (ORT's TensorQuantOverrides) fixes the scales of some tensors instead of
+    calibrating them (the benchmark uses it to try ModelOpt's scales)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     model_path, out_path, log_path = Path(model_path), Path(out_path), Path(log_path)
@@ -145,7 +158,9 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
     vnni = cpu_has_vnni()
     reduce_range, rr_reason = resolve_reduce_range(settings.reduce_range, vnni)
     act = QuantType.QUInt8 if settings.activation_type == "uint8" else QuantType.QInt8
-    extra = {"CalibMaxIntermediateOutputs": settings.calib_merge_every}
+    extra: dict[str, Any] = {"CalibMaxIntermediateOutputs": settings.calib_merge_every}
+    if tensor_overrides:
+        extra["TensorQuantOverrides"] = tensor_overrides
     safe = MinMaxSafeReader(reader, settings.calib_merge_every)
     t0 = time.perf_counter()
     with quantizer_workspace(out_path, log_path, ".ortq-") as (tmp_out, tmp_log, work):
@@ -169,7 +184,7 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
         "decode_tail_nodes": tail, "head_preset_nodes": preset, "stem_nodes": stem, "excluded_nodes": user,
         "excluded_by_type": by_type,
         "source_opset": opset, "opset_converted_to": MIN_OPSET if opset < MIN_OPSET else None,
-        "calib_samples": len(reader), "wall_s": round(wall, 3), "peak_rss_mib": round(mem.peak / 2**20, 1),
+        "tensor_overrides": len(tensor_overrides or {}), "calib_samples": len(reader), "wall_s": round(wall, 3), "peak_rss_mib": round(mem.peak / 2**20, 1),
         "rss_growth_mib": round((mem.peak - mem.start) / 2**20, 1), "metadata_props_restored": restored,
         "qdq": summary, "ort_cpu_kernels": kernels, "onnx_sha256": sha256_file(out_path),
     }

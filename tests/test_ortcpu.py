@@ -96,3 +96,20 @@ def test_a_model_with_nothing_left_to_quantize_is_refused_with_the_reason(tmp_pa
     with pytest.raises(RuntimeError, match="no-ort-stem-float"):
         build_ort_cpu(tiny_model, CalibReader(CAL, "images"), OrtCpuSettings(), tmp_path / "q.onnx", tmp_path / "q.log")
     assert not (tmp_path / "q.onnx").exists() and (tmp_path / "q.log").exists()
+
+
+def test_tensor_overrides_fix_the_scales_they_name(tmp_path):
+    from tiny import tiny_silu_net
+
+    from tasks.entropy import activation_scales
+    from tasks.ortcpu import symmetric_overrides
+
+    src = tiny_silu_net(tmp_path / "t.onnx")
+    rec = build_ort_cpu(src, CalibReader(CAL, "images"), OrtCpuSettings(), tmp_path / "q.onnx", tmp_path / "q.log",
+                        tensor_overrides=symmetric_overrides({"a1": 2.0}))
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    assert rec["tensor_overrides"] == 1
+    assert activation_scales(q)["a1"] == pytest.approx(4.0 / 255)
+    zp = {i.name: i for i in q.graph.initializer}
+    qnode = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "a1")
+    assert onnx.numpy_helper.to_array(zp[qnode.input[2]]) == 128
