@@ -193,7 +193,9 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
             px = x0 + pad + (lat - lx0) / (lx1 - lx0) * (w - pad - 15)
             py = 30 + (1 - (mp - my0) / (my1 - my0)) * (h - pad)
             d.ellipse([px - 5, py - 5, px + 5, py + 5], fill=colours.get(k, "black"))
-            d.text((px + 7, py - 6), f"{k} x{x['latency_ratio']:.2f}", fill=colours.get(k, "black"))
+            label = {"ort-cpu-modelopt-scales": "ort-cpu, MO scales"}.get(k, k)
+            d.text((px + 7, py + (4 if k == "ort-cpu-modelopt-scales" else -6)), f"{label} x{x['latency_ratio']:.2f}",
+                   fill=colours.get(k, "black"))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     img.save(tmp, format="PNG")
