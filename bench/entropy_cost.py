@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -29,7 +30,7 @@ from tasks.config import QuantSettings, load_demo_config  # noqa: E402
 from tasks.entropy import activation_scales  # noqa: E402
 from tasks.evaluate import EvalSettings, evaluate_model  # noqa: E402
 from tasks.preprocess import PreprocessSpec  # noqa: E402
-from tasks.quantize import ort_quantization_restored, run_ptq  # noqa: E402
+from tasks.quantize import head_final_convs, ort_quantization_restored, run_ptq  # noqa: E402
 
 
 def main() -> None:
@@ -72,15 +73,12 @@ def main() -> None:
             rows[name] = {"wall_s": rec["wall_s"], "peak_rss_mib": rec["peak_rss_mib"], "map50_95": m["map50_95"],
                           "entropy": rec["entropy"]}
             print(f"{name:18} {rec['wall_s']:8.1f} s   mAP50-95 {m['map50_95']:.4f}", flush=True)
-        # max scales through the streamed reader vs ModelOpt's own array provider
+        # max scales through the streamed reader vs ModelOpt's own array provider (head preset as run_ptq)
         from modelopt.onnx.quantization import quantize
 
         arr = build_calib_tensor(files, shape, PreprocessSpec())
         src = Path(td) / "copy.onnx"
         src.write_bytes(model.read_bytes())
-        from tasks.quantize import head_final_convs
-        import re
-
         excl = [re.escape(n) + "$" for n in head_final_convs(onnx.load(str(model)))]
         with ort_quantization_restored():
             quantize(onnx_path=str(src), calibration_data={input_name: arr}, calibration_method="max",

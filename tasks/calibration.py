@@ -3,7 +3,6 @@ evaluator's exact letterbox preprocessing."""
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tasks.preprocess import PreprocessSpec, list_images, preprocess_file
-from tasks.rundir import atomic_write_bytes, sha256_file, temp_sibling
+from tasks.rundir import sha256_file, temp_sibling
 
 log = logging.getLogger(__name__)
 
@@ -217,10 +216,10 @@ class CalibReader:
 
     def __init__(self, source: "NpySampleReader | np.ndarray | Sequence[Path]", input_name: str,
                  seed: int | None = None, input_shape: Sequence[int] | None = None,
-                 spec: PreprocessSpec | None = None, limit: int | None = None) -> None:
+                 spec: PreprocessSpec | None = None) -> None:
         self.input_name = input_name
         self.source = source
-        self._args = (input_shape, spec, limit)
+        self._args = (input_shape, spec)
         if isinstance(source, (NpySampleReader, np.ndarray)):
             n = len(source)
         else:
@@ -228,21 +227,18 @@ class CalibReader:
                 raise ValueError("a reader over image files needs input_shape and spec")
             self._files, self._hw, self._spec = list(source), tuple(input_shape[2:]), spec
             n = len(self._files)
-        n = min(n, limit) if limit else n
         self.order = (np.random.default_rng(seed).permutation(n) if seed is not None else np.arange(n)).tolist()
         self._pos = 0
-        self.reads = 0  # samples produced, for tests and logs
 
     def __len__(self) -> int:
         return len(self.order)
 
     def with_seed(self, seed: int | None) -> "CalibReader":
         """The same samples in another order (seeded permutation, or storage order for None)."""
-        shape, spec, limit = self._args
-        return CalibReader(self.source, self.input_name, seed=seed, input_shape=shape, spec=spec, limit=limit)
+        shape, spec = self._args
+        return CalibReader(self.source, self.input_name, seed=seed, input_shape=shape, spec=spec)
 
     def _sample(self, i: int) -> np.ndarray:
-        self.reads += 1
         src = self.source
         if isinstance(src, NpySampleReader):
             return src.read(i)
@@ -262,24 +258,13 @@ class CalibReader:
     def rewind(self) -> None:
         self._pos = 0
 
-    def set_range(self, start_index: int, end_index: int) -> None:
-        # ORT's calibrate-in-batches path; keeps the reader usable there too
-        self.order = self.order[start_index:end_index]
-        self._pos = 0
+
+def open_samples(path: Path, input_name: str) -> "NpySampleReader | np.ndarray":
+    """The samples of a calibration tensor file, sliceable: a C-ordered float32 .npy is read by file
+    offsets, never whole; a .npz cannot be read in pieces, so its array is loaded."""
+    return _open_array(Path(path), input_name)
 
 
 def open_reader(path: Path, input_name: str, seed: int | None = None) -> CalibReader:
-    """A streaming reader over a checked calibration tensor file (.npy read by file offsets; .npz
-    cannot be read in pieces, so its array is loaded)."""
-    path = Path(path)
-    if path.suffix.lower() == ".npy":
-        return CalibReader(NpySampleReader(path), input_name, seed=seed)
-    return CalibReader(_open_array(path, input_name), input_name, seed=seed)
-
-
-def save_npy(path: Path, arr: np.ndarray) -> str:
-    """Atomic .npy write; returns its sha256."""
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())
-    return sha256_file(path)
+    """A streaming `CalibrationDataReader` over a calibration tensor file."""
+    return CalibReader(open_samples(path, input_name), input_name, seed=seed)

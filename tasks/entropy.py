@@ -26,6 +26,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from tasks.rundir import atomic_write_text, temp_sibling
+
 NUM_BINS = 2048   # signed, over [-amax, amax]
 QUANT_BINS = 128  # ORT's num_quantized_bins
 CACHE_HEADER = "TRT-8600-EntropyCalibration2"
@@ -137,10 +139,7 @@ def ort_entropy_threshold(hist: np.ndarray, amax: float, first_amax: float, vmin
 def write_calibration_cache(path: Path, scales: dict[str, float]) -> None:
     """TensorRT calibration cache: a header line, then `tensor: <big-endian float32 hex>` per tensor."""
     lines = [CACHE_HEADER] + [f"{t}: {struct.pack('!f', s).hex()}" for t, s in sorted(scales.items())]
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    atomic_write_text(Path(path), "\n".join(lines) + "\n")
 
 
 def apply_calibration_cache(model_path: Path, cache_path: Path) -> int:
@@ -153,7 +152,7 @@ def apply_calibration_cache(model_path: Path, cache_path: Path) -> int:
     model = onnx.load(str(model_path))
     present = {i.name for i in model.graph.initializer}
     replace_scale_values(model.graph, scales)
-    tmp = Path(str(model_path) + ".tmp")
+    tmp = temp_sibling(Path(model_path))
     onnx.save(model, str(tmp))
     tmp.replace(model_path)
     return sum(1 for k in scales if k in present)

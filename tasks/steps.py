@@ -16,7 +16,8 @@ import numpy as np
 
 from tasks import __version__
 from tasks.cache import StepCache, cache_key
-from tasks.calibration import CalibReader, check_overlap, load_calib_tensor, open_reader, pick_calib_images, write_calib_npy
+from tasks.calibration import (CalibReader, check_overlap, load_calib_tensor, open_reader, open_samples, pick_calib_images,
+                               write_calib_npy)
 from tasks.coco_eval import load_coco, select_subset
 from tasks.config import QuantSettings, RunConfig
 from tasks.faults import fault_point
@@ -131,7 +132,7 @@ def step_calibration(ctx: RunContext) -> dict[str, Any]:
 
 def _calib_array(ctx: RunContext, calib: dict[str, Any]) -> Any:
     """The calibration samples, sliceable; a .npy is read by file offsets, never whole."""
-    return open_reader(Path(calib["tensor_path"]), ctx.model["input"]).source
+    return open_samples(Path(calib["tensor_path"]), ctx.model["input"])
 
 
 def _calib_reader(ctx: RunContext, calib: dict[str, Any]) -> CalibReader:
@@ -177,30 +178,37 @@ def step_quantize(ctx: RunContext, calib: dict[str, Any], settings: QuantSetting
             if (tdir / "entropy-calibration.cache").exists():
                 files["entropy-calibration.cache"] = tdir / "entropy-calibration.cache"
             entry = ctx.cache.put("quantize", key, files, {"wall_s": rec["wall_s"]})
-    snap = json.loads(entry.file("config.json").read_text())
-    qdq = json.loads(entry.file("qdq-summary.json").read_text())
-    res = {"onnx": str(entry.file("model.onnx")), "entry": str(entry.path), "sha256": entry.files["model.onnx"],
-           "cached": cached, "config": snap, "qdq": qdq, "settings": settings.model_dump()}
+    res = _quant_result(entry, cached, "tensorrt", settings=settings.model_dump())
     if publish:
         res = publish_quantized(ctx, res)
     return _timed(t0, res)
-
-
-def publish_quantized(ctx: RunContext, quant: dict[str, Any]) -> dict[str, Any]:
-    """Copy a (cached) quantization result into the run folder under its final names."""
-    entry = Path(quant["entry"])
-    onnx_out = ctx.run_dir / "onnx" / f"{Path(ctx.cfg.model).stem}-int8-qdq.onnx"
-    atomic_copy(entry / "model.onnx", onnx_out)
-    for name in ("config.json", "qdq-summary.json", "modelopt-onnx-ptq.log", "entropy-calibration.cache"):
-        if (entry / name).exists():
-            atomic_copy(entry / name, ctx.run_dir / "quantize-int8" / name)
-    return {**quant, "onnx": str(onnx_out)}
 
 
 # Where each target's artifacts go: (quantized model name suffix, quantize folder, evaluation name).
 # The tensorrt target keeps the INT8 flow's original names.
 TARGET_LAYOUT = {"tensorrt": ("int8-qdq", "quantize-int8", "int8"),
                  "ort-cpu": ("int8-ort-cpu", "quantize-int8-ort-cpu", "int8-ort-cpu")}
+
+
+def _quant_result(entry: Any, cached: bool, target: str, **extra: Any) -> dict[str, Any]:
+    """A quantize step's result from its cache entry (model still in the cache until published)."""
+    return {"onnx": str(entry.file("model.onnx")), "entry": str(entry.path), "sha256": entry.files["model.onnx"],
+            "cached": cached, "config": json.loads(entry.file("config.json").read_text()),
+            "qdq": json.loads(entry.file("qdq-summary.json").read_text()), "target": target,
+            "files": sorted(entry.files), **extra}
+
+
+def publish_quantized(ctx: RunContext, quant: dict[str, Any]) -> dict[str, Any]:
+    """Copy a (cached) quantization result into the run folder under its target's final names:
+    the model into onnx/, every other file of the entry (config, summary, log, cache) beside it."""
+    suffix, qdir, _ = TARGET_LAYOUT[quant["target"]]
+    entry = Path(quant["entry"])
+    onnx_out = ctx.run_dir / "onnx" / f"{Path(ctx.cfg.model).stem}-{suffix}.onnx"
+    atomic_copy(entry / "model.onnx", onnx_out)
+    for name in quant["files"]:
+        if name != "model.onnx":
+            atomic_copy(entry / name, ctx.run_dir / qdir / name)
+    return {**quant, "onnx": str(onnx_out)}
 
 
 def step_quantize_ort_cpu(ctx: RunContext, calib: dict[str, Any]) -> dict[str, Any]:
@@ -210,7 +218,6 @@ def step_quantize_ort_cpu(ctx: RunContext, calib: dict[str, Any]) -> dict[str, A
     t0 = time.perf_counter()
     cfg, m = ctx.cfg, ctx.model
     settings = cfg.ort_cpu
-    suffix, qdir, _ = TARGET_LAYOUT["ort-cpu"]
     key = cache_key("quantize-ort-cpu", {
         "model": m["sha256"], "calib": calib["sha256"], "settings": settings.model_dump(),
         "exclude_nodes": cfg.quant.exclude_nodes, "exclude_op_types": cfg.quant.exclude_op_types,
@@ -236,14 +243,7 @@ def step_quantize_ort_cpu(ctx: RunContext, calib: dict[str, Any]) -> dict[str, A
                 "model.onnx": tdir / "model.onnx", "config.json": tdir / "config.json",
                 "qdq-summary.json": tdir / "qdq-summary.json", "ort-quantize.log": tdir / "ort-quantize.log"},
                 {"wall_s": rec["wall_s"]})
-    onnx_out = ctx.run_dir / "onnx" / f"{Path(cfg.model).stem}-{suffix}.onnx"
-    atomic_copy(entry.file("model.onnx"), onnx_out)
-    for name in ("config.json", "qdq-summary.json", "ort-quantize.log"):
-        atomic_copy(entry.file(name), ctx.run_dir / qdir / name)
-    res = {"onnx": str(onnx_out), "entry": str(entry.path), "sha256": entry.files["model.onnx"], "cached": cached,
-           "config": json.loads(entry.file("config.json").read_text()),
-           "qdq": json.loads(entry.file("qdq-summary.json").read_text()), "target": "ort-cpu"}
-    return _timed(t0, res)
+    return _timed(t0, publish_quantized(ctx, _quant_result(entry, cached, "ort-cpu")))
 
 
 def step_smoke(ctx: RunContext, calib: dict[str, Any], quant: dict[str, Any], qdir: str = "quantize-int8") -> dict[str, Any]:
