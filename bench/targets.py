@@ -1,6 +1,7 @@
 """INT8 targets side by side, in one process: FP32, ModelOpt `tensorrt`, our `ort-cpu`, and the peer
 (ONNX Runtime's own `quantize_static`: QDQ, MinMax, its default int8 activations and per-tensor
-weights, the decode tail after the head kept in float), on the same model, calibration images and
+weights, the decode tail after the head kept in float) twice: as called with its defaults (`peer`)
+and with uint8 activations (`peer-u8`, its best on x86), on the same model, calibration images and
 evaluation subset; also `ort-cpu` built with ModelOpt's max scales where ModelOpt has them (does its
 own calibration earn its keep?).
 
@@ -9,9 +10,10 @@ own calibration earn its keep?).
 
 Writes bench/results/targets.json and bench/results/targets.png (mAP50-95 against latency for
 every variant) and prints a table. Latency: median of interleaved rounds (every variant once per
-round, so drifts of a shared machine hit all alike) of single-image inference on the CPU EP, with
-the evaluator's session settings. The YOLOv10m-architecture graph has random weights (made by
-scripts/export_random_yolov10m.py): only its latency is read. TensorRT: when the TensorRT EP can
+round, so drifts of a shared machine hit all alike) of single-image inference on the CPU EP, under two
+session settings measured in the same rounds: the evaluator's (ORT's worker threads do not spin
+between runs) and ORT's defaults (they spin, as a deployed session does). The YOLOv10m-architecture
+graph has random weights (made by scripts/export_random_yolov10m.py): only its latency is read. TensorRT: when the TensorRT EP can
 start, an engine from the Q/DQ model is timed against an FP16 engine; otherwise the reason it was
 skipped is recorded.
 """
@@ -75,38 +77,50 @@ def model_set(names: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def peer_quantize(model: Path, reader: CalibReader, out: Path) -> dict[str, Any]:
-    """ORT's quantize_static as a user would call it, decode tail in float (as in issue #7)."""
+def peer_quantize(model: Path, reader: CalibReader, out: Path, activations: str = "int8") -> dict[str, Any]:
+    """ORT's quantize_static as a user would call it, decode tail in float (as in issue #7).
+
+    `activations="uint8"` is the peer at its best on x86 (ORT's documentation recommends u8 x s8
+    there, and it is the configuration that fuses every convolution, as the issue's peer did)."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     tail = decode_tail_nodes(onnx.load(str(model)))
     reader.rewind()
+    act = QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as td:
         model, _ = with_min_opset(model, Path(td))  # ORT's quantizer writes an invalid graph below opset 13
         quantize_static(str(model), str(out), MinMaxSafeReader(reader, 8), quant_format=QuantFormat.QDQ,
+                        activation_type=act, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=tail,
                         extra_options={"CalibMaxIntermediateOutputs": 8}, calibration_providers=["CPUExecutionProvider"])
-    return {"wall_s": round(time.perf_counter() - t0, 2), "decode_tail_nodes": len(tail)}
+    return {"wall_s": round(time.perf_counter() - t0, 2), "decode_tail_nodes": len(tail), "activations": activations}
 
 
 def interleaved_latency(paths: dict[str, Path], x: np.ndarray, input_name: str, rounds: int, iters: int,
-                        threads: int | None) -> dict[str, dict[str, float]]:
+                        threads: int | None) -> dict[str, dict[str, dict[str, float]]]:
+    """p50/p90 per variant under two session settings, all interleaved in the same rounds:
+    `eval` (the evaluator's: worker threads do not spin) and `ort_default` (ORT's defaults, spinning
+    on, as a deployed session runs)."""
     choice = select_providers(["cpu"])
-    sessions = {k: make_session(p, choice, threads) for k, p in paths.items()}
+    sessions = {(k, mode): make_session(p, choice, threads, spin=(mode == "ort_default"))
+                for k, p in paths.items() for mode in ("eval", "ort_default")}
     for s in sessions.values():
         for _ in range(5):
             s.run(None, {input_name: x})
-    samples: dict[str, list[float]] = {k: [] for k in paths}
+    samples: dict[tuple[str, str], list[float]] = {k: [] for k in sessions}
     for _ in range(rounds):
         for k, s in sessions.items():
             for _ in range(iters):
                 t0 = time.perf_counter()
                 s.run(None, {input_name: x})
                 samples[k].append(time.perf_counter() - t0)
-    return {k: {"p50_ms": round(float(np.median(v)) * 1000, 3), "p90_ms": round(float(np.percentile(v, 90)) * 1000, 3),
-                "n": len(v)} for k, v in samples.items()}
+    out: dict[str, dict[str, dict[str, float]]] = {k: {} for k in paths}
+    for (k, mode), v in samples.items():
+        out[k][mode] = {"p50_ms": round(float(np.median(v)) * 1000, 3),
+                        "p90_ms": round(float(np.percentile(v, 90)) * 1000, 3), "n": len(v)}
+    return out
 
 
 def bench_model(m: dict[str, Any], work: Path, calib_count: int, rounds: int, iters: int,
@@ -143,14 +157,20 @@ def bench_model(m: dict[str, Any], work: Path, calib_count: int, rounds: int, it
     if "peer" in variants:
         build["peer"] = peer_quantize(model, reader, work / "peer.onnx")
         paths["peer"] = work / "peer.onnx"
+    if "peer-u8" in variants:
+        build["peer-u8"] = peer_quantize(model, reader, work / "peer-u8.onnx", activations="uint8")
+        paths["peer-u8"] = work / "peer-u8.onnx"
     for k in paths:
         build.setdefault(k, {})["ort_cpu_kernels"] = ort_cpu_kernels(paths[k])
     x = reader.get_first()[input_name]
     lat = interleaved_latency(paths, x, input_name, rounds, iters, threads)
     rows = {}
     for k, p in paths.items():
-        row: dict[str, Any] = {"latency": lat[k], "latency_ratio": round(lat[k]["p50_ms"] / lat["fp32"]["p50_ms"], 4),
-                               "build": build.get(k, {})}
+        row: dict[str, Any] = {
+            "latency": lat[k]["eval"], "latency_ratio": round(lat[k]["eval"]["p50_ms"] / lat["fp32"]["eval"]["p50_ms"], 4),
+            "latency_ort_default": lat[k]["ort_default"],
+            "latency_ratio_ort_default": round(lat[k]["ort_default"]["p50_ms"] / lat["fp32"]["ort_default"]["p50_ms"], 4),
+            "build": build.get(k, {})}
         if m["images"] is not None:
             met = evaluate_model(p, m["images"], m["annotations"], settings=EvalSettings(providers=["cpu"], threads=threads))
             row.update({"map50_95": met["map50_95"], "map50": met["map50"], "images": met["images"]})
@@ -169,7 +189,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     from PIL import Image, ImageDraw
 
     colours = {"fp32": "#2c3e50", "tensorrt": "#c0392b", "ort-cpu": "#27ae60", "ort-cpu-modelopt-scales": "#8e44ad",
-               "peer": "#2980b9"}
+               "peer": "#2980b9", "peer-u8": "#d35400"}
     panels = results
     w, h, pad = 420, 320, 50
     img = Image.new("RGB", (w * max(len(panels), 1), h + 40), "white")
@@ -185,7 +205,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         my0, my1 = (min(maps) - 0.02, max(maps) + 0.02) if has_map else (0.0, 1.0)
         d.text((x0 + pad, 8), f"{r['model']} ({'x'.join(map(str, r['input_shape'][2:]))})", fill="black")
         d.rectangle([x0 + pad, 30, x0 + w - 15, h - pad + 30], outline="#999999")
-        d.text((x0 + pad, h - pad + 36), f"latency p50 ms (0 .. {lx1:.0f}), CPU EP", fill="black")
+        d.text((x0 + pad, h - pad + 36), f"latency p50 ms (0 .. {lx1:.0f}), CPU EP, evaluator session", fill="black")
         d.text((x0 + 4, 34), f"{my1:.3f}" if has_map else "", fill="black")
         d.text((x0 + 4, 50), "mAP50-95" if has_map else "", fill="#666666")
         d.text((x0 + 4, h - pad + 20), f"{my0:.3f}" if has_map else "timing only", fill="black")
@@ -194,8 +214,10 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
             py = 30 + (1 - (mp - my0) / (my1 - my0)) * (h - pad)
             d.ellipse([px - 5, py - 5, px + 5, py + 5], fill=colours.get(k, "black"))
             label = {"ort-cpu-modelopt-scales": "ort-cpu, MO scales"}.get(k, k)
-            d.text((px + 7, py + (4 if k == "ort-cpu-modelopt-scales" else -6)), f"{label} x{x['latency_ratio']:.2f}",
-                   fill=colours.get(k, "black"))
+            text = f"{label} x{x['latency_ratio']:.2f}"
+            # neighbours' labels apart: peer-u8 sits close to the ort-cpu variants, so its label goes left
+            tx = px - 7 - d.textlength(text) if k == "peer-u8" else px + 7
+            d.text((tx, py + (4 if k == "ort-cpu-modelopt-scales" else -6)), text, fill=colours.get(k, "black"))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     img.save(tmp, format="PNG")
@@ -205,7 +227,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="demo,yolov5n,yolov10m-random")
-    ap.add_argument("--variants", default="tensorrt,ort-cpu,peer", help="besides fp32 (tensorrt needs ModelOpt)")
+    ap.add_argument("--variants", default="tensorrt,ort-cpu,peer,peer-u8", help="besides fp32 (tensorrt needs ModelOpt)")
     ap.add_argument("--calib-count", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iters", type=int, default=10)
@@ -222,12 +244,15 @@ def main() -> None:
             r["bench_wall_s"] = round(time.perf_counter() - t0, 1)
         results.append(r)
         print(f"\n{r['model']}  ({r['calib_images']} calibration images, {args.rounds}x{args.iters} timed runs each)")
-        print(f"{'variant':24}{'mAP50-95':>10}{'delta pt':>10}{'p50 ms':>9}{'vs FP32':>9}  integer convs")
+        print(f"{'':44}{'evaluator session':>18}{'ORT defaults':>18}")
+        print(f"{'variant':24}{'mAP50-95':>10}{'delta pt':>10}{'p50 ms':>9}{'vs FP32':>9}{'p50 ms':>9}{'vs FP32':>9}"
+              f"  integer convs")
         for k, v in r["variants"].items():
             kern = v["build"].get("ort_cpu_kernels", {})
             print(f"{k:24}{v.get('map50_95', float('nan')):>10.4f}{v.get('map_delta_points', float('nan')):>10.2f}"
-                  f"{v['latency']['p50_ms']:>9.2f}{v['latency_ratio']:>9.3f}  {kern.get('QLinearConv', 0)} QLinearConv, "
-                  f"{kern.get('Conv', 0)} Conv")
+                  f"{v['latency']['p50_ms']:>9.2f}{v['latency_ratio']:>9.3f}"
+                  f"{v['latency_ort_default']['p50_ms']:>9.2f}{v['latency_ratio_ort_default']:>9.3f}"
+                  f"  {kern.get('QLinearConv', 0)} QLinearConv, {kern.get('Conv', 0)} Conv")
         t = r["tensorrt_engines"]
         print("TensorRT: " + (f"INT8 {t['int8_p50_ms']} ms vs FP16 {t['fp16_p50_ms']} ms" if t.get("ran")
                               else f"skipped: {t['reason']}"))

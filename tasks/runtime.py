@@ -189,8 +189,11 @@ def model_metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def make_session(model_path: Path, choice: ProviderChoice, threads: int | None = None):
-    """Create a session with the selected providers; if one fails to start, drop it and retry."""
+def make_session(model_path: Path, choice: ProviderChoice, threads: int | None = None, spin: bool = False):
+    """Create a session with the selected providers; if one fails to start, drop it and retry.
+
+    `spin=True` keeps ORT's default of worker threads spinning between parallel sections (what a
+    deployed session does); the evaluator turns it off."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -198,9 +201,10 @@ def make_session(model_path: Path, choice: ProviderChoice, threads: int | None =
         so.intra_op_num_threads = threads
     so.log_severity_level = 3
     # ORT's worker threads spin after each run by default; between runs they would compete with our
-    # own preprocessing and decoding on the same cores (no measurable effect on this 2-core machine,
-    # where the timed phases were equal either way; it matters on busier hosts).
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # own preprocessing and decoding on the same cores. Without spinning each parallel section pays a
+    # wake-up, which costs INT8 graphs (more, smaller kernels) more than FP32: bench/targets.py
+    # reports latency both ways.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     providers = list(choice.selected)
     while True:
         try:

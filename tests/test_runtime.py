@@ -40,6 +40,13 @@ def test_real_machine_records_provider_actually_used(tiny_model):
         assert c.fallback_reasons
 
 
+def test_session_spinning_is_off_for_the_evaluator_and_on_when_asked(tiny_model):
+    c = select_providers(["cpu"])
+    key = "session.intra_op.allow_spinning"
+    assert make_session(tiny_model, c).get_session_options().get_session_config_entry(key) == "0"
+    assert make_session(tiny_model, c, spin=True).get_session_options().get_session_config_entry(key) == "1"
+
+
 def test_missing_empty_corrupt_models(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         check_model_file(tmp_path / "missing.onnx")
