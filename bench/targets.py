@@ -6,16 +6,17 @@ evaluation subset; also `ort-cpu` built with ModelOpt's max scales where ModelOp
 own calibration earn its keep?).
 
     .venv/bin/python bench/targets.py                      # demo + yolov5n (+ yolov10m-random if exported)
+    .venv/bin/python bench/targets.py --models yolo11n-random # any scripts/export_random_yolo.py export
     .venv/bin/python bench/targets.py --models demo --rounds 5
 
 Writes bench/results/targets.json and bench/results/targets.png (mAP50-95 against latency for
 every variant) and prints a table. Latency: median of interleaved rounds (every variant once per
 round, so drifts of a shared machine hit all alike) of single-image inference on the CPU EP, under two
 session settings measured in the same rounds: the evaluator's (ORT's worker threads do not spin
-between runs) and ORT's defaults (they spin, as a deployed session does). The YOLOv10m-architecture
-graph has random weights (made by scripts/export_random_yolov10m.py): only its latency is read. TensorRT: when the TensorRT EP can
-start, an engine from the Q/DQ model is timed against an FP16 engine; otherwise the reason it was
-skipped is recorded.
+between runs) and ORT's defaults (they spin, as a deployed session does). The `<arch>-random` graphs
+(YOLOv10m, YOLO11n ...) have random weights (made by scripts/export_random_yolo.py): only their latency
+is read. TensorRT: when the TensorRT EP can start, an engine from the Q/DQ model is timed against an
+FP16 engine; otherwise the reason it was skipped is recorded.
 """
 
 from __future__ import annotations
@@ -66,14 +67,16 @@ def model_set(names: list[str]) -> list[dict[str, Any]]:
                         "calib": SHARED / "data/coco-val2017-calib/images",
                         "images": SHARED / "data/coco-val2017-mini/images",
                         "annotations": SHARED / "data/coco-val2017-mini/annotations/instances_val2017.json"})
-        elif name == "yolov10m-random":
-            p = ROOT / "tmp/bench-models/yolov10m-random.onnx"
+        elif name.endswith("-random"):  # timing only: yolov10m-random, yolo11n-random ...
+            p = ROOT / f"tmp/bench-models/{name}.onnx"
             if not p.exists():
-                print(f"skipped yolov10m-random: {p} is absent (make it with "
-                      f"/work/venv-train/bin/python scripts/export_random_yolov10m.py)")
+                print(f"skipped {name}: {p} is absent (make it with /work/venv-train/bin/python "
+                      f"scripts/export_random_yolo.py --arch {name.removesuffix('-random')})")
                 continue
-            out.append({"name": "yolov10m-random", "model": p, "calib": load_demo_config()["paths"]["calib_images"],
+            out.append({"name": name, "model": p, "calib": load_demo_config()["paths"]["calib_images"],
                         "images": None, "annotations": None})
+        else:
+            raise SystemExit(f"unknown model {name!r}: demo, yolov5n or <arch>-random")
     return out
 
 

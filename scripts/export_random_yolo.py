@@ -1,22 +1,24 @@
-"""Export a randomly initialised YOLOv10m to ONNX, for timing and memory benchmarks (development-time only).
+"""Export a randomly initialised Ultralytics YOLO to ONNX, for timing and memory benchmarks (development-time only).
 
 The benchmarks need a model of the user's size (YOLOv10m: same graph, same parameter count, same
 end-to-end NMS-free 1x300x6 head) but nothing here can download weights. Ultralytics builds the
-architecture from its bundled yolov10m.yaml, so this script does that with torch.manual_seed(0) and
-exports it the way the user's model was exported (opset 17, static 1x3x640x640 input "images",
-output "output0" of shape 1x300x6). Its detections are meaningless; do not use it for accuracy.
+architecture from its bundled yaml (yolov10m.yaml by default; --arch yolo11n for the user's other
+family, whose output is 1x84xN), so this script does that with torch.manual_seed(0) and exports it the
+way the user's model was exported (opset 17, static 1x3xSxS input "images", output "output0"). Its
+detections are meaningless; do not use it for accuracy.
 
 Run it, from the repository root, with the separate training environment (Ultralytics is AGPL and
 never a dependency of the project itself):
 
-    /work/venv-train/bin/python scripts/export_random_yolov10m.py
-    /work/venv-train/bin/python scripts/export_random_yolov10m.py --out tmp/bench-models/other.onnx --imgsz 640
+    /work/venv-train/bin/python scripts/export_random_yolo.py
+    /work/venv-train/bin/python scripts/export_random_yolo.py --arch yolo11n   # tmp/bench-models/yolo11n-random.onnx
+    /work/venv-train/bin/python scripts/export_random_yolo.py --out tmp/bench-models/other.onnx --imgsz 640
 
 That environment needs onnx and onnxslim besides torch/torchvision/ultralytics (both are installed
 there; otherwise: /work/venv-train/bin/pip install onnx onnxslim). onnxruntime is not needed there:
 Ultralytics only warns that it is missing.
 
-It writes tmp/bench-models/yolov10m-random.onnx and, beside it, yolov10m-random.onnx.json (architecture,
+It writes tmp/bench-models/<arch>-random.onnx and, beside it, <arch>-random.onnx.json (architecture,
 seed, versions, sha256). Neither is committed: tmp/ is git-ignored (`git check-ignore tmp/bench-models/x`
 names .gitignore:1). With the same torch/ultralytics/onnx versions the file is byte-identical across runs.
 """
@@ -42,7 +44,6 @@ import ultralytics  # noqa: E402
 from ultralytics import YOLO  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ARCH = "yolov10m"
 SEED = 0
 NOTE = "for timing and memory only: its detections are meaningless"
 NOTE_KEY = "yolo_lowbit_note"
@@ -50,16 +51,17 @@ NOTE_KEY = "yolo_lowbit_note"
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=ROOT / "tmp" / "bench-models" / f"{ARCH}-random.onnx",
-                   help="output .onnx (relative paths are taken from the repository root)")
+    p.add_argument("--arch", default="yolov10m", help="an Ultralytics model yaml name: yolov10m, yolo11n, yolov8s ...")
+    p.add_argument("--out", type=Path, help="output .onnx (relative paths are taken from the repository root; "
+                                           "default tmp/bench-models/<arch>-random.onnx)")
     p.add_argument("--imgsz", type=int, default=640, help="square input size")
     return p.parse_args()
 
 
-def export_random(imgsz: int, work: Path) -> Path:
-    """Build YOLOv10m from its yaml with seeded random weights and export it; return the .onnx path."""
+def export_random(arch: str, imgsz: int, work: Path) -> Path:
+    """Build `arch` from its yaml with seeded random weights and export it; return the .onnx path."""
     torch.manual_seed(SEED)
-    model = YOLO(f"{ARCH}.yaml")  # bundled config: builds the architecture, downloads nothing
+    model = YOLO(f"{arch}.yaml")  # bundled config: builds the architecture, downloads nothing
     # The exporter writes next to the yaml's (relative) name, i.e. into the working directory.
     cwd = Path.cwd()
     os.chdir(work)
@@ -71,18 +73,22 @@ def export_random(imgsz: int, work: Path) -> Path:
     return (work / exported).resolve()
 
 
-def finalise(model: onnx.ModelProto, imgsz: int) -> None:
+def finalise(model: onnx.ModelProto, arch: str, imgsz: int) -> None:
     """Check the I/O contract and make the file reproducible and self-describing."""
     ins = [(i.name, [d.dim_value for d in i.type.tensor_type.shape.dim]) for i in model.graph.input]
     outs = [(o.name, [d.dim_value for d in o.type.tensor_type.shape.dim]) for o in model.graph.output]
     assert ins == [("images", [1, 3, imgsz, imgsz])], f"unexpected inputs {ins}"
-    assert outs == [("output0", [1, 300, 6])], f"expected the NMS-free 1x300x6 head, got {outs}"
+    # YOLOv10 is NMS-free (top 300 as x1,y1,x2,y2,score,class); the others give 4 box + 80 class rows
+    # for every anchor of strides 8, 16 and 32
+    anchors = sum((imgsz // s) ** 2 for s in (8, 16, 32))
+    want = [1, 300, 6] if arch.startswith("yolov10") else [1, 84, anchors]
+    assert outs == [("output0", want)], f"expected output0 {want} for {arch}, got {outs}"
     # Ultralytics stamps the export time into "date"; dropping it keeps the sha256 stable across runs.
     props = [p for p in model.metadata_props if p.key not in {"date", NOTE_KEY}]
     del model.metadata_props[:]
     model.metadata_props.extend(props)
     note = model.metadata_props.add()
-    note.key, note.value = NOTE_KEY, f"{ARCH}, random weights (seed {SEED}): {NOTE}"
+    note.key, note.value = NOTE_KEY, f"{arch}, random weights (seed {SEED}): {NOTE}"
 
 
 def write_atomically(data: bytes, dest: Path) -> None:
@@ -95,17 +101,18 @@ def write_atomically(data: bytes, dest: Path) -> None:
 
 def main() -> None:
     args = parse_args()
-    out = args.out if args.out.is_absolute() else ROOT / args.out
+    out = args.out or Path("tmp") / "bench-models" / f"{args.arch}-random.onnx"
+    out = out if out.is_absolute() else ROOT / out
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     # A scratch folder beside the output keeps Ultralytics' intermediate files out of the repository.
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as work:
-        model = onnx.load(str(export_random(args.imgsz, Path(work))))
-    finalise(model, args.imgsz)
+        model = onnx.load(str(export_random(args.arch, args.imgsz, Path(work))))
+    finalise(model, args.arch, args.imgsz)
     data = model.SerializeToString()
     write_atomically(data, out)
     info = {
-        "architecture": ARCH,
+        "architecture": args.arch,
         "weights": f"random (seed {SEED})",
         "imgsz": args.imgsz,
         "opset": 17,
