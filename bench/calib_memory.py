@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHARED = Path(os.environ.get("YOLO_LOWBIT_SHARED", ROOT.parent / "shared"))
+from shared_data import YOLOV5N  # noqa: E402
 
 
 def child(model: Path, images: Path, count: int) -> dict:
@@ -63,8 +62,8 @@ def child(model: Path, images: Path, count: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=SHARED / "models/yolov5n-coco/yolov5n.onnx")
-    ap.add_argument("--images", type=Path, default=SHARED / "data/coco-val2017-calib/images")
+    ap.add_argument("--model", type=Path, default=YOLOV5N["model"])
+    ap.add_argument("--images", type=Path, default=YOLOV5N["calib_images"])
     ap.add_argument("--counts", default="32,512")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "calib-memory.json")

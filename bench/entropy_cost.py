@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from shared_data import YOLOV5N  # noqa: E402
 from tasks.calibration import CalibReader, build_calib_tensor, pick_calib_images  # noqa: E402
 from tasks.config import QuantSettings, load_demo_config  # noqa: E402
 from tasks.entropy import activation_scales  # noqa: E402
@@ -48,11 +48,7 @@ def main() -> None:
     from tasks.runtime import model_io
 
     if args.real:
-        shared = Path(os.environ.get("YOLO_LOWBIT_SHARED", ROOT.parent / "shared"))
-        model = shared / "models/yolov5n-coco/yolov5n.onnx"
-        paths = {"calib_images": shared / "data/coco-val2017-calib/images",
-                 "images": shared / "data/coco-val2017-mini/images",
-                 "annotations": shared / "data/coco-val2017-mini/annotations/instances_val2017.json"}
+        model, paths = YOLOV5N["model"], YOLOV5N
     else:
         demo = load_demo_config()
         model, paths = Path(demo["model"]), demo["paths"]

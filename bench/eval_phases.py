@@ -15,16 +15,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from shared_data import YOLOV5N  # noqa: E402
 from tasks.evaluate import EvalSettings, evaluate_model  # noqa: E402
-
-SHARED = ROOT.parent / "shared"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=SHARED / "models/yolov5n-coco/yolov5n.onnx", type=Path)
-    ap.add_argument("--images", default=SHARED / "data/coco-val2017-mini/images", type=Path)
-    ap.add_argument("--annotations", default=SHARED / "data/coco-val2017-mini/annotations/instances_val2017.json",
+    ap.add_argument("--model", default=YOLOV5N["model"], type=Path)
+    ap.add_argument("--images", default=YOLOV5N["images"], type=Path)
+    ap.add_argument("--annotations", default=YOLOV5N["annotations"],
                     type=Path)
     ap.add_argument("--threads", type=int)
     ap.add_argument("--out", type=Path)

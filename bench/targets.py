@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import logging
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from shared_data import SHARED, YOLOV5N  # noqa: E402
 from tasks.calibration import CalibReader, pick_calib_images  # noqa: E402
 from tasks.config import OrtCpuSettings, QuantSettings, load_demo_config  # noqa: E402
 from tasks.evaluate import EvalSettings, evaluate_model  # noqa: E402
@@ -43,11 +43,9 @@ from tasks.entropy import activation_scales  # noqa: E402
 from tasks.ortcpu import MinMaxSafeReader, build_ort_cpu, symmetric_overrides, with_min_opset  # noqa: E402
 from tasks.preprocess import PreprocessSpec  # noqa: E402
 from tasks.quantize import decode_tail_nodes, ort_cpu_kernels  # noqa: E402
-from tasks.runtime import make_session, model_io, select_providers  # noqa: E402
+from tasks.runtime import latency_stats, make_session, model_io, select_providers  # noqa: E402
 from tasks.trt import tensorrt_timing  # noqa: E402
 
-# CI and developers read ../shared; a copy elsewhere (another machine) is named by YOLO_LOWBIT_SHARED
-SHARED = Path(os.environ.get("YOLO_LOWBIT_SHARED", ROOT.parent / "shared"))
 OUT = ROOT / "bench" / "results"
 log = logging.getLogger("bench")
 
@@ -57,23 +55,20 @@ def model_set(names: list[str]) -> list[dict[str, Any]]:
     for name in names:
         if name == "demo":
             d = load_demo_config()
-            out.append({"name": "demo-yolov10n", "model": d["model"], "calib": d["paths"]["calib_images"],
+            out.append({"name": "demo-yolov10n", "model": d["model"], "calib_images": d["paths"]["calib_images"],
                         "images": d["paths"]["images"], "annotations": d["paths"]["annotations"]})
         elif name == "yolov5n":
-            if not (SHARED / "models/yolov5n-coco/yolov5n.onnx").exists():
+            if not YOLOV5N["model"].exists():
                 print(f"skipped yolov5n: {SHARED} is absent")
                 continue
-            out.append({"name": "yolov5n-coco", "model": SHARED / "models/yolov5n-coco/yolov5n.onnx",
-                        "calib": SHARED / "data/coco-val2017-calib/images",
-                        "images": SHARED / "data/coco-val2017-mini/images",
-                        "annotations": SHARED / "data/coco-val2017-mini/annotations/instances_val2017.json"})
+            out.append({"name": "yolov5n-coco", **YOLOV5N})
         elif name.endswith("-random"):  # timing only: yolov10m-random, yolo11n-random ...
             p = ROOT / f"tmp/bench-models/{name}.onnx"
             if not p.exists():
                 print(f"skipped {name}: {p} is absent (make it with /work/venv-train/bin/python "
                       f"scripts/export_random_yolo.py --arch {name.removesuffix('-random')})")
                 continue
-            out.append({"name": name, "model": p, "calib": load_demo_config()["paths"]["calib_images"],
+            out.append({"name": name, "model": p, "calib_images": load_demo_config()["paths"]["calib_images"],
                         "images": None, "annotations": None})
         else:
             raise SystemExit(f"unknown model {name!r}: demo, yolov5n or <arch>-random")
@@ -121,8 +116,8 @@ def interleaved_latency(paths: dict[str, Path], x: np.ndarray, input_name: str, 
                 samples[k].append(time.perf_counter() - t0)
     out: dict[str, dict[str, dict[str, float]]] = {k: {} for k in paths}
     for (k, mode), v in samples.items():
-        out[k][mode] = {"p50_ms": round(float(np.median(v)) * 1000, 3),
-                        "p90_ms": round(float(np.percentile(v, 90)) * 1000, 3), "n": len(v)}
+        st = latency_stats(v)
+        out[k][mode] = {"p50_ms": st["p50"], "p90_ms": st["p90"], "n": st["n"]}
     return out
 
 
@@ -132,7 +127,7 @@ def bench_model(m: dict[str, Any], work: Path, calib_count: int, rounds: int, it
 
     model = Path(m["model"])
     input_name, shape, _ = model_io(onnx.load(str(model)))
-    files = pick_calib_images(Path(m["calib"]), calib_count, seed=0)
+    files = pick_calib_images(Path(m["calib_images"]), calib_count, seed=0)
     reader = CalibReader(files, input_name, input_shape=shape, spec=PreprocessSpec())
     paths = {"fp32": model}
     build: dict[str, Any] = {}

@@ -4,14 +4,13 @@ evaluator's exact letterbox preprocessing."""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from tasks.preprocess import PreprocessSpec, list_images, preprocess_file
-from tasks.rundir import sha256_file, temp_sibling
+from tasks.rundir import atomic_writer, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -141,22 +140,14 @@ def write_calib_npy(path: Path, files: Sequence[Path], input_shape: Sequence[int
     """Preprocess images one at a time straight into a .npy (temporary name, then renamed); returns
     its sha256. Memory stays at one sample however many images there are."""
     _, c, h, w = input_shape
-    path = Path(path)
-    tmp = temp_sibling(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.lib.format.write_array_header_1_0(
-                f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
-                    "shape": (len(files), c, h, w)})
-            buf = np.empty((c, h, w), np.float32)
-            for p in files:
-                buf[...] = preprocess_file(p, (h, w), spec)[0]
-                f.write(buf.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_writer(path) as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                "shape": (len(files), c, h, w)})
+        buf = np.empty((c, h, w), np.float32)
+        for p in files:
+            buf[...] = preprocess_file(p, (h, w), spec)[0]
+            f.write(buf.tobytes())
     return sha256_file(path)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from tasks.rundir import atomic_write_text, temp_sibling
+from tasks.rundir import atomic_write_text, atomic_writer
 
 NUM_BINS = 2048   # signed, over [-amax, amax]
 QUANT_BINS = 128  # ORT's num_quantized_bins
@@ -152,9 +152,8 @@ def apply_calibration_cache(model_path: Path, cache_path: Path) -> int:
     model = onnx.load(str(model_path))
     present = {i.name for i in model.graph.initializer}
     replace_scale_values(model.graph, scales)
-    tmp = temp_sibling(Path(model_path))
-    onnx.save(model, str(tmp))
-    tmp.replace(model_path)
+    with atomic_writer(model_path) as f:
+        onnx.save(model, f)
     return sum(1 for k in scales if k in present)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import re
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,8 +20,8 @@ from typing import Any, Sequence
 import onnx
 
 from tasks.config import OrtCpuSettings
-from tasks.quantize import (PeakRSS, stderr_to, checked_qdq, decode_tail_nodes, head_final_convs, ort_cpu_kernels,
-                            quantizer_workspace)
+from tasks.quantize import (PeakRSS, stderr_to, checked_qdq, decode_tail_nodes, expand_exclusions, head_final_convs,
+                            ort_cpu_kernels, quantizer_workspace)
 from tasks.rundir import sha256_file
 
 log = logging.getLogger(__name__)
@@ -78,21 +77,6 @@ def with_min_opset(model_path: Path, work: Path, min_opset: int = MIN_OPSET) -> 
     out = Path(work) / f"opset{min_opset}.onnx"
     onnx.save(version_converter.convert_version(model, min_opset), str(out))
     return out, opset
-
-
-def expand_exclusions(model: onnx.ModelProto, patterns: Sequence[str]) -> list[str]:
-    """Node names matched from their start by the user's regexes (ORT wants exact names)."""
-    out = []
-    for pat in patterns:
-        try:
-            rx = re.compile(pat)
-        except re.error as e:
-            raise ValueError(f"--exclude-nodes pattern {pat!r} is not a valid regex ({e})") from e
-        hits = [n.name for n in model.graph.node if rx.match(n.name)]
-        if not hits:
-            log.warning("exclude-nodes pattern %r matches no node", pat)
-        out += hits
-    return out
 
 
 class MinMaxSafeReader:
@@ -152,7 +136,7 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
         log.warning("no YOLO head found in %s: nothing is kept in float for decoding", model_path.name)
     preset = head_final_convs(src) if settings.head_preset else []
     stem = stem_nodes(src) if settings.stem_float else []
-    user = expand_exclusions(src, exclude_nodes)
+    user = expand_exclusions(src, exclude_nodes, model_path.name)
     by_type = [n.name for n in src.graph.node if n.op_type in set(exclude_op_types)]
     excluded = list(dict.fromkeys(tail + preset + stem + user + by_type))
     vnni = cpu_has_vnni()

@@ -197,6 +197,22 @@ def ort_cpu_kernels(model_path: Path) -> dict[str, int]:
     return {k: counts[k] for k in keep if counts[k]}
 
 
+def expand_exclusions(model: onnx.ModelProto, patterns: Sequence[str], model_name: str = "the model") -> list[str]:
+    """Node names matched from their start by the user's --exclude-nodes regexes (ORT wants exact
+    names; ModelOpt takes the patterns but says nothing of a bad or unmatched one)."""
+    out = []
+    for pat in patterns:
+        try:
+            rx = re.compile(pat)
+        except re.error as e:
+            raise ValueError(f"--exclude-nodes pattern {pat!r} is not a valid regex ({e})") from e
+        hits = [n.name for n in model.graph.node if rx.match(n.name)]
+        if not hits:
+            log.warning("exclude-nodes pattern %r matches no node of %s", pat, model_name)
+        out += hits
+    return out
+
+
 @contextlib.contextmanager
 def quantizer_workspace(out_path: Path, log_path: Path, prefix: str) -> Iterator[tuple[Path, Path, Path]]:
     """(temporary model path, temporary log path, private work folder) for one quantizer call.
@@ -292,15 +308,7 @@ def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettin
         log.warning(r)
     op_excl = settings.effective_op_types_to_exclude()
     src_model = onnx.load(str(model_path))
-    node_names = [n.name for n in src_model.graph.node]
-    for pat in settings.exclude_nodes:
-        try:
-            rx = re.compile(pat)
-        except re.error as e:
-            raise ValueError(f"--exclude-nodes pattern {pat!r} is not a valid regex ({e})") from e
-        if not any(rx.match(n) for n in node_names):
-            log.warning("exclude-nodes pattern %r matches no node of %s", pat, model_path.name)
-
+    expand_exclusions(src_model, settings.exclude_nodes, model_path.name)  # checked here; ModelOpt takes the patterns
     nodes_excl = list(settings.exclude_nodes)
     preset = head_final_convs(src_model) if settings.head_preset else []
     nodes_excl += [re.escape(n) + "$" for n in preset]

@@ -7,6 +7,7 @@ one file system). A reader therefore sees either the old file, the new one, or n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import socket
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 
 def _tmp_path(path: Path) -> Path:
@@ -24,20 +25,28 @@ def _tmp_path(path: Path) -> Path:
     return Path(tmp)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
+@contextlib.contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that appears at `path` only when the block ends without error (written
+    under a temporary name, fsynced, renamed); on error the temporary file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    with atomic_writer(path) as f:
+        f.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -51,18 +60,9 @@ def atomic_write_json(path: Path, obj: Any) -> Path:
 def atomic_copy(src: Path, dst: Path) -> Path:
     """Copy under a temporary name, then rename. A real copy, not a hard link: damage to a cache
     entry must never reach a finished run's artifacts (or the other way round)."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(dst)
-    try:
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return dst
+    with open(src, "rb") as s, atomic_writer(dst) as d:
+        shutil.copyfileobj(s, d, 1 << 20)
+    return Path(dst)
 
 
 def temp_sibling(path: Path) -> Path:

@@ -164,20 +164,11 @@ def step_quantize(ctx: RunContext, calib: dict[str, Any], settings: QuantSetting
                         "calibration_eps": {k: rec[k] for k in ("calibration_eps_requested", "calibration_eps_passed",
                                                                 "calibration_eps_reasons", "calibration_ep_used",
                                                                 "ort_eps_enabled")},
-                        "inputs": {"model": {"path": str(cfg.model), "sha256": m["sha256"]},
-                                   "calibration": {"sha256": calib["sha256"], "count": calib["count"]}},
-                        "versions": ctx.versions, "wall_s": rec["wall_s"], "peak_rss_mib": rec["peak_rss_mib"],
+                        "wall_s": rec["wall_s"], "peak_rss_mib": rec["peak_rss_mib"],
                         "rss_growth_mib": rec["rss_growth_mib"], "metadata_props_restored": rec["metadata_props_restored"],
                         "head_preset_nodes": rec["head_preset_nodes"],
-                        "output_sha256": rec["onnx_sha256"], "seed": seed, "cache_key": key}
-            snapshot["entropy"] = rec["entropy"]
-            atomic_write_json(tdir / "config.json", snapshot)
-            atomic_write_json(tdir / "qdq-summary.json", rec["qdq"])
-            files = {"model.onnx": tdir / "model.onnx", "config.json": tdir / "config.json",
-                     "qdq-summary.json": tdir / "qdq-summary.json", "modelopt-onnx-ptq.log": tdir / "modelopt-onnx-ptq.log"}
-            if (tdir / "entropy-calibration.cache").exists():
-                files["entropy-calibration.cache"] = tdir / "entropy-calibration.cache"
-            entry = ctx.cache.put("quantize", key, files, {"wall_s": rec["wall_s"]})
+                        "output_sha256": rec["onnx_sha256"], "seed": seed, "entropy": rec["entropy"]}
+            entry = _cache_quantized(ctx, "quantize", key, calib, tdir, "modelopt-onnx-ptq.log", snapshot, rec)
     res = _quant_result(entry, cached, "tensorrt", settings=settings.model_dump())
     if publish:
         res = publish_quantized(ctx, res)
@@ -188,6 +179,21 @@ def step_quantize(ctx: RunContext, calib: dict[str, Any], settings: QuantSetting
 # The tensorrt target keeps the INT8 flow's original names.
 TARGET_LAYOUT = {"tensorrt": ("int8-qdq", "quantize-int8", "int8"),
                  "ort-cpu": ("int8-ort-cpu", "quantize-int8-ort-cpu", "int8-ort-cpu")}
+
+
+def _cache_quantized(ctx: RunContext, stage: str, key: str, calib: dict[str, Any], tdir: Path, log_name: str,
+                     snapshot: dict[str, Any], rec: dict[str, Any]) -> Any:
+    """Store a quantize step's output in the cache: the model and log its quantizer wrote into `tdir`,
+    config.json (the snapshot, with the inputs and versions it came from), qdq-summary.json, and the
+    entropy calibration cache where one was written."""
+    snapshot = {**snapshot, "inputs": {"model": {"path": str(ctx.cfg.model), "sha256": ctx.model["sha256"]},
+                                       "calibration": {"sha256": calib["sha256"], "count": calib["count"]}},
+                "versions": ctx.versions, "cache_key": key}
+    atomic_write_json(tdir / "config.json", snapshot)
+    atomic_write_json(tdir / "qdq-summary.json", rec["qdq"])
+    names = ["model.onnx", "config.json", "qdq-summary.json", log_name]
+    names += [n for n in ("entropy-calibration.cache",) if (tdir / n).exists()]
+    return ctx.cache.put(stage, key, {n: tdir / n for n in names}, {"wall_s": rec["wall_s"]})
 
 
 def _quant_result(entry: Any, cached: bool, target: str, **extra: Any) -> dict[str, Any]:
@@ -234,15 +240,8 @@ def step_quantize_ort_cpu(ctx: RunContext, calib: dict[str, Any]) -> dict[str, A
                         "settings": settings.model_dump(), "method_note": (
                             "ort-cpu calibrates asymmetric min/max; --method entropy applies to the tensorrt target"
                             if cfg.quant.method == "entropy" else None),
-                        "inputs": {"model": {"path": str(cfg.model), "sha256": m["sha256"]},
-                                   "calibration": {"sha256": calib["sha256"], "count": calib["count"]}},
-                        "versions": ctx.versions, "output_sha256": rec["onnx_sha256"], "cache_key": key}
-            atomic_write_json(tdir / "config.json", snapshot)
-            atomic_write_json(tdir / "qdq-summary.json", rec["qdq"])
-            entry = ctx.cache.put("quantize-ort-cpu", key, {
-                "model.onnx": tdir / "model.onnx", "config.json": tdir / "config.json",
-                "qdq-summary.json": tdir / "qdq-summary.json", "ort-quantize.log": tdir / "ort-quantize.log"},
-                {"wall_s": rec["wall_s"]})
+                        "output_sha256": rec["onnx_sha256"]}
+            entry = _cache_quantized(ctx, "quantize-ort-cpu", key, calib, tdir, "ort-quantize.log", snapshot, rec)
     return _timed(t0, publish_quantized(ctx, _quant_result(entry, cached, "ort-cpu")))
 
 
@@ -309,17 +308,15 @@ def execute(ctx: RunContext, call: Callable[..., Any] = direct) -> dict[str, Any
     targets: dict[str, dict[str, Any]] = {}
     extra: dict[str, Any] = {}
     for target in cfg.targets:
+        # task names follow the target's folders: quantize-int8, coco-eval-int8 (tensorrt, as the
+        # INT8 flow named them) and quantize-int8-ort-cpu, coco-eval-int8-ort-cpu
         _, qdir, which = TARGET_LAYOUT[target]
-        if target == "tensorrt":
-            quant = call("quantize-int8", step_quantize, ctx, calib)
-            smoke = call("smoke-inference", step_smoke, ctx, calib, quant)
-        else:
-            quant = call("quantize-int8-ort-cpu", step_quantize_ort_cpu, ctx, calib)
-            smoke = call("smoke-inference-ort-cpu", step_smoke, ctx, calib, quant, qdir)
+        step = step_quantize if target == "tensorrt" else step_quantize_ort_cpu
+        quant = call(qdir, step, ctx, calib)
+        smoke = call("smoke-inference" + which.removeprefix("int8"), step_smoke, ctx, calib, quant, qdir)
         if fp32 is None:
             fp32 = call("coco-eval-fp32", step_evaluate, ctx, "fp32", Path(cfg.model), ctx.model["sha256"])
-        suffix = "" if target == "tensorrt" else f"-{target}"
-        int8 = call(f"coco-eval-int8{suffix}", step_evaluate, ctx, which, Path(quant["onnx"]), quant["sha256"])
+        int8 = call(f"coco-eval-{which}", step_evaluate, ctx, which, Path(quant["onnx"]), quant["sha256"])
         if target == "tensorrt":
             # auto mode and the sensitivity ranking work on ModelOpt's Q/DQ model
             if cfg.accuracy_budget is not None:

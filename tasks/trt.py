@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tasks.runtime import probe_provider
+from tasks.runtime import latency_stats, probe_provider
 
 TRT = "TensorrtExecutionProvider"
 
@@ -24,7 +24,7 @@ def _p50(run: Callable[[], Any], warmup: int, iters: int) -> float:
         t0 = time.perf_counter()
         run()
         t.append(time.perf_counter() - t0)
-    return round(float(np.median(t)) * 1000, 3)
+    return latency_stats(t)["p50"]
 
 
 def tensorrt_timing(fp32_path: Path, qdq_path: Path, x: np.ndarray, input_name: str, warmup: int = 20,
