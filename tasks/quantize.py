@@ -272,18 +272,27 @@ def ort_quantization_restored() -> Iterator[None]:
     """Undo, on exit, the monkey-patches ModelOpt applies to onnxruntime.quantization.
 
     ModelOpt replaces ORT calibrator and quantizer methods process-wide when it runs (its
-    `patch_ort_modules`); an ORT `quantize_static` later in the same process (the ort-cpu target,
-    the peer benchmark) would then calibrate with ModelOpt's TensorRT-oriented behaviour."""
+    `patch_ort_modules`) and edits ORT's op registries in place (it deletes Sigmoid, Softmax,
+    Concat, Split ... from `QLinearOpsRegistry` and `QDQRegistry`, which decide what ORT's quantizer
+    quantizes by default); an ORT `quantize_static` later in the same process (the ort-cpu
+    target, the peer benchmark) would then quantize another set of ops, with ModelOpt's
+    TensorRT-oriented calibration. So both are restored: every attribute of the modules and their
+    classes, and the contents of their module-level dicts, lists and sets (in place: other modules
+    hold the same objects through `from ... import`)."""
+    import copy
     import inspect
 
     import onnxruntime.quantization  # noqa: F401  (loads the submodules snapshotted below)
 
     saved: list[tuple[Any, str, Any]] = []
+    contents: dict[int, tuple[Any, Any]] = {}
     for name, mod in list(sys.modules.items()):
         if not name.startswith("onnxruntime.quantization") or mod is None:
             continue
         for attr, val in list(vars(mod).items()):
             saved.append((mod, attr, val))
+            if isinstance(val, (dict, list, set)):
+                contents.setdefault(id(val), (val, copy.copy(val)))
             if inspect.isclass(val) and val.__module__ == name:
                 saved.extend((val, a, v) for a, v in list(vars(val).items()) if not a.startswith("__") or a == "__init__")
     try:
@@ -292,6 +301,14 @@ def ort_quantization_restored() -> Iterator[None]:
         for owner, attr, val in saved:
             if owner.__dict__.get(attr, None) is not val:
                 setattr(owner, attr, val)
+        for live, before in contents.values():
+            if live == before:
+                continue
+            if isinstance(live, list):
+                live[:] = before
+            else:
+                live.clear()
+                live.update(before)
 
 
 def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettings, out_path: Path,
