@@ -142,7 +142,7 @@ def regression_gate(s: dict[str, Any], budget_points: float | None) -> dict[str,
             f"INT8 within budget: drop {drop_points:.2f} points (budget {budget_points if budget_points is not None else 'off'})"}
 
 
-def _quant_lines(name: str, q: dict[str, Any], calib: dict[str, Any]) -> list[str]:
+def _quant_lines(q: dict[str, Any], calib: dict[str, Any]) -> list[str]:
     if q["target"] == "ort-cpu":
         k = q.get("ort_cpu_kernels", {})
         return [
@@ -207,8 +207,8 @@ def render_markdown(s: dict[str, Any]) -> str:
     ]
     cached = [k for k, v in s["cached"].items() if v]
     lines += ["", "## Quantization"]
-    for name, t in ts.items():
-        lines += _quant_lines(name, t["quantization"], s["calibration"])
+    for t in ts.values():
+        lines += _quant_lines(t["quantization"], s["calibration"])
     lines += ["", "## Smoke check (FP32 vs INT8 on calibration samples)"]
     for name, t in ts.items():
         sm = t["smoke"]
