@@ -49,6 +49,11 @@ def resolve_reduce_range(setting: str, vnni: bool | None) -> tuple[bool, str]:
 
 MIN_OPSET = 13
 
+# Part of the ort-cpu step's cache key: raised whenever the same inputs start giving another model,
+# so entries built by the older code are not reused. 2: ORT's op registries restored after ModelOpt
+# (before, an ort-cpu model built after a fresh ModelOpt run in the same process quantized fewer ops).
+BUILD_VERSION = 2
+
 
 def stem_nodes(model: onnx.ModelProto) -> list[str]:
     """The convolution that reads the model input, with its activation (SiLU = Sigmoid, Mul)."""

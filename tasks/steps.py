@@ -219,7 +219,7 @@ def publish_quantized(ctx: RunContext, quant: dict[str, Any]) -> dict[str, Any]:
 
 def step_quantize_ort_cpu(ctx: RunContext, calib: dict[str, Any]) -> dict[str, Any]:
     """The ort-cpu target (tasks/ortcpu.py), cached like the ModelOpt step and published under its own names."""
-    from tasks.ortcpu import build_ort_cpu, cpu_has_vnni
+    from tasks.ortcpu import BUILD_VERSION, build_ort_cpu, cpu_has_vnni
 
     t0 = time.perf_counter()
     cfg, m = ctx.cfg, ctx.model
@@ -228,7 +228,7 @@ def step_quantize_ort_cpu(ctx: RunContext, calib: dict[str, Any]) -> dict[str, A
         "model": m["sha256"], "calib": calib["sha256"], "settings": settings.model_dump(),
         "exclude_nodes": cfg.quant.exclude_nodes, "exclude_op_types": cfg.quant.exclude_op_types,
         # reduce_range "auto" resolves per CPU: a model built on another CPU kind is another entry
-        "cpu_vnni": cpu_has_vnni(), "versions": ctx.key_versions})
+        "cpu_vnni": cpu_has_vnni(), "build_version": BUILD_VERSION, "versions": ctx.key_versions})
     entry = ctx.cache.get("quantize-ort-cpu", key)
     cached = entry is not None
     if entry is None:
