@@ -54,11 +54,12 @@ def _publish_png(ctx: steps.RunContext) -> None:
 
     from prefect.artifacts import create_image_artifact
 
-    png = ctx.run_dir / "quantize-int8" / "sensitivity.png"
-    if png.is_file():
-        url = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
-        create_image_artifact(image_url=url, key=_artifact_key(f"sensitivity-{Path(ctx.cfg.model).stem}"),
-                              description="INT8 sensitivity by block")
+    for target in ctx.cfg.targets:
+        png = ctx.run_dir / steps.TARGET_LAYOUT[target][1] / "sensitivity.png"
+        if png.is_file():
+            url = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+            create_image_artifact(image_url=url, key=_artifact_key(f"sensitivity-{Path(ctx.cfg.model).stem}-{target}"),
+                                  description=f"INT8 sensitivity by module, {target}")
 
 
 def _artifact_key(text: str) -> str:
@@ -75,7 +76,7 @@ def int8_flow(config: RunConfig = RunConfig()) -> dict:
     logger.info("run folder: %s", ctx.run_dir)
     try:
         summary = steps.execute(ctx, call=as_task)
-        if "sensitivity" in summary:
+        if ctx.cfg.sensitivity or ctx.cfg.accuracy_budget is not None:
             _publish_png(ctx)
         key = _artifact_key(f"int8-{Path(ctx.cfg.model).stem}")
         create_markdown_artifact(markdown=render_markdown(summary), key=f"{key}-report",
@@ -120,8 +121,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path | None, dict[str, An
     ap.add_argument("--calib-eps", type=_csv, help="calibration EPs in priority order (default cuda:0,cpu)")
     ap.add_argument("--exclude-nodes", nargs="+", help="node-name regexes kept in float (matched from the start)")
     ap.add_argument("--exclude-op-types", nargs="+", help="op types kept in float")
-    ap.add_argument("--no-head-preset", dest="head_preset", action="store_false",
-                    help="quantize the detection head's final convolutions too (kept in float by default)")
+    ap.add_argument("--head-preset", action="store_true",
+                    help="tensorrt: ModelOpt keeps the head's final convolutions in float whatever they cost")
     ap.add_argument("--quantize-topk", action="store_true", help="let ModelOpt quantize the TopK inputs too")
     ap.add_argument("--high-precision-dtype", choices=["fp32", "fp16"], help="default fp32 (ORT validation)")
     ap.add_argument("--providers", type=_csv, help="evaluation EPs in priority order (default cuda,cpu)")
@@ -131,18 +132,30 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path | None, dict[str, An
     ap.add_argument("--class-map", type=lambda v: [int(x) for x in _csv(v)], help="category id per class index")
     ap.add_argument("--ort-reduce-range", dest="reduce_range", choices=["auto", "on", "off"],
                     help="ort-cpu: 7-bit weights (default auto: on for x86 CPUs without VNNI)")
-    ap.add_argument("--no-ort-head-preset", dest="ort_head_preset", action="store_false",
-                    help="ort-cpu: quantize the head's final convolutions too (kept in float by default)")
-    ap.add_argument("--no-ort-stem-float", dest="ort_stem_float", action="store_false",
-                    help="ort-cpu: quantize the first convolution too (kept in float by default)")
+    ap.add_argument("--ort-calibration", dest="ort_calibrate_method", choices=["minmax", "percentile", "entropy"],
+                    help="ort-cpu: ONNX Runtime's calibration method for every activation (default minmax)")
+    ap.add_argument("--ort-head-preset", action="store_true",
+                    help="ort-cpu: ORT keeps the head's final convolutions in float whatever they cost")
+    ap.add_argument("--ort-stem-float", action="store_true",
+                    help="ort-cpu: keep the first convolution in float")
+    ap.add_argument("--no-head-float", dest="head_float", action="store_false",
+                    help="recovery: quantize the head's final convolutions even when keeping them float is cheap")
     ap.add_argument("--run-root", help="where run folders go (default tmp/<model-stem>_lowbit)")
     ap.add_argument("--run-id", help="run folder name (default a timestamp)")
     ap.add_argument("--cache-dir", help="step cache (default <run-root>/.cache)")
     ap.add_argument("--max-map-drop", type=float, help="regression gate: fail when INT8 mAP50-95 is more than "
                                                          "this many points below FP32 (default 1.0)")
-    ap.add_argument("--accuracy-budget", type=float, help="auto mode: keep the most sensitive blocks in float "
-                                                            "until INT8 mAP50-95 is within this many points")
-    ap.add_argument("--sensitivity", action="store_true", help="rank blocks by quantization sensitivity")
+    ap.add_argument("--accuracy-budget", type=float, help="auto mode, every target: keep the most sensitive layers "
+                                                            "in float until INT8 mAP50-95 is within this many points")
+    ap.add_argument("--sensitivity", action="store_true", help="rank layers by quantization sensitivity")
+    ap.add_argument("--no-bias-correction", dest="bias_correction", action="store_const", const=[],
+                    help="no fast bias correction on any target (on for every target by default)")
+    ap.add_argument("--float-nsr-above", type=lambda v: None if v.lower() in ("none", "off") else float(v),
+                    help="keep layers whose local noise-to-signal ratio exceeds this in float (default 0.02; off)")
+    ap.add_argument("--float-mac-cap", type=float, help="share of convolution MACs the plain run may keep in float "
+                                                          "(default 0.03)")
+    ap.add_argument("--guard-min-mac-share", type=float, help="auto mode keeps at least this share of convolution "
+                                                                "MACs in INT8 (default 0.95)")
     ap.add_argument("--no-gate", dest="max_map_drop", action="store_const", const=None,
                     help="disable the regression gate")
     ns = vars(ap.parse_args(argv))
@@ -150,16 +163,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path | None, dict[str, An
     quant_keys = {"method", "calib_eps", "exclude_nodes", "exclude_op_types", "quantize_topk", "high_precision_dtype",
                   "head_preset"}
     eval_keys = {"providers", "strict_providers", "threads", "output_format", "class_map"}
+    recovery_keys = {"bias_correction", "float_nsr_above", "float_mac_cap", "head_float"}
     values: dict[str, Any] = {}
     for k, v in ns.items():
         if k == "reduce_range":
             values.setdefault("ort_cpu", {})["reduce_range"] = v
-        elif k in ("ort_head_preset", "ort_stem_float"):
+        elif k in ("ort_head_preset", "ort_stem_float", "ort_calibrate_method"):
             values.setdefault("ort_cpu", {})[k.removeprefix("ort_")] = v
         elif k in quant_keys:
             values.setdefault("quant", {})[k] = v
         elif k in eval_keys:
             values.setdefault("eval", {})[k] = v
+        elif k in recovery_keys:
+            values.setdefault("recovery", {})[k] = v
         else:
             values[k] = v
     return config_file, values

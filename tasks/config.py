@@ -37,9 +37,9 @@ class QuantSettings(BaseModel):
     exclude_op_types: list[str] = Field(default_factory=list)
     quantize_topk: bool = Field(False, description="let ModelOpt put Q/DQ on the post-processing TopK inputs "
                                                     "(coarsens YOLOv10 output scores to a few levels)")
-    head_preset: bool = Field(True, description="keep the detection head's final convolutions (those feeding the "
-                                                "box/score outputs) in float; on by default because it measured "
-                                                "better on both bundled references (README)")
+    head_preset: bool = Field(False, description="ModelOpt itself keeps the detection head's final convolutions in "
+                                                 "float, whatever they cost (recovery.head_float does it within "
+                                                 "a MAC budget, the default)")
     high_precision_dtype: Literal["fp32", "fp16"] = Field(
         "fp32", description="fp32 while validation runs on ONNX Runtime; fp16 for TensorRT deployment")
 
@@ -76,12 +76,38 @@ class OrtCpuSettings(BaseModel):
     reduce_range: Literal["auto", "on", "off"] = Field(
         "auto", description="7-bit weights; auto: on for x86 CPUs without VNNI, whose u8 x s8 instruction "
                             "(vpmaddubsw) saturates with full-range weights")
-    head_preset: bool = Field(True, description="also keep the head's final convolutions in float (the decode "
-                                                "after them always stays float)")
-    stem_float: bool = Field(True, description="keep the first convolution (on the 3-channel image) in float: "
-                                               "integer kernels gain little there and its error reaches everything")
+    head_preset: bool = Field(False, description="ORT itself keeps the head's final convolutions in float whatever "
+                                                 "they cost (recovery.head_float does it within a MAC budget, the "
+                                                 "default); the decode after them always stays float")
+    stem_float: bool = Field(False, description="keep the first convolution (on the 3-channel image) in float "
+                                                "(YOLOv5n: 8% of the MACs; the NSR rule keeps it when it matters)")
+    calibrate_method: Literal["minmax", "percentile", "entropy"] = Field(
+        "minmax", description="ONNX Runtime's CalibrationMethod for every activation: minmax (asymmetric, one "
+                              "streamed pass), percentile or entropy (histograms; ORT keeps every sample's "
+                              "activations in memory until the end)")
+    percentile: float = Field(99.999, gt=90, le=100, description="the percentile of calibrate_method=percentile")
     calib_merge_every: int = Field(8, ge=1, le=1024, description="samples whose min/max ORT keeps before "
                                                                 "merging them (bounds calibration memory)")
+
+
+class RecoverySettings(BaseModel):
+    """What keeps layers in INT8 after PTQ, for every target (tasks/recovery.py); measured on the
+    real models in ../shared and the demo (README, "Accuracy guard")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bias_correction: list[Target] = Field(
+        default_factory=lambda: ["tensorrt", "ort-cpu"],
+        description="targets whose quantized convolutions get fast bias correction (each bias shifted by the "
+                    "mean FP32-minus-INT8 output per channel over the calibration samples)")
+    head_float: bool = Field(True, description="keep the detection head's final convolutions (those that form boxes "
+                                                "and scores) in float when together they fit under float_mac_cap")
+    float_nsr_above: float | None = Field(
+        0.02, ge=0, le=1, description="then keep in float the layers whose local noise-to-signal ratio on the "
+                                      "calibration samples exceeds this, most sensitive first (null: none)")
+    float_mac_cap: float = Field(0.03, ge=0, le=1, description="the plain run keeps at most this share of all "
+                                                               "convolution MACs in float (head first, then NSR)")
+    stats_samples: int = Field(32, ge=1, le=1024, description="calibration samples for the per-layer statistics")
 
 
 class RunConfig(BaseModel):
@@ -105,6 +131,7 @@ class RunConfig(BaseModel):
                                               "INT8 for ONNX Runtime's CPU EP; several are evaluated side by side")
     quant: QuantSettings = Field(default_factory=QuantSettings)
     ort_cpu: OrtCpuSettings = Field(default_factory=OrtCpuSettings)
+    recovery: RecoverySettings = Field(default_factory=RecoverySettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     smoke_samples: int = Field(4, ge=1, le=64)
     smoke_conf: float = Field(0.25, gt=0, lt=1)
@@ -116,13 +143,26 @@ class RunConfig(BaseModel):
                                "(0.01 each) below FP32 (a negative budget demands a gain); null disables the gate")
 
     accuracy_budget: float | None = Field(
-        None, ge=0, le=100, description="auto mode: largest mAP50-95 drop (points) INT8 may show; the most "
-                                         "sensitive blocks are kept in float until it fits")
-    sensitivity: bool = Field(False, description="rank blocks by quantization sensitivity (on in auto mode)")
-    sensitivity_samples: int = Field(16, ge=1, le=256)
-    guard_max_exclusions: int = Field(6, ge=1, le=64, description="blocks auto mode may keep in float at most")
-    guard_min_conv_share: float = Field(0.5, ge=0, le=1, description="auto mode stops before fewer convolutions "
-                                                                       "than this share stay quantized")
+        None, ge=0, le=100, description="auto mode, for every target: largest mAP50-95 drop (points) INT8 may show; "
+                                         "the most sensitive layers are kept in float until it fits")
+    sensitivity: bool = Field(False, description="rank layers by quantization sensitivity (on in auto mode)")
+    guard_max_exclusions: int = Field(16, ge=1, le=256, description="layers auto mode may keep in float at most")
+    guard_min_mac_share: dict[Target, float] = Field(
+        default_factory=lambda: {"tensorrt": 0.97, "ort-cpu": 0.95},
+        description="auto mode never lets the share of convolution MACs that run in INT8 fall below this, per "
+                    "target (one number sets every target)")
+
+    @field_validator("guard_min_mac_share", mode="before")
+    @classmethod
+    def _share_per_target(cls, v: Any) -> Any:
+        if isinstance(v, (int, float)):
+            v = {"tensorrt": v, "ort-cpu": v}
+        if isinstance(v, dict) and any(not 0 <= float(x) <= 1 for x in v.values()):
+            raise ValueError("guard_min_mac_share: a share between 0 and 1")
+        return v
+
+    def min_mac_share(self, target: str) -> float:
+        return self.guard_min_mac_share.get(target, 0.95)  # type: ignore[call-overload]
 
     @field_validator("targets")
     @classmethod
@@ -135,9 +175,6 @@ class RunConfig(BaseModel):
     def _one_calibration_source(self) -> "RunConfig":
         if self.calib is not None and self.calib_images is not None:
             raise ValueError("give either calib (a tensor file) or calib_images (a folder), not both")
-        if (self.accuracy_budget is not None or self.sensitivity) and "tensorrt" not in self.targets:
-            raise ValueError("auto mode and the sensitivity ranking work on the tensorrt target (ModelOpt's Q/DQ "
-                             "model): add tensorrt to --target, or drop --accuracy-budget/--sensitivity")
         return self
 
     def resolved(self) -> "RunConfig":

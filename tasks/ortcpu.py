@@ -147,7 +147,11 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
     vnni = cpu_has_vnni()
     reduce_range, rr_reason = resolve_reduce_range(settings.reduce_range, vnni)
     act = QuantType.QUInt8 if settings.activation_type == "uint8" else QuantType.QInt8
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[settings.calibrate_method]
     extra: dict[str, Any] = {"CalibMaxIntermediateOutputs": settings.calib_merge_every}
+    if settings.calibrate_method == "percentile":
+        extra["CalibPercentile"] = settings.percentile
     if tensor_overrides:
         extra["TensorQuantOverrides"] = tensor_overrides
     safe = MinMaxSafeReader(reader, settings.calib_merge_every)
@@ -157,17 +161,18 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
         with PeakRSS() as mem, stderr_to(tmp_log):
             quantize_static(str(src_path), str(tmp_out), safe, quant_format=QuantFormat.QDQ,
                             activation_type=act, weight_type=QuantType.QInt8, per_channel=settings.per_channel,
-                            reduce_range=reduce_range, calibrate_method=CalibrationMethod.MinMax,
+                            reduce_range=reduce_range, calibrate_method=method,
                             nodes_to_exclude=excluded, extra_options=extra,
                             calibration_providers=["CPUExecutionProvider"])
         wall = time.perf_counter() - t0
         restored, summary = checked_qdq(
             src, tmp_out, "ONNX Runtime", f"{len(excluded)} nodes kept in float: the decode, the head preset, the stem "
-            "and your exclusions; for a model this small try --no-ort-stem-float / --no-ort-head-preset")
+            "and your exclusions; for a model this small drop --ort-stem-float / --ort-head-preset")
         kernels = ort_cpu_kernels(tmp_out)
         os.replace(tmp_out, out_path)
     return {
-        "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "calibration": "minmax (asymmetric)",
+        "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+        "calibration": "minmax (asymmetric)" if settings.calibrate_method == "minmax" else settings.calibrate_method,
         "activation_type": settings.activation_type, "weight_type": "int8", "per_channel": settings.per_channel,
         "reduce_range": reduce_range, "reduce_range_reason": rr_reason, "cpu_vnni": vnni,
         "decode_tail_nodes": tail, "head_preset_nodes": preset, "stem_nodes": stem, "excluded_nodes": user,

@@ -42,7 +42,8 @@ def _quantization_tensorrt(cfg, quant: dict[str, Any]) -> dict[str, Any]:
 def _quantization_ort_cpu(cfg, quant: dict[str, Any]) -> dict[str, Any]:
     c = quant["config"]
     return {
-        "tool": c["tool"], "quantize_mode": "int8", "target": "ort-cpu", "method": "minmax",
+        "tool": c["tool"], "quantize_mode": "int8", "target": "ort-cpu",
+        "method": (c.get("settings") or {}).get("calibrate_method", "minmax"),
         "calibration_ep_used": "CPUExecutionProvider",
         "activation_type": c["activation_type"], "weight_type": c["weight_type"], "per_channel": c["per_channel"],
         "reduce_range": c["reduce_range"], "reduce_range_reason": c["reduce_range_reason"],
@@ -56,6 +57,17 @@ def _quantization_ort_cpu(cfg, quant: dict[str, Any]) -> dict[str, Any]:
         "onnx": quant["onnx"], "sha256": quant["sha256"], "size_bytes": Path(quant["onnx"]).stat().st_size,
         "wall_s": c["wall_s"], "peak_rss_mib": c["peak_rss_mib"], "note": c.get("method_note"),
     }
+
+
+def _recovery(quant: dict[str, Any]) -> dict[str, Any]:
+    """What recovery did (tasks/recovery.py) and how much of the convolution work runs in INT8."""
+    rec = quant["config"].get("recovery") or {}
+    q = quant["qdq"]
+    return {"int8_conv_mac_share": q.get("int8_conv_mac_share"), "int8_convs": q.get("int8_convs"),
+            "float_convs": q.get("float_convs", []),
+            "recovery": {"bias_correction": rec.get("bias_correction"), "float_layers": rec.get("float_layers", []),
+                         "float_by_nsr_rule": rec.get("float_by_nsr_rule", []), "nsr_rule": rec.get("nsr_rule"),
+                         "half_float_layers_fixed": len(rec.get("half_float_layers_fixed", []))}}
 
 
 def _smoke(smoke: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +90,8 @@ def build_summary(ctx, calib: dict[str, Any], targets: dict[str, dict[str, Any]]
     per: dict[str, dict[str, Any]] = {}
     for name, r in targets.items():
         q = _quantization_tensorrt(cfg, r["quant"]) if name == "tensorrt" else _quantization_ort_cpu(cfg, r["quant"])
-        per[name] = {"quantization": q, "smoke": _smoke(r["smoke"]), "int8": _side(r["int8"]),
+        q.update(_recovery(r["quant"]))
+        per[name] = {"quantization": q, **{k: r[k] for k in ("accuracy_guard", "sensitivity") if k in r}, "smoke": _smoke(r["smoke"]), "int8": _side(r["int8"]),
                      "delta": _delta(fp32, r["int8"]),
                      "cached": {"quantize": bool(r["quant"]["cached"]), "int8_eval": bool(r["int8"].get("cached"))},
                      "timings_s": {"quantize": r["quant"].get("step_wall_s"), "smoke": r["smoke"].get("step_wall_s"),
@@ -111,6 +124,7 @@ def build_summary(ctx, calib: dict[str, Any], targets: dict[str, dict[str, Any]]
                     "int8_providers": p["providers"]},
         "versions": ctx.versions,
     }
+    summary.update({k: p[k] for k in ("accuracy_guard", "sensitivity") if k in p})
     if len(per) > 1:
         summary["targets"] = {n: {k: v for k, v in t.items() if k not in ("cached", "timings_s")} for n, t in per.items()}
     return summary
@@ -120,7 +134,8 @@ def per_target(s: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{target: its quantization/int8/delta/smoke}, for one target or several."""
     if s.get("targets"):
         return s["targets"]
-    return {s.get("quantization", {}).get("target", "tensorrt"): {k: s.get(k) for k in ("quantization", "int8", "delta", "smoke")}}
+    return {s.get("quantization", {}).get("target", "tensorrt"): {k: s.get(k) for k in ("quantization", "int8", "delta", "smoke", "accuracy_guard", "sensitivity")
+                                                                         if k in s}}
 
 
 def regression_gate(s: dict[str, Any], budget_points: float | None) -> dict[str, Any]:
@@ -146,8 +161,8 @@ def _quant_lines(q: dict[str, Any], calib: dict[str, Any]) -> list[str]:
     if q["target"] == "ort-cpu":
         k = q.get("ort_cpu_kernels", {})
         return [
-            f"- **ort-cpu**: ONNX Runtime `quantize_static`, QDQ, {q['activation_type']} activations (asymmetric "
-            f"min/max on {calib['count']} samples), int8 {'per-channel' if q['per_channel'] else 'per-tensor'} weights; "
+            f"- **ort-cpu**: ONNX Runtime `quantize_static`, QDQ, {q['activation_type']} activations ({q['method']} "
+            f"calibration on {calib['count']} samples), int8 {'per-channel' if q['per_channel'] else 'per-tensor'} weights; "
             f"{q['reduce_range_reason']}",
             f"- ort-cpu: kept in float: {q['decode_tail_nodes_float']} decode nodes after the head, "
             f"{len(q.get('head_preset_nodes', []))} final head convolutions (preset), "
@@ -170,6 +185,48 @@ def _quant_lines(q: dict[str, Any], calib: dict[str, Any]) -> list[str]:
         + (f" ({', '.join(q['head_preset_nodes'])})" if q["head_preset_nodes"] else " (preset off or no head found)"),
     ]
     lines += [f"- {r}" for r in q["calibration_ep_reasons"]]
+    return lines
+
+
+def _mac_lines(name: str, q: dict[str, Any]) -> list[str]:
+    if q.get("int8_conv_mac_share") is None:
+        return []
+    rec = q.get("recovery") or {}
+    bc = rec.get("bias_correction")
+    floats = [f for f in q.get("float_convs", []) if f["mac_share"] > 0]
+    lines = [f"- {name}: **{q['int8_conv_mac_share'] * 100:.1f}% of convolution MACs in INT8** "
+             f"({q.get('int8_convs')} convolutions); bias correction: "
+             + (f"{bc['layers']} convolutions (largest shift {bc['largest_shift']:.4g})" if bc else "off")
+             + (f"; layers kept in float by the NSR rule: {len(rec['float_by_nsr_rule'])}" if rec.get("float_by_nsr_rule")
+                else "")]
+    if floats:
+        lines.append(f"- {name}: in float (share of convolution MACs): "
+                     + ", ".join(f"`{f['layer']}` {f['mac_share'] * 100:.2f}%" for f in floats[:12])
+                     + (f", and {len(floats) - 12} more" if len(floats) > 12 else ""))
+    return lines
+
+
+def _guard_lines(name: str, g: dict[str, Any]) -> list[str]:
+    lines = ["", f"## Accuracy guard, {name} (budget {g['budget']:g} mAP50-95 points)", f"- {g['reason']}",
+             f"- chosen: **{g['chosen']['name']}**, {(g.get('int8_conv_mac_share') or 0) * 100:.1f}% of convolution "
+             f"MACs in INT8; chosen on {g.get('chosen_on', 'the evaluated subset')}",
+             "", "| candidate | method | layers in float | mAP50-95 | drop (pt) | p50 ms | conv MACs in INT8 |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for c in g["candidates"]:
+        fl = c.get("float_layers", [])
+        lines.append(f"| {c['name']} | {c['method']} | {len(fl)}{': ' + ', '.join(f'`{x}`' for x in fl[:4]) if fl else ''}"
+                     f"{' ...' if len(fl) > 4 else ''} | {c['map50_95']:.4f} | {c['drop_points']:.2f} | "
+                     f"{c['latency_p50_ms']:.2f} | {(c.get('int8_conv_mac_share') or 0) * 100:.1f}% |")
+    return lines
+
+
+def _sensitivity_lines(name: str, sens: dict[str, Any], qdir: str) -> list[str]:
+    lines = ["", f"## Sensitivity, {name} (top 10 layers; {sens['metric']})", "",
+             "| rank | layer | NSR | share of conv MACs |", "|---:|---|---:|---:|"]
+    for r in sens["layers"][:10]:
+        lines.append(f"| {r['rank']} | `{r['layer']}` | {r['nsr']:.4f} | {r['mac_share'] * 100:.2f}% |")
+    lines += ["", "By module: " + ", ".join(f"`{b['block']}` {b['cost']:.4f}" for b in sens["blocks"][:8]),
+              f"\n![sensitivity {name}](../{qdir}/sensitivity.png)"]
     return lines
 
 
@@ -207,8 +264,9 @@ def render_markdown(s: dict[str, Any]) -> str:
     ]
     cached = [k for k, v in s["cached"].items() if v]
     lines += ["", "## Quantization"]
-    for t in ts.values():
+    for name, t in ts.items():
         lines += _quant_lines(t["quantization"], s["calibration"])
+        lines += _mac_lines(name, t["quantization"])
     lines += ["", "## Smoke check (FP32 vs INT8 on calibration samples)"]
     for name, t in ts.items():
         sm = t["smoke"]
@@ -227,22 +285,14 @@ def render_markdown(s: dict[str, Any]) -> str:
         lines.append("- some evaluations come from the cache (" + ", ".join(k for k, v in evals.items() if v) + "): their "
                      "latency was measured in an earlier run, so latency ratios compare different moments of this "
                      "machine; bench/targets.py times every variant interleaved")
-    if s.get("accuracy_guard"):
-        g = s["accuracy_guard"]
-        lines += ["", f"## Accuracy guard (budget {g['budget']:g} mAP50-95 points)", f"- {g['reason']}",
-                  f"- chosen: **{g['chosen']['name']}**, {g['quantized_conv_share'] * 100:.1f}% of convolutions quantized",
-                  "", "| candidate | method | blocks in float | mAP50-95 | drop (pt) | p50 ms | convs quantized |",
-                  "|---|---|---|---:|---:|---:|---:|"]
-        for c in g["candidates"]:
-            lines.append(f"| {c['name']} | {c['method']} | {', '.join(c['excluded_blocks']) or '-'} | "
-                         f"{c['map50_95']:.4f} | {c['drop_points']:.2f} | {c['latency_p50_ms']:.2f} | "
-                         f"{(c['quantized_conv_share'] or 0) * 100:.1f}% |")
-    if s.get("sensitivity"):
-        lines += ["", "## Sensitivity (cost of quantizing each block alone; top 10)",
-                  "", "| rank | block | quantizable nodes | cost | detection F1 vs FP32 |", "|---:|---|---:|---:|---:|"]
-        for r in s["sensitivity"][:10]:
-            lines.append(f"| {r['rank']} | `{r['block']}` | {r['nodes']} | {r['cost']:.4f} | {r.get('f1', 1.0):.3f} |")
-        lines.append("\n![sensitivity](../quantize-int8/sensitivity.png)")
+    from tasks.steps import TARGET_LAYOUT
+
+    qdirs = {n: v[1] for n, v in TARGET_LAYOUT.items()}
+    for name, t in ts.items():
+        if t.get("accuracy_guard"):
+            lines += _guard_lines(name, t["accuracy_guard"])
+        if t.get("sensitivity"):
+            lines += _sensitivity_lines(name, t["sensitivity"], qdirs.get(name, "quantize-int8"))
     gate = s.get("gate")
     if gate:
         lines.insert(2, f"**Regression gate: {'passed' if gate['passed'] else 'FAILED'}** - {gate['message']}\n")

@@ -217,7 +217,7 @@ def publish_quantized(ctx: RunContext, quant: dict[str, Any]) -> dict[str, Any]:
     return {**quant, "onnx": str(onnx_out)}
 
 
-def step_quantize_ort_cpu(ctx: RunContext, calib: dict[str, Any]) -> dict[str, Any]:
+def step_quantize_ort_cpu(ctx: RunContext, calib: dict[str, Any], publish: bool = True) -> dict[str, Any]:
     """The ort-cpu target (tasks/ortcpu.py), cached like the ModelOpt step and published under its own names."""
     from tasks.ortcpu import BUILD_VERSION, build_ort_cpu, cpu_has_vnni
 
@@ -242,7 +242,8 @@ def step_quantize_ort_cpu(ctx: RunContext, calib: dict[str, Any]) -> dict[str, A
                             if cfg.quant.method == "entropy" else None),
                         "output_sha256": rec["onnx_sha256"]}
             entry = _cache_quantized(ctx, "quantize-ort-cpu", key, calib, tdir, "ort-quantize.log", snapshot, rec)
-    return _timed(t0, publish_quantized(ctx, _quant_result(entry, cached, "ort-cpu")))
+    res = _quant_result(entry, cached, "ort-cpu")
+    return _timed(t0, publish_quantized(ctx, res) if publish else res)
 
 
 def step_smoke(ctx: RunContext, calib: dict[str, Any], quant: dict[str, Any], qdir: str = "quantize-int8") -> dict[str, Any]:
@@ -300,35 +301,44 @@ def step_report(ctx: RunContext, calib: dict[str, Any], targets: dict[str, dict[
     return summary
 
 
+def _raw_quantize(ctx: RunContext, calib: dict[str, Any], target: str,
+                  settings: QuantSettings | None = None) -> dict[str, Any]:
+    """The quantizer's own output for a target (cached, not published): refine_step finishes it."""
+    if target == "tensorrt":
+        return step_quantize(ctx, calib, settings, publish=False)
+    return step_quantize_ort_cpu(ctx, calib, publish=False)
+
+
 def execute(ctx: RunContext, call: Callable[..., Any] = direct) -> dict[str, Any]:
     """Every stage after prepare_run, in order; `call(name, fn, *args)` runs each one."""
     cfg = ctx.cfg
     calib = call("calibration", step_calibration, ctx)
     fp32: dict[str, Any] | None = None
     targets: dict[str, dict[str, Any]] = {}
-    extra: dict[str, Any] = {}
     for target in cfg.targets:
         # task names follow the target's folders: quantize-int8, coco-eval-int8 (tensorrt, as the
         # INT8 flow named them) and quantize-int8-ort-cpu, coco-eval-int8-ort-cpu
         _, qdir, which = TARGET_LAYOUT[target]
-        step = step_quantize if target == "tensorrt" else step_quantize_ort_cpu
-        quant = call(qdir, step, ctx, calib)
-        smoke = call("smoke-inference" + which.removeprefix("int8"), step_smoke, ctx, calib, quant, qdir)
+        raw = call(qdir, _raw_quantize, ctx, calib, target)
+        quant = call(f"recover{which.removeprefix('int8')}", step_refine, ctx, calib, raw)
+        auto = cfg.accuracy_budget is not None
+        # in auto mode the smoke check judges the chosen model (a collapsed candidate is for the guard to reject)
+        smoke = None if auto else call("smoke-inference" + which.removeprefix("int8"), step_smoke, ctx, calib, quant, qdir)
         if fp32 is None:
             fp32 = call("coco-eval-fp32", step_evaluate, ctx, "fp32", Path(cfg.model), ctx.model["sha256"])
         int8 = call(f"coco-eval-{which}", step_evaluate, ctx, which, Path(quant["onnx"]), quant["sha256"])
-        if target == "tensorrt":
-            # auto mode and the sensitivity ranking work on ModelOpt's Q/DQ model
-            if cfg.accuracy_budget is not None:
-                g = call("accuracy-guard", step_accuracy_guard, ctx, calib, quant, fp32, int8)
-                if g["quant"]["sha256"] != quant["sha256"]:
-                    smoke = call("smoke-inference-chosen", step_smoke, ctx, calib, g["quant"])
-                quant, int8 = g["quant"], g["int8"]
-                extra = {"sensitivity": g["sensitivity"], "accuracy_guard": g["guard"]}
-            elif cfg.sensitivity:
-                extra = {"sensitivity": call("sensitivity", step_sensitivity, ctx, calib, quant)}
-        targets[target] = {"quant": quant, "smoke": smoke, "int8": int8}
-    return call("report", step_report, ctx, calib, targets, fp32, extra)
+        extra: dict[str, Any] = {}
+        if auto:
+            g = call(f"accuracy-guard{which.removeprefix('int8')}", step_accuracy_guard, ctx, calib, raw, quant,
+                     fp32, int8)
+            quant, int8 = g["quant"], g["int8"]
+            smoke = call("smoke-inference" + which.removeprefix("int8"), step_smoke, ctx, calib, quant, qdir)
+            extra = {"sensitivity": g["sensitivity"], "accuracy_guard": g["guard"]}
+        elif cfg.sensitivity:
+            extra = {"sensitivity": call(f"sensitivity{which.removeprefix('int8')}", step_sensitivity, ctx, calib,
+                                         raw, quant)}
+        targets[target] = {"quant": quant, "smoke": smoke, "int8": int8, **extra}
+    return call("report", step_report, ctx, calib, targets, fp32, {})
 
 
 def run_int8(cfg: RunConfig) -> dict[str, Any]:
@@ -347,91 +357,198 @@ def run_int8(cfg: RunConfig) -> dict[str, Any]:
     return summary
 
 
-def step_sensitivity(ctx: RunContext, calib: dict[str, Any], quant: dict[str, Any]) -> list[dict[str, Any]]:
-    """Blocks ranked by what quantizing each alone costs; cached by model, Q/DQ model and samples."""
-    from tasks.sensitivity import analyse, plot_sensitivity
+def step_layer_stats(ctx: RunContext, calib: dict[str, Any], raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-layer statistics of a quantizer's output on the calibration samples (tasks/recovery.py),
+    cached by the FP32 and Q/DQ model bytes, the calibration bytes and the sample count."""
+    from tasks.recovery import compute_stats, stats_from_arrays, stats_to_arrays
 
     cfg, m = ctx.cfg, ctx.model
-    key = cache_key("sensitivity", {"model": m["sha256"], "qdq": quant["sha256"], "calib": calib["sha256"],
-                                    "samples": cfg.sensitivity_samples, "conf": cfg.smoke_conf,
-                                    "versions": ctx.key_versions})
-    entry = ctx.cache.get("sensitivity", key)
+    n = min(cfg.recovery.stats_samples, calib["count"])
+    key = cache_key("layer-stats", {"model": m["sha256"], "qdq": raw["sha256"], "calib": calib["sha256"],
+                                    "samples": n, "version": RECOVERY_VERSION, "versions": ctx.key_versions})
+    entry = ctx.cache.get("layer-stats", key)
     if entry is None:
-        samples = np.asarray(_calib_array(ctx, calib)[: cfg.sensitivity_samples], dtype=np.float32)
-        rows = analyse(Path(cfg.model), Path(quant["onnx"]), m["input"], samples, m["output_format"],
-                       conf=cfg.smoke_conf, threads=cfg.eval.threads)
+        arr = _calib_array(ctx, calib)
+        samples = [np.asarray(arr[i:i + 1], dtype=np.float32) for i in range(n)]
+        stats = compute_stats(Path(cfg.model), Path(raw["onnx"]), samples, m["input"], cfg.eval.threads)
+        shifts, meta = stats_to_arrays(stats)
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
-            atomic_write_json(Path(td) / "sensitivity.json", rows)
-            entry = ctx.cache.put("sensitivity", key, {"sensitivity.json": Path(td) / "sensitivity.json"}, {})
-    rows = json.loads(entry.file("sensitivity.json").read_text())
-    atomic_copy(entry.file("sensitivity.json"), ctx.run_dir / "quantize-int8" / "sensitivity.json")
-    plot_sensitivity(rows, ctx.run_dir / "quantize-int8" / "sensitivity.png")
-    return rows
+            np.savez(Path(td) / "shifts.npz", **{f"s{i}": v for i, v in enumerate(shifts.values())})
+            atomic_write_json(Path(td) / "stats.json", {"layers": list(shifts), "meta": meta})
+            entry = ctx.cache.put("layer-stats", key, {"shifts.npz": Path(td) / "shifts.npz",
+                                                       "stats.json": Path(td) / "stats.json"}, {})
+    js = json.loads(entry.file("stats.json").read_text())
+    with np.load(entry.file("shifts.npz")) as z:
+        shifts = {name: z[f"s{i}"] for i, name in enumerate(js["layers"])}
+    return stats_from_arrays(shifts, js["meta"])
 
 
-def _candidate_row(name: str, settings: QuantSettings, blocks: list[str], quant: dict[str, Any],
+# Part of the recovery cache keys: raised whenever the same inputs start giving another model.
+RECOVERY_VERSION = 1
+
+
+def step_refine(ctx: RunContext, calib: dict[str, Any], raw: dict[str, Any], extra_float: list[str] | None = None,
+                publish: bool = True) -> dict[str, Any]:
+    """A target's quantizer output -> the model that is evaluated and shipped (tasks/recovery.py):
+    half-float layers fixed, NSR rule and `extra_float` layers in float, bias correction. Cached."""
+    from tasks.recovery import refine
+
+    t0 = time.perf_counter()
+    cfg, target = ctx.cfg, raw["target"]
+    rs = cfg.recovery
+    bc = target in rs.bias_correction
+    extra = sorted(extra_float or [])
+    key = cache_key("refine", {"model": ctx.model["sha256"], "qdq": raw["sha256"], "calib": calib["sha256"],
+                               "target": target, "bias_correction": bc, "above": rs.float_nsr_above,
+                               "cap": rs.float_mac_cap, "head": rs.head_float, "samples": rs.stats_samples, "extra_float": extra,
+                               "version": RECOVERY_VERSION, "versions": ctx.key_versions})
+    entry = ctx.cache.get("refine", key)
+    cached = entry is not None
+    if entry is None:
+        stats = step_layer_stats(ctx, calib, raw)
+        with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
+            tdir = Path(td)
+            rec = refine(Path(cfg.model), Path(raw["onnx"]), stats, tdir / "model.onnx", target, bc,
+                         rs.float_nsr_above, rs.float_mac_cap, extra, rs.head_float)
+            conf = {**raw["config"], "recovery": {k: v for k, v in rec.items() if k not in ("qdq", "mac")},
+                    "output_sha256": sha256_file(tdir / "model.onnx"), "raw_sha256": raw["sha256"],
+                    "refine_cache_key": key}
+            atomic_write_json(tdir / "config.json", conf)
+            atomic_write_json(tdir / "qdq-summary.json", {**rec["qdq"], **rec["mac"]})
+            files = {"model.onnx": tdir / "model.onnx", "config.json": tdir / "config.json",
+                     "qdq-summary.json": tdir / "qdq-summary.json"}
+            raw_entry = Path(raw["entry"])
+            for name in raw["files"]:  # the quantizer's log and calibration cache travel with it
+                if name not in files:
+                    files[name] = raw_entry / name
+            entry = ctx.cache.put("refine", key, files, {})
+    res = _quant_result(entry, cached and raw["cached"], target, settings=raw.get("settings"))
+    if publish:
+        res = publish_quantized(ctx, res)
+    return _timed(t0, res)
+
+
+def _sensitivity_rows(ctx: RunContext, calib: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
+    """The per-layer ranking (most sensitive first) and its summary by module."""
+    import onnx
+
+    from tasks.layers import convs_of, layer_macs
+    from tasks.recovery import ranking
+    from tasks.sensitivity import block_summary
+
+    stats = step_layer_stats(ctx, calib, raw)
+    fp = onnx.load(str(ctx.cfg.model))
+    rows = ranking(stats, layer_macs(fp), convs_of(fp))
+    return {"metric": "local noise-to-signal ratio of each layer's output (FP32 inputs, its own Q/DQ), on "
+                      f"{min(ctx.cfg.recovery.stats_samples, calib['count'])} calibration samples",
+            "layers": rows, "blocks": block_summary(rows)}
+
+
+def step_sensitivity(ctx: RunContext, calib: dict[str, Any], raw: dict[str, Any],
+                     quant: dict[str, Any]) -> dict[str, Any]:
+    """Layers ranked by quantization sensitivity; JSON and PNG in the target's quantize folder."""
+    from tasks.sensitivity import plot_sensitivity
+
+    sens = _sensitivity_rows(ctx, calib, raw)
+    qdir = ctx.run_dir / TARGET_LAYOUT[quant["target"]][1]
+    atomic_write_json(qdir / "sensitivity.json", sens)
+    plot_sensitivity(sens["blocks"], qdir / "sensitivity.png")
+    return sens
+
+
+def _candidate_row(name: str, method: str, layers: list[str], quant: dict[str, Any],
                    metrics: dict[str, Any], fp32: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "method": settings.method, "excluded_blocks": blocks,
+    return {"name": name, "method": method, "float_layers": layers,
             "map50_95": metrics["map50_95"], "map50": metrics["map50"],
             "drop_points": round((fp32["map50_95"] - metrics["map50_95"]) * 100, 3),
             "latency_p50_ms": metrics["latency_ms"]["p50"],
+            "int8_conv_mac_share": quant["qdq"].get("int8_conv_mac_share"),
             "quantized_conv_share": quant["qdq"].get("conv_quantized_share"),
             "qdq_sha256": quant["sha256"], "cached": bool(quant["cached"] and metrics.get("cached"))}
 
 
-def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], quant: dict[str, Any], fp32: dict[str, Any],
-                        int8: dict[str, Any]) -> dict[str, Any]:
-    """Auto mode: fit INT8 into the mAP budget by calibration method, then by keeping the most
-    sensitive blocks in float (greedy). Returns the chosen quantization and metrics, the candidates
-    tried and the sensitivity ranking; the chosen model is published into the run folder."""
-    from tasks.sensitivity import exclusion_patterns
+def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, Any], quant: dict[str, Any],
+                        fp32: dict[str, Any], int8: dict[str, Any]) -> dict[str, Any]:
+    """Auto mode for one target: fit INT8 into the mAP budget keeping as much as possible in INT8.
 
+    1. the plain result (recovery included) if it fits;
+    2. tensorrt: the other calibration method (ModelOpt max / entropy), the better one kept;
+    3. per-layer: the most sensitive layers (local NSR on calibration data) put back in float, the
+       count found by bisection over the ranking on the evaluated subset, never below
+       `guard_min_mac_share` of convolution MACs in INT8.
+    Every candidate is cached; the chosen model is published into the run folder."""
     t0 = time.perf_counter()
-    cfg = ctx.cfg
+    cfg, target = ctx.cfg, raw["target"]
+    _, qdir, which = TARGET_LAYOUT[target]
     budget = cfg.accuracy_budget
-    base = cfg.quant
     fits = (lambda m: (fp32["map50_95"] - m["map50_95"]) * 100 <= budget + 1e-9)  # noqa: E731
-    results = {"base": (base, [], quant, int8)}
-    cands = {"base": _candidate_row(f"all-{base.method}", base, [], quant, int8, fp32)}
+    method = raw.get("settings", {}).get("method", "minmax") if target == "tensorrt" else "minmax"
+    results: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str]]] = {
+        "base": (raw, quant, int8, [])}
+    cands = {"base": _candidate_row(f"plain-{method}", method, [], quant, int8, fp32)}
+    best = "base"
+    if not fits(int8) and target == "tensorrt":
+        other = cfg.quant.model_copy(update={"method": "entropy" if cfg.quant.method == "max" else "max"})
+        r2 = _raw_quantize(ctx, calib, target, other)
+        q2 = step_refine(ctx, calib, r2, publish=False)
+        e2 = step_evaluate(ctx, which, Path(q2["onnx"]), q2["sha256"], publish=False)
+        results["other"] = (r2, q2, e2, [])
+        cands["other"] = _candidate_row(f"plain-{other.method}", other.method, [], q2, e2, fp32)
+        best = max(("base", "other"), key=lambda k: results[k][2]["map50_95"])
+    sens = _sensitivity_rows(ctx, calib, results[best][0])
+    chosen = best if fits(results[best][2]) else None
+    if chosen is None:
+        braw, bq = results[best][0], results[best][1]
+        already = set(json.loads(Path(bq["entry"], "config.json").read_text())["recovery"]["float_layers"])
+        share = bq["qdq"].get("int8_conv_mac_share", 1.0)
+        ranked, spent = [], 0.0
+        for r in sens["layers"]:
+            if r["layer"] in already or len(ranked) >= cfg.guard_max_exclusions:
+                continue
+            if share - spent - r["mac_share"] < cfg.min_mac_share(target) - 1e-9:
+                continue  # this one would take too much out of INT8: try the next
+            ranked.append(r["layer"])
+            spent += r["mac_share"]
+        m_name = cands[best]["method"]
 
-    # 1. the other calibration method, everything quantized
-    other = base.model_copy(update={"method": "entropy" if base.method == "max" else "max"})
-    q2 = step_quantize(ctx, calib, other, publish=False)
-    e2 = step_evaluate(ctx, "int8", Path(q2["onnx"]), q2["sha256"], publish=False)
-    results["other"] = (other, [], q2, e2)
-    cands["other"] = _candidate_row(f"all-{other.method}", other, [], q2, e2, fp32)
-    best_key = max(("base", "other"), key=lambda k: results[k][3]["map50_95"])
-    settings, _, bq, be = results[best_key]
+        def probe(k: int) -> bool:
+            key = f"layers{k}"
+            if key not in results:
+                layers = ranked[:k]
+                qk = step_refine(ctx, calib, braw, layers, publish=False)
+                ek = step_evaluate(ctx, which, Path(qk["onnx"]), qk["sha256"], publish=False)
+                results[key] = (braw, qk, ek, layers)
+                cands[key] = _candidate_row(f"{m_name}-float-{k}", m_name, layers, qk, ek, fp32)
+            return fits(results[key][2])
 
-    # 2. sensitivity of that model, then greedy exclusion of the costliest blocks
-    rows = step_sensitivity(ctx, calib, bq)
-    chosen_key = best_key if fits(be) else None
-    if chosen_key is None:
-        ranked = [r["block"] for r in rows if r["quantized"] and r["cost"] > 0]
-        for k in range(1, min(cfg.guard_max_exclusions, len(ranked)) + 1):
-            blocks = ranked[:k]
-            s_k = settings.model_copy(update={"exclude_nodes": list(settings.exclude_nodes) + exclusion_patterns(blocks)})
-            q_k = step_quantize(ctx, calib, s_k, publish=False)
-            if q_k["qdq"].get("conv_quantized_share", 1.0) < cfg.guard_min_conv_share:
-                break
-            e_k = step_evaluate(ctx, "int8", Path(q_k["onnx"]), q_k["sha256"], publish=False)
-            results[f"ex{k}"] = (s_k, blocks, q_k, e_k)
-            cands[f"ex{k}"] = _candidate_row(f"{s_k.method}-exclude-{k}", s_k, blocks, q_k, e_k, fp32)
-            if fits(e_k):
-                chosen_key = f"ex{k}"
-                break
-    met = chosen_key is not None
-    if chosen_key is None:  # nothing fits: keep the most accurate candidate, and say so
-        chosen_key = max(results, key=lambda k: results[k][3]["map50_95"])
-    settings, _, cq, ce = results[chosen_key]
-    chosen_row = cands[chosen_key]
+        lo, hi = 1, len(ranked)  # bisection for the fewest layers that fit (the smallest k, if any)
+        found = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            if probe(mid):
+                found, hi = mid, mid - 1
+            else:
+                lo = mid + 1
+        chosen = f"layers{found}" if found else None
+    met = chosen is not None
+    if chosen is None:  # nothing fits: keep the most accurate candidate, and say so
+        chosen = max(results, key=lambda k: results[k][2]["map50_95"])
+    _, cq, ce, layers = results[chosen]
+    row = cands[chosen]
     cq = publish_quantized(ctx, cq)
-    step_evaluate(ctx, "int8", Path(cq["onnx"]), cq["sha256"])  # a cache hit: lays its metrics.json into the run
+    step_evaluate(ctx, which, Path(cq["onnx"]), cq["sha256"])  # a cache hit: lays its metrics.json into the run
     reason = (f"fits the budget of {budget:g} points" if met else
               f"no candidate fits the budget of {budget:g} points: tried {len(cands)} candidates, at most "
-              f"{cfg.guard_max_exclusions} blocks in float and at least {cfg.guard_min_conv_share:.0%} of convolutions "
-              f"quantized; kept the most accurate ({chosen_row['name']}, drop {chosen_row['drop_points']:.2f} points)")
-    guard = {"budget": budget, "met": met, "reason": reason, "candidates": list(cands.values()), "chosen": chosen_row,
+              f"{cfg.guard_max_exclusions} layers in float and at least {cfg.min_mac_share(target):.0%} of convolution "
+              f"MACs in INT8; kept the most accurate ({row['name']}, drop {row['drop_points']:.2f} points)")
+    guard = {"budget": budget, "met": met, "reason": reason, "target": target,
+             "chosen_on": "the calibration samples (recovery, ranking) and the evaluated subset (method, layer count)",
+             "candidates": list(cands.values()), "chosen": row, "float_layers": layers,
+             "int8_conv_mac_share": cq["qdq"].get("int8_conv_mac_share"),
              "quantized_conv_share": cq["qdq"].get("conv_quantized_share"), "wall_s": round(time.perf_counter() - t0, 3)}
-    atomic_write_json(ctx.run_dir / "quantize-int8" / "accuracy-guard.json", guard)
-    return {"quant": {**cq, "settings": settings.model_dump()}, "int8": ce, "guard": guard, "sensitivity": rows}
+    atomic_write_json(ctx.run_dir / qdir / "accuracy-guard.json", guard)
+    atomic_write_json(ctx.run_dir / qdir / "sensitivity.json", sens)
+    from tasks.sensitivity import plot_sensitivity
+
+    plot_sensitivity(sens["blocks"], ctx.run_dir / qdir / "sensitivity.png")
+    return {"quant": cq, "int8": ce, "guard": guard, "sensitivity": sens}

@@ -24,15 +24,19 @@ def test_cli_options_fill_the_one_config_model(tmp_path):
     assert cfg.quant.exclude_nodes == ["/model.23/"] and cfg.quant.exclude_op_types == ["Add", "Mul"]
     assert cfg.quant.effective_op_types_to_exclude() == ["Add", "Mul", "TopK"]
     assert cfg.eval.providers == ["cpu"] and cfg.quant.high_precision_dtype == "fp16" and cfg.run_id == "r1"
-    assert cfg.quant.head_preset is True
-    _, off = parse_args(["--no-head-preset", "--accuracy-budget", "0.5", "--no-gate"])
-    cfg = build_config(None, off)
-    assert cfg.quant.head_preset is False and cfg.accuracy_budget == 0.5 and cfg.max_map_drop is None
-    assert cfg.targets == ["tensorrt"] and cfg.ort_cpu.head_preset and cfg.ort_cpu.reduce_range == "auto"
-    _, t = parse_args(["--target", "ort-cpu,tensorrt,ort-cpu", "--ort-reduce-range", "off", "--no-ort-stem-float"])
+    assert cfg.quant.head_preset is False and cfg.recovery.head_float is True
+    _, on = parse_args(["--head-preset", "--accuracy-budget", "0.5", "--no-gate", "--no-bias-correction",
+                        "--float-nsr-above", "off", "--float-mac-cap", "0.05", "--no-head-float",
+                        "--guard-min-mac-share", "0.9"])
+    cfg = build_config(None, on)
+    assert cfg.quant.head_preset is True and cfg.accuracy_budget == 0.5 and cfg.max_map_drop is None
+    assert cfg.recovery.bias_correction == [] and cfg.recovery.float_nsr_above is None
+    assert cfg.recovery.float_mac_cap == 0.05 and cfg.recovery.head_float is False and cfg.min_mac_share("ort-cpu") == 0.9
+    assert cfg.targets == ["tensorrt"] and not cfg.ort_cpu.head_preset and cfg.ort_cpu.reduce_range == "auto"
+    _, t = parse_args(["--target", "ort-cpu,tensorrt,ort-cpu", "--ort-reduce-range", "off", "--ort-stem-float"])
     cfg = build_config(None, t)
     assert cfg.targets == ["ort-cpu", "tensorrt"] and cfg.ort_cpu.reduce_range == "off"  # order kept, deduplicated
-    assert cfg.ort_cpu.stem_float is False and cfg.ort_cpu.head_preset is True
+    assert cfg.ort_cpu.stem_float is True and cfg.ort_cpu.head_preset is False
 
 
 @pytest.mark.parametrize("values,match", [
@@ -44,7 +48,7 @@ def test_cli_options_fill_the_one_config_model(tmp_path):
     ({"targets": ["tensorrt", "openvino"]}, "targets"),
     ({"targets": []}, "at least one target"),
     ({"quant": {"entropy_impl": "fast"}}, "entropy_impl"),
-    ({"targets": ["ort-cpu"], "accuracy_budget": 0.5}, "add tensorrt to --target"),
+    ({"recovery": {"bias_correction": ["openvino"]}}, "recovery.bias_correction"),
 ])
 def test_invalid_settings_name_the_setting(values, match):
     with pytest.raises(ConfigError, match=match):

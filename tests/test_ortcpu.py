@@ -93,8 +93,9 @@ def test_vnni_detection_and_reduce_range_choice():
 
 def test_a_model_with_nothing_left_to_quantize_is_refused_with_the_reason(tmp_path, tiny_model):
     # the tiny detector's two convolutions are its stem and its head: the presets keep both in float
-    with pytest.raises(RuntimeError, match="no-ort-stem-float"):
-        build_ort_cpu(tiny_model, CalibReader(CAL, "images"), OrtCpuSettings(), tmp_path / "q.onnx", tmp_path / "q.log")
+    with pytest.raises(RuntimeError, match="drop --ort-stem-float"):
+        build_ort_cpu(tiny_model, CalibReader(CAL, "images"), OrtCpuSettings(stem_float=True, head_preset=True),
+                      tmp_path / "q.onnx", tmp_path / "q.log")
     assert not (tmp_path / "q.onnx").exists() and (tmp_path / "q.log").exists()
 
 

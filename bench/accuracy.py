@@ -1,0 +1,130 @@
+"""INT8 accuracy on real detectors, plain and in auto mode, for every target (issue #13's figures).
+
+    .venv/bin/python bench/accuracy.py                          # demo + ../shared's YOLOv10s and YOLOv5n
+    .venv/bin/python bench/accuracy.py --models yolov10s --budget 0.5
+    .venv/bin/python bench/accuracy.py --extra yolov8n=/path/yolov8n.onnx   # a model the defaults never saw
+
+For each model, two runs with their own fresh cache, side by side: the plain command (defaults, no
+budget) and auto mode (`--accuracy-budget`), both with `--target tensorrt,ort-cpu`, the flow's steps
+called directly (bench/flow_cache.py measures the Prefect overhead apart). Real models calibrate on
+32 images of ../shared/data/coco-val2017-calib and are evaluated on the 79 of coco-val2017-mini.
+Prints a table and writes bench/results/accuracy.json: per target the mAP50-95 drop, the share of
+convolution MACs in INT8, what auto mode chose, and the wall time of each run with the CPU it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from shared_data import SHARED  # noqa: E402
+from tasks.config import RunConfig, load_demo_config  # noqa: E402
+from tasks.runtime import device_name  # noqa: E402
+from tasks.steps import run_int8  # noqa: E402
+
+OUT = ROOT / "bench" / "results"
+REAL = {"calib_images": SHARED / "data/coco-val2017-calib/images",
+        "images": SHARED / "data/coco-val2017-mini/images",
+        "annotations": SHARED / "data/coco-val2017-mini/annotations/instances_val2017.json"}
+SHARED_MODELS = {"yolov10s": SHARED / "models/yolov10s-coco/yolov10s.onnx",
+                 "yolov5n": SHARED / "models/yolov5n-coco/yolov5n.onnx"}
+
+
+def model_args(name: str, path: Path | None) -> dict[str, Any] | None:
+    if name == "demo":
+        return {"demo": True}
+    p = path or SHARED_MODELS.get(name)
+    if p is None or not Path(p).exists():
+        print(f"skipped {name}: {p} is absent")
+        return None
+    return {"model": str(p), **{k: str(v) for k, v in REAL.items()}}
+
+
+def one_run(base: dict[str, Any], root: Path, budget: float | None, threads: int | None,
+            calib_count: int | None = None) -> dict[str, Any]:
+    shutil.rmtree(root, ignore_errors=True)  # a fresh cache: the wall time counts every candidate
+    extra = {"calib_count": calib_count} if calib_count else {}
+    cfg = RunConfig.model_validate({**base, **extra, "targets": ["tensorrt", "ort-cpu"], "run_root": str(root),
+                                    "run_id": "run", "max_map_drop": None, "accuracy_budget": budget,
+                                    "eval": {"providers": ["cpu"], **({"threads": threads} if threads else {})}})
+    t0 = time.perf_counter()
+    s = run_int8(cfg)
+    wall = time.perf_counter() - t0
+    out = {"wall_s": round(wall, 1), "fp32_map50_95": s["fp32"]["map50_95"], "calib_count": s["calibration"]["count"],
+           "targets": {}}
+    for name, t in s["targets"].items():
+        q, g = t["quantization"], t.get("accuracy_guard")
+        out["targets"][name] = {
+            "map50_95": t["int8"]["map50_95"], "drop_points": round(-t["delta"]["map50_95"] * 100, 3),
+            "map50_drop_points": round(-t["delta"]["map50"] * 100, 3), "latency_ratio": t["delta"]["latency_ratio"],
+            "int8_conv_mac_share": q["int8_conv_mac_share"], "int8_convs": q["int8_convs"],
+            "float_layers": q["recovery"]["float_layers"],
+            "bias_correction": bool(q["recovery"]["bias_correction"]),
+            "guard": None if g is None else {"met": g["met"], "chosen": g["chosen"]["name"],
+                                             "candidates": len(g["candidates"]), "float_layers": g["float_layers"],
+                                             "wall_s": g["wall_s"]}}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="demo,yolov10s,yolov5n")
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=PATH", help="another real COCO detector")
+    ap.add_argument("--budget", type=float, default=0.5)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--calib-counts", help="plain runs only, one per calibration count (e.g. 32,64,80): "
+                                           "accuracy and wall time against the sample count")
+    ap.add_argument("--out", type=Path, default=OUT / "accuracy.json")
+    a = ap.parse_args()
+    todo = [(n, None) for n in a.models.split(",") if n] + [(e.split("=", 1)[0], Path(e.split("=", 1)[1]))
+                                                            for e in a.extra]
+    if any(n == "demo" for n, _ in todo):
+        load_demo_config()  # generates the demo's data before any timing
+    results: dict[str, Any] = {"cpu": device_name("CPUExecutionProvider"), "budget": a.budget, "models": {}}
+    for name, path in todo:
+        base = model_args(name, path)
+        if base is None:
+            continue
+        root = ROOT / "tmp" / "bench-accuracy" / name
+        if a.calib_counts:
+            runs = {int(c): one_run(base, root / f"plain-{c}", None, a.threads, int(c)) for c in a.calib_counts.split(",")}
+            results["models"][name] = {"by_calib_count": runs}
+            for c, r in runs.items():
+                print(f"{name} calib {c}: {r['wall_s']} s, " + ", ".join(
+                    f"{t} {-v['drop_points']:+.2f} pt" for t, v in r["targets"].items()), flush=True)
+            continue
+        plain = one_run(base, root / "plain", None, a.threads)
+        auto = one_run(base, root / "auto", a.budget, a.threads)
+        results["models"][name] = {"plain": plain, "auto": auto,
+                                   "auto_over_plain_wall": round(auto["wall_s"] / plain["wall_s"], 2)}
+        print(f"{name}: plain {plain['wall_s']} s, auto {auto['wall_s']} s "
+              f"(x{results['models'][name]['auto_over_plain_wall']})", flush=True)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(results, indent=2))  # written again below when done
+    if a.calib_counts:
+        a.out.write_text(json.dumps(results, indent=2))
+        print(f"\nCPU: {results['cpu']}; written {a.out}")
+        return
+    print(f"\nCPU: {results['cpu']}; budget {a.budget} points; FP32 and INT8 evaluated on ORT's CPU EP")
+    print(f"{'model':10} {'target':9} {'run':5} {'FP32':>7} {'INT8':>7} {'drop pt':>8} {'MACs INT8':>10} "
+          f"{'float':>5} {'wall s':>7}  auto chose")
+    for name, r in results["models"].items():
+        for run in ("plain", "auto"):
+            for t, v in r[run]["targets"].items():
+                g = v["guard"]
+                print(f"{name:10} {t:9} {run:5} {r[run]['fp32_map50_95']:>7.4f} {v['map50_95']:>7.4f} "
+                      f"{-v['drop_points']:>+8.2f} {v['int8_conv_mac_share'] * 100:>9.1f}% {len(v['float_layers']):>5} "
+                      f"{r[run]['wall_s']:>7.1f}  {'' if g is None else g['chosen'] + (' (met)' if g['met'] else ' (NOT met)')}")
+    print(f"\nwritten {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""After PTQ, before evaluation: recover accuracy while keeping layers in INT8 (any target).
+
+1. Layers the quantizer left in float but that read a quantized tensor (the ort-cpu model's head
+   preset: ORT quantizes every activation, so a float convolution still reads an 8-bit input) read
+   the float tensor instead: a layer is in float or in INT8, not half of each.
+2. Per-layer statistics on the calibration samples (`layers.local_stats`): each quantized layer run
+   on FP32 inputs through its own Q/DQ, giving its noise-to-signal ratio (the sensitivity ranking)
+   and its per-channel output mean shift.
+3. The layers whose NSR exceeds `float_nsr_above` stay in float, within `float_mac_cap` of the
+   convolution MACs (a choice made on calibration data, not on the evaluated images), plus any
+   layers auto mode asks for.
+4. Fast bias correction of every remaining quantized convolution.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+
+from tasks.layers import (bias_correct, conv_mac_share, convs_of, exclude_layers, layer_macs, local_stats,
+                          ort_int8_convs, qdq_int8_convs, quantized_layers)
+from tasks.quantize import QUANTIZABLE_OPS, head_final_convs, qdq_summary
+
+
+def half_float_layers(qmodel: onnx.ModelProto) -> list[str]:
+    """Float layers (not in INT8) whose data input still reads a DequantizeLinear."""
+    prod = {o: n for n in qmodel.graph.node for o in n.output}
+    q = set(quantized_layers(qmodel))
+    return [n.name for n in qmodel.graph.node if n.op_type in QUANTIZABLE_OPS and n.name not in q and n.input
+            and (p := prod.get(n.input[0])) is not None and p.op_type == "DequantizeLinear"]
+
+
+def stats_to_arrays(stats: dict[str, dict[str, Any]]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Split layer statistics into arrays (bias shifts, for an .npz) and JSON (the rest)."""
+    return ({k: np.asarray(v["shift"], dtype=np.float64) for k, v in stats.items()},
+            {k: {"nsr": v["nsr"], "group": v["group"]} for k, v in stats.items()})
+
+
+def stats_from_arrays(shifts: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {k: {**meta[k], "shift": shifts[k]} for k in meta}
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def fp32_at_opset_of(fp32_path: Path, qmodel: onnx.ModelProto) -> onnx.ModelProto:
+    """The FP32 model at the Q/DQ model's opset: the local branches copy per-channel Q/DQ (opset
+    13+) into it, and the quantizers raise old exports (YOLOv5's opset 12) to 13 first."""
+    fp = onnx.load(str(fp32_path))
+    if _opset(qmodel) > _opset(fp):
+        from onnx import version_converter
+
+        fp = version_converter.convert_version(fp, _opset(qmodel))
+    return fp
+
+
+def compute_stats(fp32_path: Path, qdq_path: Path, samples: Sequence[np.ndarray], input_name: str,
+                  threads: int | None = None) -> dict[str, dict[str, Any]]:
+    q = onnx.load(str(qdq_path))
+    fp = fp32_at_opset_of(fp32_path, q)
+    q = exclude_layers(q, fp, half_float_layers(q))
+    return local_stats(fp, q, samples, input_name, threads)
+
+
+def ranking(stats: dict[str, dict[str, Any]], macs: dict[str, int], conv_names: Sequence[str]) -> list[dict[str, Any]]:
+    """Quantized layers, most sensitive first, each with its share of the convolution MACs."""
+    total = sum(macs.get(c, 0) for c in conv_names) or 1
+    rows = [{"layer": k, "nsr": round(float(v["nsr"]), 6), "mac_share": round(macs.get(k, 0) / total, 6),
+             "group": v["group"]} for k, v in stats.items()]
+    rows.sort(key=lambda r: (-r["nsr"], r["layer"]))
+    for i, r in enumerate(rows):
+        r["rank"] = i + 1
+    return rows
+
+
+def nsr_rule(rank: list[dict[str, Any]], above: float | None, mac_cap: float) -> list[str]:
+    """Layers above the NSR threshold, most sensitive first, while their MACs fit under the cap."""
+    if above is None:
+        return []
+    out, used = [], 0.0
+    for r in rank:
+        if r["nsr"] <= above:
+            break
+        if used + r["mac_share"] <= mac_cap + 1e-12:
+            out.append(r["layer"])
+            used += r["mac_share"]
+    return out
+
+
+def int8_conv_report(model: onnx.ModelProto, model_path: Path, target: str, macs: dict[str, int],
+                     conv_names: Sequence[str]) -> dict[str, Any]:
+    """The share of convolution MACs that run in INT8, and what stays in float with its cost.
+
+    tensorrt: convolutions with Q/DQ on input and weight (TensorRT fuses those into INT8 layers);
+    ort-cpu: convolutions ONNX Runtime's CPU EP actually runs as QLinearConv."""
+    int8 = ort_int8_convs(model_path) if target == "ort-cpu" else qdq_int8_convs(model)
+    total = sum(macs.get(c, 0) for c in conv_names) or 1
+    s = set(int8)
+    floats = [{"layer": c, "mac_share": round(macs.get(c, 0) / total, 6)} for c in conv_names if c not in s]
+    floats.sort(key=lambda r: -r["mac_share"])
+    return {"int8_conv_mac_share": conv_mac_share(int8, macs, conv_names), "int8_convs": len(s & set(conv_names)),
+            "convs": len(conv_names), "float_convs": floats}
+
+
+def head_rule(fp: onnx.ModelProto, stats: dict[str, dict[str, Any]], macs: dict[str, int],
+              conv_names: Sequence[str], mac_cap: float) -> tuple[list[str], float]:
+    """The head's final convolutions still in INT8, all of them when together they fit under the MAC
+    cap, else none: they form boxes and class scores, where the decode (sigmoid, top-k) turns small
+    errors into reordered detections that a layer's own noise ratio does not show."""
+    total = sum(macs.get(c, 0) for c in conv_names) or 1
+    finals = [n for n in head_final_convs(fp) if n in stats]
+    share = sum(macs.get(n, 0) for n in finals) / total
+    return (finals, share) if finals and share <= mac_cap + 1e-12 else ([], 0.0)
+
+
+def refine(fp32_path: Path, qdq_path: Path, stats: dict[str, dict[str, Any]], out_path: Path, target: str,
+           bias_correction: bool, float_nsr_above: float | None, float_mac_cap: float,
+           extra_float: Sequence[str] = (), head_float: bool = True) -> dict[str, Any]:
+    """Write the refined model to `out_path` (the caller renames it into place) and return its record."""
+    q = onnx.load(str(qdq_path))
+    fp = fp32_at_opset_of(fp32_path, q)
+    half = half_float_layers(q)
+    q = exclude_layers(q, fp, half)
+    macs, conv_names = layer_macs(fp), convs_of(fp)
+    rank = ranking(stats, macs, conv_names)
+    head, head_share = head_rule(fp, stats, macs, conv_names, float_mac_cap) if head_float else ([], 0.0)
+    by_rule = nsr_rule([r for r in rank if r["layer"] not in head], float_nsr_above, float_mac_cap - head_share)
+    chosen = list(dict.fromkeys(head + by_rule + [x for x in extra_float if x in stats]))
+    if chosen:
+        q = exclude_layers(q, fp, chosen)
+    bc = None
+    if bias_correction:
+        live = set(quantized_layers(q))
+        q, bc = bias_correct(q, {k: v for k, v in stats.items() if k in live})
+    onnx.save(q, str(out_path))
+    return {"half_float_layers_fixed": half, "float_head": head, "float_by_nsr_rule": by_rule,
+            "float_requested": [x for x in extra_float if x in stats], "float_layers": chosen,
+            "nsr_rule": {"above": float_nsr_above, "mac_cap": float_mac_cap, "head_float": head_float,
+                         "head_mac_share": round(head_share, 6)},
+            "bias_correction": bc, "qdq": qdq_summary(q),
+            "mac": int8_conv_report(q, out_path, target, macs, conv_names),
+            "ranking": [{k: v for k, v in r.items() if k != "group"} for r in rank[:30]]}
