@@ -18,3 +18,6 @@ YOLOV5N = {
     "images": SHARED / "data/coco-val2017-mini/images",
     "annotations": SHARED / "data/coco-val2017-mini/annotations/instances_val2017.json",
 }
+
+# the real COCO-trained YOLOv10s (the YOLOv10 family of the flow's default model), same images
+YOLOV10S = {**YOLOV5N, "model": SHARED / "models/yolov10s-coco/yolov10s.onnx"}

@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared_data import SHARED, YOLOV5N  # noqa: E402
+from shared_data import SHARED, YOLOV5N, YOLOV10S  # noqa: E402
 from tasks.calibration import CalibReader, pick_calib_images  # noqa: E402
 from tasks.config import OrtCpuSettings, QuantSettings, load_demo_config  # noqa: E402
 from tasks.evaluate import EvalSettings, evaluate_model  # noqa: E402
@@ -57,11 +57,12 @@ def model_set(names: list[str]) -> list[dict[str, Any]]:
             d = load_demo_config()
             out.append({"name": "demo-yolov10n", "model": d["model"], "calib_images": d["paths"]["calib_images"],
                         "images": d["paths"]["images"], "annotations": d["paths"]["annotations"]})
-        elif name == "yolov5n":
-            if not YOLOV5N["model"].exists():
-                print(f"skipped yolov5n: {SHARED} is absent")
+        elif name in ("yolov5n", "yolov10s"):
+            real = {"yolov5n": YOLOV5N, "yolov10s": YOLOV10S}[name]
+            if not real["model"].exists():
+                print(f"skipped {name}: {SHARED} is absent")
                 continue
-            out.append({"name": "yolov5n-coco", **YOLOV5N})
+            out.append({"name": f"{name}-coco", **real})
         elif name.endswith("-random"):  # timing only: yolov10m-random, yolo11n-random ...
             p = ROOT / f"tmp/bench-models/{name}.onnx"
             if not p.exists():
@@ -71,7 +72,7 @@ def model_set(names: list[str]) -> list[dict[str, Any]]:
             out.append({"name": name, "model": p, "calib_images": load_demo_config()["paths"]["calib_images"],
                         "images": None, "annotations": None})
         else:
-            raise SystemExit(f"unknown model {name!r}: demo, yolov5n or <arch>-random")
+            raise SystemExit(f"unknown model {name!r}: demo, yolov5n, yolov10s or <arch>-random")
     return out
 
 
@@ -121,6 +122,23 @@ def interleaved_latency(paths: dict[str, Path], x: np.ndarray, input_name: str, 
     return out
 
 
+def recovered(model: Path, raw: Path, reader: CalibReader, input_name: str, target: str) -> dict[str, Any]:
+    """The flow's recovery step (tasks/recovery.py, default settings) on a quantizer's output, in place:
+    the variants here are what the flow ships."""
+    from tasks.config import RecoverySettings
+    from tasks.recovery import compute_stats, refine
+
+    rs = RecoverySettings()
+    reader.rewind()
+    samples = [reader.get_next()[input_name] for _ in range(min(rs.stats_samples, len(reader)))]
+    stats = compute_stats(model, raw, samples, input_name)
+    out = raw.with_name(raw.stem + ".recovered.onnx")
+    rec = refine(model, raw, stats, out, target, target in rs.bias_correction, rs.float_nsr_above, rs.float_mac_cap,
+                 head_float=rs.head_float)
+    out.replace(raw)
+    return {"int8_conv_mac_share": rec["mac"]["int8_conv_mac_share"], "float_layers": len(rec["float_layers"])}
+
+
 def bench_model(m: dict[str, Any], work: Path, calib_count: int, rounds: int, iters: int,
                 threads: int | None, variants: list[str]) -> dict[str, Any]:
     import onnx
@@ -138,15 +156,18 @@ def bench_model(m: dict[str, Any], work: Path, calib_count: int, rounds: int, it
                       work / "tensorrt.log")
         paths["tensorrt"] = work / "tensorrt.onnx"
         build["tensorrt"] = {"wall_s": rec["wall_s"], "peak_rss_mib": rec["peak_rss_mib"],
-                             "conv_quantized": rec["qdq"]["conv_quantized"], "conv_total": rec["qdq"]["conv_total"]}
+                             "conv_quantized": rec["qdq"]["conv_quantized"], "conv_total": rec["qdq"]["conv_total"],
+                             **recovered(model, paths["tensorrt"], reader, input_name, "tensorrt")}
     if "ort-cpu" in variants:
         rec = build_ort_cpu(model, reader, OrtCpuSettings(), work / "ort-cpu.onnx", work / "ort-cpu.log")
         paths["ort-cpu"] = work / "ort-cpu.onnx"
         build["ort-cpu"] = {"wall_s": rec["wall_s"], "peak_rss_mib": rec["peak_rss_mib"],
-                            "reduce_range": rec["reduce_range"], "reduce_range_reason": rec["reduce_range_reason"]}
+                            "reduce_range": rec["reduce_range"], "reduce_range_reason": rec["reduce_range_reason"],
+                            **recovered(model, paths["ort-cpu"], reader, input_name, "ort-cpu")}
     if "tensorrt" in paths and "ort-cpu" in paths:
         # the same target with ModelOpt's max scales where ModelOpt calibrated (symmetric, mapped to
         # uint8 with zero point 128): does ort-cpu's own asymmetric calibration earn its keep?
+        # (recovery does not change activation scales, so the recovered tensorrt model has ModelOpt's)
         amax = {t: s * 127.0 for t, s in activation_scales(onnx.load(str(paths["tensorrt"]))).items() if t != input_name}
         rec = build_ort_cpu(model, reader, OrtCpuSettings(), work / "ort-cpu-mo.onnx", work / "ort-cpu-mo.log",
                             tensor_overrides=symmetric_overrides(amax))

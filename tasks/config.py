@@ -79,13 +79,19 @@ class OrtCpuSettings(BaseModel):
     head_preset: bool = Field(False, description="ORT itself keeps the head's final convolutions in float whatever "
                                                  "they cost (recovery.head_float does it within a MAC budget, the "
                                                  "default); the decode after them always stays float")
-    stem_float: bool = Field(False, description="keep the first convolution (on the 3-channel image) in float "
-                                                "(YOLOv5n: 8% of the MACs; the NSR rule keeps it when it matters)")
+    stem_float: Literal["auto", "on", "off"] = Field(
+        "auto", description="keep the first convolution (on the 3-channel image) in float; auto: only with 7-bit "
+                            "weights (reduce_range), which cost YOLOv5n 0.8 point there (its stem is 8% of the MACs)")
     calibrate_method: Literal["minmax", "percentile", "entropy"] = Field(
         "minmax", description="ONNX Runtime's CalibrationMethod for every activation: minmax (asymmetric, one "
                               "streamed pass), percentile or entropy (histograms; ORT keeps every sample's "
                               "activations in memory until the end)")
     percentile: float = Field(99.999, gt=90, le=100, description="the percentile of calibrate_method=percentile")
+    @field_validator("stem_float", mode="before")
+    @classmethod
+    def _stem_bool(cls, v: Any) -> Any:
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     calib_merge_every: int = Field(8, ge=1, le=1024, description="samples whose min/max ORT keeps before "
                                                                 "merging them (bounds calibration memory)")
 

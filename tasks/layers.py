@@ -94,20 +94,10 @@ def qdq_int8_convs(qmodel: onnx.ModelProto) -> list[str]:
 
 
 def ort_int8_convs(model_path: Path) -> list[str]:
-    """ort-cpu: the convolutions ONNX Runtime's CPU EP runs as QLinearConv (its fused nodes keep the
-    original node names)."""
-    import tempfile
+    """ort-cpu: the convolutions ONNX Runtime's CPU EP runs as QLinearConv."""
+    from tasks.quantize import ort_optimized_graph
 
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as td:
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        so.optimized_model_filepath = str(Path(td) / "opt.onnx")
-        ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
-        opt = onnx.load(so.optimized_model_filepath)
-    return [n.name for n in opt.graph.node if n.op_type == "QLinearConv"]
+    return [n.name for n in ort_optimized_graph(model_path).graph.node if n.op_type == "QLinearConv"]
 
 
 def _init_map(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:

@@ -140,12 +140,14 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
     if not tail:
         log.warning("no YOLO head found in %s: nothing is kept in float for decoding", model_path.name)
     preset = head_final_convs(src) if settings.head_preset else []
-    stem = stem_nodes(src) if settings.stem_float else []
+    vnni = cpu_has_vnni()
+    reduce_range, rr_reason = resolve_reduce_range(settings.reduce_range, vnni)
+    # the stem reads the image at full 8-bit range: with 7-bit weights its error was the largest
+    stem_float = settings.stem_float == "on" or (settings.stem_float == "auto" and reduce_range)
+    stem = stem_nodes(src) if stem_float else []
     user = expand_exclusions(src, exclude_nodes, model_path.name)
     by_type = [n.name for n in src.graph.node if n.op_type in set(exclude_op_types)]
     excluded = list(dict.fromkeys(tail + preset + stem + user + by_type))
-    vnni = cpu_has_vnni()
-    reduce_range, rr_reason = resolve_reduce_range(settings.reduce_range, vnni)
     act = QuantType.QUInt8 if settings.activation_type == "uint8" else QuantType.QInt8
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[settings.calibrate_method]
@@ -167,7 +169,7 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
         wall = time.perf_counter() - t0
         restored, summary = checked_qdq(
             src, tmp_out, "ONNX Runtime", f"{len(excluded)} nodes kept in float: the decode, the head preset, the stem "
-            "and your exclusions; for a model this small drop --ort-stem-float / --ort-head-preset")
+            "and your exclusions; for a model this small try --ort-stem-float off / drop --ort-head-preset")
         kernels = ort_cpu_kernels(tmp_out)
         os.replace(tmp_out, out_path)
     return {

@@ -176,11 +176,9 @@ def decode_tail_nodes(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.name in tail]
 
 
-def ort_cpu_kernels(model_path: Path) -> dict[str, int]:
-    """Op counts of the graph ONNX Runtime's CPU EP actually runs (after its Q/DQ fusions): how many
-    convolutions became integer kernels (QLinearConv) and how many stayed float (Conv)."""
-    import collections
-
+def ort_optimized_graph(model_path: Path) -> onnx.ModelProto:
+    """The graph ONNX Runtime's CPU EP actually runs, after its Q/DQ fusions (fused nodes keep the
+    names of the nodes they replace)."""
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as td:
@@ -191,7 +189,15 @@ def ort_cpu_kernels(model_path: Path) -> dict[str, int]:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         so.optimized_model_filepath = str(Path(td) / "opt.onnx")
         ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
-        counts = collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+        return onnx.load(so.optimized_model_filepath)
+
+
+def ort_cpu_kernels(model_path: Path) -> dict[str, int]:
+    """Op counts of the graph ONNX Runtime's CPU EP runs: how many convolutions became integer
+    kernels (QLinearConv) and how many stayed float (Conv)."""
+    import collections
+
+    counts = collections.Counter(n.op_type for n in ort_optimized_graph(model_path).graph.node)
     keep = ("QLinearConv", "Conv", "FusedConv", "QLinearMatMul", "MatMulInteger", "QLinearSigmoid", "QLinearMul",
             "QLinearAdd", "QLinearConcat", "QuantizeLinear", "DequantizeLinear")
     return {k: counts[k] for k in keep if counts[k]}

@@ -94,8 +94,10 @@ def build_summary(ctx, calib: dict[str, Any], targets: dict[str, dict[str, Any]]
         per[name] = {"quantization": q, **{k: r[k] for k in ("accuracy_guard", "sensitivity") if k in r}, "smoke": _smoke(r["smoke"]), "int8": _side(r["int8"]),
                      "delta": _delta(fp32, r["int8"]),
                      "cached": {"quantize": bool(r["quant"]["cached"]), "int8_eval": bool(r["int8"].get("cached"))},
-                     "timings_s": {"quantize": r["quant"].get("step_wall_s"), "smoke": r["smoke"].get("step_wall_s"),
-                                   "int8_eval": r["int8"].get("step_wall_s")},
+                     "timings_s": {"quantize": r["quant"].get("quantize_wall_s"),
+                                   "recover": r["quant"].get("step_wall_s"), "smoke": r["smoke"].get("step_wall_s"),
+                                   "int8_eval": r["int8"].get("step_wall_s"),
+                                   **({"accuracy_guard": r["accuracy_guard"]["wall_s"]} if "accuracy_guard" in r else {})},
                      "providers": r["int8"]["runtime"]["providers"]}
     primary = next(iter(per))
     p = per[primary]

@@ -7,11 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
-import onnx
-
-from tasks.quantize import QUANTIZABLE_OPS
-
-_SPLIT_ABOVE = 8  # a module with more quantizable nodes than this is split one level deeper
+_SPLIT_ABOVE = 8  # a module with more quantized layers than this is split one level deeper
 
 
 def _parts(name: str) -> list[str]:
@@ -23,22 +19,6 @@ def block_of(name: str, depth: int) -> str:
     if len(parts) <= 1:
         return "/" + (parts[0] if parts else name) + "/"
     return "/" + "/".join(parts[:min(depth, len(parts) - 1)]) + "/"
-
-
-def group_blocks(model: onnx.ModelProto) -> dict[str, list[str]]:
-    """Quantizable node names grouped by module path; large modules (a detection head) split deeper."""
-    names = [n.name for n in model.graph.node if n.op_type in QUANTIZABLE_OPS and n.name]
-    top: dict[str, list[str]] = defaultdict(list)
-    for n in names:
-        top[block_of(n, 1)].append(n)
-    blocks: dict[str, list[str]] = {}
-    for b, members in top.items():
-        if len(members) > _SPLIT_ABOVE:
-            for n in members:
-                blocks.setdefault(block_of(n, 2), []).append(n)
-        else:
-            blocks[b] = members
-    return blocks
 
 
 def block_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

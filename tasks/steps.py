@@ -321,6 +321,7 @@ def execute(ctx: RunContext, call: Callable[..., Any] = direct) -> dict[str, Any
         _, qdir, which = TARGET_LAYOUT[target]
         raw = call(qdir, _raw_quantize, ctx, calib, target)
         quant = call(f"recover{which.removeprefix('int8')}", step_refine, ctx, calib, raw)
+        quant = {**quant, "quantize_wall_s": raw.get("step_wall_s")}
         auto = cfg.accuracy_budget is not None
         # in auto mode the smoke check judges the chosen model (a collapsed candidate is for the guard to reject)
         smoke = None if auto else call("smoke-inference" + which.removeprefix("int8"), step_smoke, ctx, calib, quant, qdir)
@@ -331,7 +332,7 @@ def execute(ctx: RunContext, call: Callable[..., Any] = direct) -> dict[str, Any
         if auto:
             g = call(f"accuracy-guard{which.removeprefix('int8')}", step_accuracy_guard, ctx, calib, raw, quant,
                      fp32, int8)
-            quant, int8 = g["quant"], g["int8"]
+            quant, int8 = {**g["quant"], "quantize_wall_s": raw.get("step_wall_s")}, g["int8"]
             smoke = call("smoke-inference" + which.removeprefix("int8"), step_smoke, ctx, calib, quant, qdir)
             extra = {"sensitivity": g["sensitivity"], "accuracy_guard": g["guard"]}
         elif cfg.sensitivity:

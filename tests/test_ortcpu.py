@@ -93,7 +93,7 @@ def test_vnni_detection_and_reduce_range_choice():
 
 def test_a_model_with_nothing_left_to_quantize_is_refused_with_the_reason(tmp_path, tiny_model):
     # the tiny detector's two convolutions are its stem and its head: the presets keep both in float
-    with pytest.raises(RuntimeError, match="drop --ort-stem-float"):
+    with pytest.raises(RuntimeError, match="--ort-stem-float off"):
         build_ort_cpu(tiny_model, CalibReader(CAL, "images"), OrtCpuSettings(stem_float=True, head_preset=True),
                       tmp_path / "q.onnx", tmp_path / "q.log")
     assert not (tmp_path / "q.onnx").exists() and (tmp_path / "q.log").exists()
@@ -106,7 +106,8 @@ def test_tensor_overrides_fix_the_scales_they_name(tmp_path):
     from tasks.ortcpu import symmetric_overrides
 
     src = tiny_silu_net(tmp_path / "t.onnx")
-    rec = build_ort_cpu(src, CalibReader(CAL, "images"), OrtCpuSettings(), tmp_path / "q.onnx", tmp_path / "q.log",
+    rec = build_ort_cpu(src, CalibReader(CAL, "images"), OrtCpuSettings(stem_float="off"), tmp_path / "q.onnx",
+                        tmp_path / "q.log",
                         tensor_overrides=symmetric_overrides({"a1": 2.0}))
     q = onnx.load(str(tmp_path / "q.onnx"))
     assert rec["tensor_overrides"] == 1

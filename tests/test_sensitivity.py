@@ -8,7 +8,7 @@ import pytest
 from tasks.config import QuantSettings, RunConfig
 from tasks.preprocess import PreprocessSpec, letterbox, load_rgb
 from tasks.quantize import run_ptq
-from tasks.sensitivity import block_summary, group_blocks
+from tasks.sensitivity import block_summary
 
 
 @pytest.fixture
@@ -23,10 +23,7 @@ def _calib(tiny_data):
     return np.stack([letterbox(load_rgb(p), (64, 64), PreprocessSpec())[0] for p in files])
 
 
-def test_blocks_follow_module_paths(fragile):
-    assert group_blocks(onnx.load(str(fragile))) == {
-        "/model.0/": ["/model.0/conv/Conv"], "/model.1/": ["/model.1/conv/Conv"],
-        "/model.23/": ["/model.23/cv/Conv"], "/model.24/": ["/model.24/m/Conv"]}
+def test_blocks_follow_module_paths():
     rows = [{"layer": "/model.1/conv/Conv", "nsr": 0.1, "mac_share": 0.2},
             {"layer": "/model.24/m/Conv", "nsr": 0.3, "mac_share": 0.1},
             {"layer": "/model.0/conv/Conv", "nsr": 0.05, "mac_share": 0.3}]
