@@ -137,7 +137,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path | None, dict[str, An
     ap.add_argument("--ort-head-preset", action="store_true",
                     help="ort-cpu: ORT keeps the head's final convolutions in float whatever they cost")
     ap.add_argument("--ort-stem-float", choices=["auto", "on", "off"],
-                    help="ort-cpu: keep the first convolution in float (auto: with 7-bit weights only)")
+                    help="ort-cpu: keep the first convolution in float (default off; auto: with 7-bit weights only)")
     ap.add_argument("--no-head-float", dest="head_float", action="store_false",
                     help="recovery: quantize the head's final convolutions even when keeping them float is cheap")
     ap.add_argument("--run-root", help="where run folders go (default tmp/<model-stem>_lowbit)")

@@ -80,8 +80,9 @@ class OrtCpuSettings(BaseModel):
                                                  "they cost (recovery.head_float does it within a MAC budget, the "
                                                  "default); the decode after them always stays float")
     stem_float: Literal["auto", "on", "off"] = Field(
-        "auto", description="keep the first convolution (on the 3-channel image) in float; auto: only with 7-bit "
-                            "weights (reduce_range), which cost YOLOv5n 0.8 point there (its stem is 8% of the MACs)")
+        "off", description="keep the first convolution (on the 3-channel image) in float; auto: only with 7-bit "
+                           "weights (reduce_range). Measured not worth it: YOLOv5n's stem is 8% of its MACs and "
+                           "gave back 0.1 point with 7-bit weights")
     calibrate_method: Literal["minmax", "percentile", "entropy"] = Field(
         "minmax", description="ONNX Runtime's CalibrationMethod for every activation: minmax (asymmetric, one "
                               "streamed pass), percentile or entropy (histograms; ORT keeps every sample's "
