@@ -154,9 +154,10 @@ def regression_gate(s: dict[str, Any], budget_points: float | None) -> dict[str,
                            f"{s['fp32']['map50_95']:.4f}, over the budget of {budget_points:g} points")
     drop_points = max(drops.values())
     return {"budget_points": budget_points, "drop_points": drop_points, "drop_points_by_target": drops,
-            "passed": not reasons,
+            "passed": not reasons, "off": budget_points is None,
             "message": "; ".join(reasons) if reasons else
-            f"INT8 within budget: drop {drop_points:.2f} points (budget {budget_points if budget_points is not None else 'off'})"}
+            f"gate off: drop {drop_points:.2f} points" if budget_points is None else
+            f"INT8 within budget: drop {drop_points:.2f} points (budget {budget_points:g})"}
 
 
 def _quant_lines(q: dict[str, Any], calib: dict[str, Any]) -> list[str]:
@@ -297,7 +298,7 @@ def render_markdown(s: dict[str, Any]) -> str:
             lines += _sensitivity_lines(name, t["sensitivity"], qdirs.get(name, "quantize-int8"))
     gate = s.get("gate")
     if gate:
-        lines.insert(2, f"**Regression gate: {'passed' if gate['passed'] else 'FAILED'}** - {gate['message']}\n")
+        lines.insert(2, f"**Regression gate: {gate_verdict(gate)}** - {gate['message']}\n")
     if s.get("cache_corrupt_entries"):
         lines.append(f"- damaged cache entries recomputed: {len(s['cache_corrupt_entries'])}")
     return "\n".join(lines) + "\n"
@@ -332,4 +333,10 @@ def console_table(s: dict[str, Any]) -> str:
         rel = "" if ratio is None else f"{m['map50_95'] - fp['map50_95']:+.4f} x{ratio:.2f}"
         out.append(f"{label:16}{m['map50_95']:>10.4f}{m['map50']:>9.4f}{m['latency_ms']['p50']:>9.2f}"
                    f"{m['latency_ms']['p90']:>9.2f}  {rel:>16}  {m['provider']}")
+    if s.get("gate"):
+        out.append(f"regression gate: {gate_verdict(s['gate'])} - {s['gate']['message']}")
     return "\n".join(out)
+
+
+def gate_verdict(gate: dict[str, Any]) -> str:
+    return "FAILED" if not gate["passed"] else "off" if gate.get("off") else "passed"

@@ -190,3 +190,20 @@ def test_flow_targets_side_by_side_and_alone(harness, tmp_path, tiny_model, tiny
     assert "targets" not in alone and alone["quantization"]["target"] == "ort-cpu"
     assert alone["int8"]["map50_95"] == oc["int8"]["map50_95"] and alone["cached"]["quantize"]
     assert set(alone["delta"]) == {"map50_95", "map50", "latency_ratio"}
+
+
+def test_gate_off_says_so_in_the_report_and_the_console():
+    from tasks.report import console_table, regression_gate
+
+    side = {"map50_95": 0.50, "map50": 0.65, "latency_ms": {"p50": 10.0, "p90": 11.0, "mean": 10.0},
+            "provider": "CPUExecutionProvider", "images": 79, "detections": 100}
+    s = {"run_id": "r", "run_dir": "/tmp/r", "model": {"path": "m.onnx", "size_bytes": 1}, "fp32": side,
+         "int8": {**side, "map50_95": 0.4851}, "delta": {"map50_95": -0.0149, "map50": -0.01, "latency_ratio": 0.5},
+         "quantization": {"target": "ort-cpu"}}
+    off = regression_gate(s, None)
+    assert off["passed"] and off["off"] and off["message"] == "gate off: drop 1.49 points"
+    on = regression_gate(s, 2.0)
+    assert on["passed"] and not on["off"] and "within budget" in on["message"]
+    assert not regression_gate(s, 1.0)["passed"]
+    s["gate"] = off
+    assert console_table(s).splitlines()[-1] == "regression gate: off - gate off: drop 1.49 points"
