@@ -169,8 +169,8 @@ def _quant_lines(q: dict[str, Any], calib: dict[str, Any]) -> list[str]:
             f"{q['reduce_range_reason']}",
             f"- ort-cpu: kept in float: {q['decode_tail_nodes_float']} decode nodes after the head, "
             f"{len(q.get('head_preset_nodes', []))} final head convolutions (preset), "
-            f"{'the stem convolution' if q.get('stem_nodes') else 'no stem'}; on the CPU EP "
-            f"{k.get('QLinearConv', 0)} convolutions run as integer kernels (QLinearConv), "
+            f"{'the stem convolution' if q.get('stem_nodes') else 'no stem'}; as quantized, before recovery, the CPU EP "
+            f"ran {k.get('QLinearConv', 0)} convolutions as integer kernels (QLinearConv), "
             f"{k.get('Conv', 0) + k.get('FusedConv', 0)} in float",
             f"- ort-cpu excluded nodes: {', '.join(q['excluded_nodes']) or 'none'}"
             + (f"; {q['note']}" if q.get("note") else ""),
@@ -185,7 +185,8 @@ def _quant_lines(q: dict[str, Any], calib: dict[str, Any]) -> list[str]:
            if q["topk_kept_float"] else ""),
         f"- excluded nodes: {', '.join(q['excluded_nodes']) or 'none'}",
         f"- head preset: {len(q['head_preset_nodes'])} final head convolutions kept in float"
-        + (f" ({', '.join(q['head_preset_nodes'])})" if q["head_preset_nodes"] else " (preset off or no head found)"),
+        + (f" ({', '.join(q['head_preset_nodes'])})" if q["head_preset_nodes"] else
+           " by ModelOpt (preset off: recovery decides, below)"),
     ]
     lines += [f"- {r}" for r in q["calibration_ep_reasons"]]
     return lines
@@ -197,7 +198,7 @@ def _mac_lines(name: str, q: dict[str, Any]) -> list[str]:
     rec = q.get("recovery") or {}
     bc = rec.get("bias_correction")
     floats = [f for f in q.get("float_convs", []) if f["mac_share"] > 0]
-    lines = [f"- {name}: **{q['int8_conv_mac_share'] * 100:.1f}% of convolution MACs in INT8** "
+    lines = [f"- {name}, after recovery: **{q['int8_conv_mac_share'] * 100:.1f}% of convolution MACs in INT8** "
              f"({q.get('int8_convs')} convolutions); bias correction: "
              + (f"{bc['layers']} convolutions (largest shift {bc['largest_shift']:.4g})" if bc else "off")
              + (f"; layers kept in float by the NSR rule: {len(rec['float_by_nsr_rule'])}" if rec.get("float_by_nsr_rule")
