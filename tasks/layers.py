@@ -142,6 +142,7 @@ def layer_group(qmodel: onnx.ModelProto, layer: str) -> list[str]:
     putting the layer in float means computing that whole group in float (its output stays
     quantized for the next layer)."""
     prod, cons = _producers(qmodel), _consumers(qmodel)
+    inits = {i.name for i in qmodel.graph.initializer}
     nodes = {n.name: n for n in qmodel.graph.node}
     members = [layer]
     inside = set(nodes[layer].output)
@@ -160,23 +161,12 @@ def layer_group(qmodel: onnx.ModelProto, layer: str) -> list[str]:
             for r in readers:
                 if r.op_type not in _ACTIVATIONS or r.name in members or not r.name:
                     continue
-                srcs = [_through_qdq(i, prod) for i in r.input if i and i not in _init_map_names(qmodel)]
+                srcs = [_through_qdq(i, prod) for i in r.input if i and i not in inits]
                 if srcs and all(s in inside for s in srcs):
                     members.append(r.name)
                     inside.update(r.output)
                     grew = True
     return members
-
-
-_INIT_CACHE: dict[int, set[str]] = {}
-
-
-def _init_map_names(model: onnx.ModelProto) -> set[str]:
-    key = id(model)
-    if key not in _INIT_CACHE:
-        _INIT_CACHE.clear()
-        _INIT_CACHE[key] = {i.name for i in model.graph.initializer}
-    return _INIT_CACHE[key]
 
 
 def _feeds_producer_kernel(q: onnx.NodeProto, dq: onnx.NodeProto, groups: set[str],

@@ -303,7 +303,7 @@ def step_report(ctx: RunContext, calib: dict[str, Any], targets: dict[str, dict[
 
 def _raw_quantize(ctx: RunContext, calib: dict[str, Any], target: str,
                   settings: QuantSettings | None = None) -> dict[str, Any]:
-    """The quantizer's own output for a target (cached, not published): refine_step finishes it."""
+    """The quantizer's own output for a target (cached, not published): step_refine finishes it."""
     if target == "tensorrt":
         return step_quantize(ctx, calib, settings, publish=False)
     return step_quantize_ort_cpu(ctx, calib, publish=False)
@@ -319,25 +319,24 @@ def execute(ctx: RunContext, call: Callable[..., Any] = direct) -> dict[str, Any
         # task names follow the target's folders: quantize-int8, coco-eval-int8 (tensorrt, as the
         # INT8 flow named them) and quantize-int8-ort-cpu, coco-eval-int8-ort-cpu
         _, qdir, which = TARGET_LAYOUT[target]
+        sfx = which.removeprefix("int8")  # "" for tensorrt, "-ort-cpu": task names follow the folders
         raw = call(qdir, _raw_quantize, ctx, calib, target)
-        quant = call(f"recover{which.removeprefix('int8')}", step_refine, ctx, calib, raw)
+        quant = call(f"recover{sfx}", step_refine, ctx, calib, raw)
         quant = {**quant, "quantize_wall_s": raw.get("step_wall_s")}
         auto = cfg.accuracy_budget is not None
         # in auto mode the smoke check judges the chosen model (a collapsed candidate is for the guard to reject)
-        smoke = None if auto else call("smoke-inference" + which.removeprefix("int8"), step_smoke, ctx, calib, quant, qdir)
+        smoke = None if auto else call(f"smoke-inference{sfx}", step_smoke, ctx, calib, quant, qdir)
         if fp32 is None:
             fp32 = call("coco-eval-fp32", step_evaluate, ctx, "fp32", Path(cfg.model), ctx.model["sha256"])
         int8 = call(f"coco-eval-{which}", step_evaluate, ctx, which, Path(quant["onnx"]), quant["sha256"])
         extra: dict[str, Any] = {}
         if auto:
-            g = call(f"accuracy-guard{which.removeprefix('int8')}", step_accuracy_guard, ctx, calib, raw, quant,
-                     fp32, int8)
+            g = call(f"accuracy-guard{sfx}", step_accuracy_guard, ctx, calib, raw, quant, fp32, int8)
             quant, int8 = {**g["quant"], "quantize_wall_s": raw.get("step_wall_s")}, g["int8"]
-            smoke = call("smoke-inference" + which.removeprefix("int8"), step_smoke, ctx, calib, quant, qdir)
+            smoke = call(f"smoke-inference{sfx}", step_smoke, ctx, calib, quant, qdir)
             extra = {"sensitivity": g["sensitivity"], "accuracy_guard": g["guard"]}
         elif cfg.sensitivity:
-            extra = {"sensitivity": call(f"sensitivity{which.removeprefix('int8')}", step_sensitivity, ctx, calib,
-                                         raw, quant)}
+            extra = {"sensitivity": call(f"sensitivity{sfx}", step_sensitivity, ctx, calib, raw, quant)}
         targets[target] = {"quant": quant, "smoke": smoke, "int8": int8, **extra}
     return call("report", step_report, ctx, calib, targets, fp32, {})
 
@@ -500,7 +499,7 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, A
     chosen = best if fits(results[best][2]) else None
     if chosen is None:
         braw, bq = results[best][0], results[best][1]
-        already = set(json.loads(Path(bq["entry"], "config.json").read_text())["recovery"]["float_layers"])
+        already = set(bq["config"]["recovery"]["float_layers"])
         share = bq["qdq"].get("int8_conv_mac_share", 1.0)
         ranked, spent = [], 0.0
         for r in sens["layers"]:
