@@ -133,8 +133,7 @@ def recovered(model: Path, raw: Path, reader: CalibReader, input_name: str, targ
     samples = [reader.get_next()[input_name] for _ in range(min(rs.stats_samples, len(reader)))]
     stats = compute_stats(model, raw, samples, input_name)
     out = raw.with_name(raw.stem + ".recovered.onnx")
-    rec = refine(model, raw, stats, out, target, target in rs.bias_correction, rs.float_nsr_above, rs.float_mac_cap,
-                 head_float=rs.head_float)
+    rec = refine(model, raw, stats, out, target, rs)
     out.replace(raw)
     return {"int8_conv_mac_share": rec["mac"]["int8_conv_mac_share"], "float_layers": len(rec["float_layers"])}
 

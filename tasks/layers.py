@@ -309,16 +309,15 @@ def local_branches(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, layers: Seque
         return out
 
     cons = _consumers(qmodel)
+    qnodes = {n.name: n for n in qmodel.graph.node}
     for k, name in enumerate(layers if layers is not None else quantized_layers(qmodel)):
         ref = fp_names.get(name)
         if ref is None:
             continue
         members = layer_group(qmodel, name)
         mset, tag = set(members), f"__l{k}"
-        qnode = next(n for n in qmodel.graph.node if n.name == name)
-        out_q = mirror(qnode.output[0], mset, tag)
-        last = next(n for n in qmodel.graph.node if n.name == members[-1])
-        group_t = last.output[0]
+        out_q = mirror(qnodes[name].output[0], mset, tag)
+        group_t = qnodes[members[-1]].output[0]
         # the group's output as the next layer reads it: through its Q/DQ when it has one
         q = [c for c in cons.get(group_t, []) if c.op_type == "QuantizeLinear"]
         dq = [d for d in cons.get(q[0].output[0], []) if d.op_type == "DequantizeLinear"] if q else []

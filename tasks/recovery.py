@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 
+from tasks.config import RecoverySettings
 from tasks.layers import (bias_correct, conv_mac_share, convs_of, exclude_layers, layer_macs, local_stats,
                           ort_int8_convs, qdq_int8_convs, quantized_layers)
 from tasks.quantize import QUANTIZABLE_OPS, head_final_convs, qdq_summary
@@ -118,28 +119,28 @@ def head_rule(fp: onnx.ModelProto, stats: dict[str, dict[str, Any]], macs: dict[
 
 
 def refine(fp32_path: Path, qdq_path: Path, stats: dict[str, dict[str, Any]], out_path: Path, target: str,
-           bias_correction: bool, float_nsr_above: float | None, float_mac_cap: float,
-           extra_float: Sequence[str] = (), head_float: bool = True) -> dict[str, Any]:
+           settings: RecoverySettings, extra_float: Sequence[str] = ()) -> dict[str, Any]:
     """Write the refined model to `out_path` (the caller renames it into place) and return its record."""
+    cap, above, head_float = settings.float_mac_cap, settings.float_nsr_above, settings.head_float
     q = onnx.load(str(qdq_path))
     fp = fp32_at_opset_of(fp32_path, q)
     half = half_float_layers(q)
     q = exclude_layers(q, fp, half)
     macs, conv_names = layer_macs(fp), convs_of(fp)
     rank = ranking(stats, macs, conv_names)
-    head, head_share = head_rule(fp, stats, macs, conv_names, float_mac_cap) if head_float else ([], 0.0)
-    by_rule = nsr_rule([r for r in rank if r["layer"] not in head], float_nsr_above, float_mac_cap - head_share)
+    head, head_share = head_rule(fp, stats, macs, conv_names, cap) if head_float else ([], 0.0)
+    by_rule = nsr_rule([r for r in rank if r["layer"] not in head], above, cap - head_share)
     chosen = list(dict.fromkeys(head + by_rule + [x for x in extra_float if x in stats]))
     if chosen:
         q = exclude_layers(q, fp, chosen)
     bc = None
-    if bias_correction:
+    if target in settings.bias_correction:
         live = set(quantized_layers(q))
         q, bc = bias_correct(q, {k: v for k, v in stats.items() if k in live})
     onnx.save(q, str(out_path))
     return {"half_float_layers_fixed": half, "float_head": head, "float_by_nsr_rule": by_rule,
             "float_requested": [x for x in extra_float if x in stats], "float_layers": chosen,
-            "nsr_rule": {"above": float_nsr_above, "mac_cap": float_mac_cap, "head_float": head_float,
+            "nsr_rule": {"above": above, "mac_cap": cap, "head_float": head_float,
                          "head_mac_share": round(head_share, 6)},
             "bias_correction": bc, "qdq": qdq_summary(q),
             "mac": int8_conv_report(q, out_path, target, macs, conv_names),

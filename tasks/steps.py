@@ -408,8 +408,7 @@ def step_refine(ctx: RunContext, calib: dict[str, Any], raw: dict[str, Any], ext
         stats = step_layer_stats(ctx, calib, raw)
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
             tdir = Path(td)
-            rec = refine(Path(cfg.model), Path(raw["onnx"]), stats, tdir / "model.onnx", target, bc,
-                         rs.float_nsr_above, rs.float_mac_cap, extra, rs.head_float)
+            rec = refine(Path(cfg.model), Path(raw["onnx"]), stats, tdir / "model.onnx", target, rs, extra)
             conf = {**raw["config"], "recovery": {k: v for k, v in rec.items() if k not in ("qdq", "mac")},
                     "output_sha256": sha256_file(tdir / "model.onnx"), "raw_sha256": raw["sha256"],
                     "refine_cache_key": key}
