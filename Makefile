@@ -62,7 +62,7 @@ pool: $(STAMP)            ## the process work pool the deployments use
 	PREFECT_API_URL=$(SERVER_URL) $(BIN)/prefect work-pool create yolo-lowbit --type process --overwrite
 
 deploy: $(STAMP)          ## every deployment in prefect.yaml (manual, nightly, demo)
-	PREFECT_API_URL=$(SERVER_URL) YOLO_LOWBIT_ROOT=$(CURDIR) $(BIN)/prefect --no-prompt deploy --all
+	PREFECT_API_URL=$(SERVER_URL) $(BIN)/prefect --no-prompt deploy --all
 
 worker: $(STAMP)          ## runs the flow runs of the pool from this checkout
 	PREFECT_API_URL=$(SERVER_URL) $(BIN)/prefect worker start --pool yolo-lowbit

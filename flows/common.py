@@ -51,3 +51,57 @@ def retry_transient_only(task, task_run, state) -> bool:
 
 def quiet_library_logs() -> None:
     logging.getLogger("modelopt").setLevel(logging.WARNING)
+
+
+def prefect_progress_sinks() -> None:
+    """Long loops (tasks/progress.py) report on the run's console and as a progress artifact on the
+    run's page (Prefect's create/update_progress_artifact), each at most every few seconds."""
+    from tasks.progress import log_sink, set_sink_factories
+
+    def console(label: str, unit: str):
+        from prefect import get_run_logger
+        from prefect.exceptions import MissingContextError
+
+        try:
+            logger = get_run_logger()
+        except MissingContextError:
+            return log_sink(label, unit)
+        spoke = False
+
+        def sink(tick) -> None:
+            nonlocal spoke
+            if tick.final and not spoke:
+                return  # a loop done before its first tick: the step's own lines say so
+            spoke = True
+            logger.info("%s", tick.text())
+
+        return sink
+
+    def artifact(label: str, unit: str):
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        if TaskRunContext.get() is None and FlowRunContext.get() is None:
+            return None
+        ident = None
+
+        def sink(tick) -> None:
+            nonlocal ident
+            text = tick.text()
+            if ident is None:
+                ident = create_progress_artifact(progress=tick.percent, description=text)
+            else:
+                update_progress_artifact(ident, progress=tick.percent, description=text)
+
+        return sink
+
+    set_sink_factories([console, artifact])
+
+
+def ensure_prefect_home() -> None:
+    """Create PREFECT_HOME (with its parents) before a temporary server needs it: Prefect 3.9 creates
+    only the last folder, and with a missing parent its temporary server never answers and the run
+    fails after the whole startup timeout with 'Timed out while attempting to connect'."""
+    from prefect.settings import get_current_settings
+
+    Path(get_current_settings().home).expanduser().mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 try:
-    from flows.common import offline_defaults
+    from flows.common import ensure_prefect_home, offline_defaults
 except ModuleNotFoundError:  # run as `python flows/evaluate.py`
-    from common import offline_defaults
+    from common import ensure_prefect_home, offline_defaults
 
 offline_defaults()
 
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             preprocess=PreprocessSpec(pad_value=a.pad_value, center=not a.no_center,
                                       channel_order="BGR" if a.bgr else "RGB"))
         if a.prefect:
+            ensure_prefect_home()
             metrics = evaluate_flow(a.model, a.images, a.annotations, a.subset, settings, a.out)
         else:
             metrics = evaluate_model(Path(a.model), Path(a.images), Path(a.annotations), a.subset, settings,

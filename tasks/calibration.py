@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tasks.preprocess import PreprocessSpec, list_images, preprocess_file
+from tasks.progress import ProgressFn
 from tasks.rundir import atomic_writer, sha256_file
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ class CalibrationError(ValueError):
     """Calibration data that does not fit the model; the message names the file and the fix."""
 
 
-def _open_array(path: Path, input_name: str) -> np.ndarray:
+def open_array(path: Path, input_name: str) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"calibration tensor {path} does not exist; pass --calib with a .npy/.npz file "
                                 f"or --calib-images with a folder")
@@ -60,8 +61,8 @@ def _open_array(path: Path, input_name: str) -> np.ndarray:
     raise CalibrationError(f"calibration file {path} must be .npy or .npz, not {suffix or 'no suffix'}")
 
 
-def check_calib_array(arr: np.ndarray, input_shape: Sequence[int], spec: PreprocessSpec, name: str) -> dict[str, Any]:
-    """Shape, dtype, finiteness and value range against the model input; returns simple stats."""
+def check_calib_shape(arr: np.ndarray, input_shape: Sequence[int], name: str) -> None:
+    """Shape and dtype against the model input (reads the header only)."""
     _, c, h, w = input_shape
     if arr.ndim != 4:
         raise CalibrationError(f"calibration tensor {name} has rank {arr.ndim} (shape {list(arr.shape)}); "
@@ -76,6 +77,11 @@ def check_calib_array(arr: np.ndarray, input_shape: Sequence[int], spec: Preproc
         hint = " (uint8 pixels: letterbox, then divide by 255)" if arr.dtype == np.uint8 else \
             " (convert with .astype(np.float32))"
         raise CalibrationError(f"calibration tensor {name} is {arr.dtype}; the model input is float32{hint}")
+
+
+def check_calib_array(arr: np.ndarray, input_shape: Sequence[int], spec: PreprocessSpec, name: str) -> dict[str, Any]:
+    """Shape, dtype, finiteness and value range against the model input; returns simple stats."""
+    check_calib_shape(arr, input_shape, name)
     lo, hi = np.inf, -np.inf
     for i in range(0, arr.shape[0], _CHUNK):
         block = np.asarray(arr[i:i + _CHUNK])
@@ -98,7 +104,7 @@ def check_calib_array(arr: np.ndarray, input_shape: Sequence[int], spec: Preproc
 
 def load_calib_tensor(path: Path, input_name: str, input_shape: Sequence[int], spec: PreprocessSpec) -> tuple[np.ndarray, dict[str, Any]]:
     path = Path(path)
-    arr = _open_array(path, input_name)
+    arr = open_array(path, input_name)
     stats = check_calib_array(arr, input_shape, spec, str(path))
     info = {"source": "tensor", "path": str(path), "sha256": sha256_file(path), "count": int(arr.shape[0]),
             "shape": list(arr.shape), "value_range": [stats["min"], stats["max"]], "order": "as stored",
@@ -107,7 +113,7 @@ def load_calib_tensor(path: Path, input_name: str, input_shape: Sequence[int], s
 
 
 def pick_calib_images(folder: Path, count: int, seed: int) -> list[Path]:
-    files = list_images(folder)
+    files = list_images(folder, "--calib-images with a folder of images (or --calib with a tensor file)")
     if count > len(files):
         log.warning("asked for %d calibration images but %s holds %d; using all of them", count, folder, len(files))
         count = len(files)
@@ -136,7 +142,8 @@ def build_calib_tensor(files: Sequence[Path], input_shape: Sequence[int], spec: 
     return out
 
 
-def write_calib_npy(path: Path, files: Sequence[Path], input_shape: Sequence[int], spec: PreprocessSpec) -> str:
+def write_calib_npy(path: Path, files: Sequence[Path], input_shape: Sequence[int], spec: PreprocessSpec,
+                    progress: ProgressFn | None = None) -> str:
     """Preprocess images one at a time straight into a .npy (temporary name, then renamed); returns
     its sha256. Memory stays at one sample however many images there are."""
     _, c, h, w = input_shape
@@ -145,9 +152,11 @@ def write_calib_npy(path: Path, files: Sequence[Path], input_shape: Sequence[int
             f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
                 "shape": (len(files), c, h, w)})
         buf = np.empty((c, h, w), np.float32)
-        for p in files:
+        for k, p in enumerate(files, 1):
             buf[...] = preprocess_file(p, (h, w), spec)[0]
             f.write(buf.tobytes())
+            if progress is not None:
+                progress(k, len(files))
     return sha256_file(path)
 
 
@@ -220,6 +229,7 @@ class CalibReader:
             n = len(self._files)
         self.order = (np.random.default_rng(seed).permutation(n) if seed is not None else np.arange(n)).tolist()
         self._pos = 0
+        self.progress: ProgressFn | None = None  # called (samples read, total) as a calibrator reads
 
     def __len__(self) -> int:
         return len(self.order)
@@ -227,7 +237,9 @@ class CalibReader:
     def with_seed(self, seed: int | None) -> "CalibReader":
         """The same samples in another order (seeded permutation, or storage order for None)."""
         shape, spec = self._args
-        return CalibReader(self.source, self.input_name, seed=seed, input_shape=shape, spec=spec)
+        other = CalibReader(self.source, self.input_name, seed=seed, input_shape=shape, spec=spec)
+        other.progress = self.progress
+        return other
 
     def _sample(self, i: int) -> np.ndarray:
         src = self.source
@@ -244,7 +256,10 @@ class CalibReader:
         if self._pos >= len(self.order):
             return None
         self._pos += 1
-        return {self.input_name: self._sample(self.order[self._pos - 1])}
+        sample = {self.input_name: self._sample(self.order[self._pos - 1])}
+        if self.progress is not None:
+            self.progress(self._pos, len(self.order))
+        return sample
 
     def rewind(self) -> None:
         self._pos = 0
@@ -253,7 +268,7 @@ class CalibReader:
 def open_samples(path: Path, input_name: str) -> "NpySampleReader | np.ndarray":
     """The samples of a calibration tensor file, sliceable: a C-ordered float32 .npy is read by file
     offsets, never whole; a .npz cannot be read in pieces, so its array is loaded."""
-    return _open_array(Path(path), input_name)
+    return open_array(Path(path), input_name)
 
 
 def open_reader(path: Path, input_name: str, seed: int | None = None) -> CalibReader:

@@ -25,7 +25,7 @@ class QuantSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["max", "entropy"] = "max"
+    method: Literal["max", "entropy"] = Field("max", description="ModelOpt calibration method of the tensorrt target")
     entropy_impl: Literal["histogram", "modelopt"] = Field(
         "histogram", description="entropy: 'histogram' = max calibration, then fixed 2048-bin histograms and "
                                  "the KL search here, handed to ModelOpt as a calibration cache (bounded cost); "
@@ -33,8 +33,9 @@ class QuantSettings(BaseModel):
                                  "without bound: ~100x slower than max was measured)")
     calib_eps: list[str] = Field(default_factory=lambda: ["cuda:0", "cpu"],
                                  description="calibration EPs in priority order; cpu is kept last")
-    exclude_nodes: list[str] = Field(default_factory=list, description="regexes, matched from the node name's start")
-    exclude_op_types: list[str] = Field(default_factory=list)
+    exclude_nodes: list[str] = Field(default_factory=list, description="node-name regexes kept in float (every target), "
+                                                                    "matched from the name's start")
+    exclude_op_types: list[str] = Field(default_factory=list, description="op types kept in float (every target)")
     quantize_topk: bool = Field(False, description="let ModelOpt put Q/DQ on the post-processing TopK inputs "
                                                     "(coarsens YOLOv10 output scores to a few levels)")
     head_preset: bool = Field(False, description="ModelOpt itself keeps the detection head's final convolutions in "
@@ -42,6 +43,13 @@ class QuantSettings(BaseModel):
                                                  "a MAC budget, the default)")
     high_precision_dtype: Literal["fp32", "fp16"] = Field(
         "fp32", description="fp32 while validation runs on ONNX Runtime; fp16 for TensorRT deployment")
+    dq_only: bool = Field(True, description="ModelOpt's dq_only: the tensorrt artifact stores its weights as INT8 "
+                                            "behind a DequantizeLinear (same outputs, a quarter of the weight "
+                                            "bytes); off: FP32 weights behind Q/DQ pairs")
+
+    def ptq_key(self) -> dict[str, Any]:
+        """The settings that change ModelOpt's output (dq_only is applied after recovery)."""
+        return self.model_dump(exclude={"dq_only"})
 
     @field_validator("calib_eps")
     @classmethod
@@ -122,17 +130,17 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: Path = USER_DEFAULT_MODEL
+    model: Path = Field(USER_DEFAULT_MODEL, description="FP32 ONNX export with a static 1x3xHxW input")
     demo: bool = Field(False, description="run on the bundled demo model and data")
     calib: Path | None = Field(None, description="calibration tensor .npy/.npz, N x 3 x H x W float32, preprocessed")
     calib_images: Path | None = Field(None, description="folder of calibration images (letterboxed like inference)")
-    calib_count: int = Field(32, ge=1, le=4096)
-    calib_seed: int = 0
+    calib_count: int = Field(32, ge=1, le=4096, description="images sampled from calib_images")
+    calib_seed: int = Field(0, description="seed of the calibration sample and its order")
     allow_calib_overlap: bool = Field(False, description="allow calibration images that are also evaluated")
-    images: Path | None = None
-    annotations: Path | None = None
+    images: Path | None = Field(None, description="folder of the evaluated images")
+    annotations: Path | None = Field(None, description="COCO instances JSON describing the images")
     subset: str | None = Field(None, description="N, random:N, or a file of image ids / file names")
-    subset_seed: int = 0
+    subset_seed: int = Field(0, description="seed of subset=random:N")
     targets: list[Target] = Field(default_factory=lambda: ["tensorrt"],
                                   description="tensorrt: ModelOpt Q/DQ for TensorRT engines (default); ort-cpu: "
                                               "INT8 for ONNX Runtime's CPU EP; several are evaluated side by side")
@@ -140,10 +148,13 @@ class RunConfig(BaseModel):
     ort_cpu: OrtCpuSettings = Field(default_factory=OrtCpuSettings)
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
-    smoke_samples: int = Field(4, ge=1, le=64)
-    smoke_conf: float = Field(0.25, gt=0, lt=1)
+    smoke_samples: int = Field(4, ge=1, le=64, description="calibration samples the smoke check runs through "
+                                                          "FP32 and INT8")
+    smoke_conf: float = Field(0.25, gt=0, lt=1, description="confidence above which the smoke check compares "
+                                                            "detections")
     run_root: Path | None = Field(None, description="default tmp/<model-stem>_lowbit")
-    run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                               description="run folder name (default: a timestamp)")
     cache_dir: Path | None = Field(None, description="default <run_root>/.cache")
     max_map_drop: float | None = Field(
         1.0, ge=-100, le=100, description="regression gate: fail the run when INT8 mAP50-95 is more than this many points "

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from tasks import __version__
 from tasks.coco_eval import AnnotationError, category_map, evaluate_detections, load_coco, select_subset
 from tasks.decode import DecodeError, decode, detect_format
+from tasks.progress import ProgressFn
 from tasks.preprocess import ImageError, PreprocessSpec, load_rgb, letterbox, to_original
 from tasks.rundir import sha256_file
 from tasks.runtime import (
@@ -28,16 +29,18 @@ log = logging.getLogger(__name__)
 class EvalSettings(BaseModel):
     """Everything that changes an evaluation's figures, besides the files themselves."""
 
-    output_format: Literal["auto", "yolov10", "yolov8", "yolov5"] = "auto"
+    output_format: Literal["auto", "yolov10", "yolov8", "yolov5"] = Field(
+        "auto", description="output layout; auto reads the export's metadata and output shape")
     conf_thres: float = Field(0.001, ge=0, lt=1, description="confidence threshold for mAP (low on purpose)")
     iou_thres: float = Field(0.65, gt=0, le=1, description="NMS IoU threshold (yolov8/yolov5 outputs)")
-    max_det: int = Field(300, gt=0)
+    max_det: int = Field(300, gt=0, description="detections kept per image")
     class_map: list[int] | None = Field(None, description="category id per class index; default: file's ids in order")
     preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
-    providers: list[str] = Field(default_factory=lambda: list(DEFAULT_PROVIDERS))
-    strict_providers: bool = False
+    providers: list[str] = Field(default_factory=lambda: list(DEFAULT_PROVIDERS),
+                                 description="evaluation execution providers in priority order")
+    strict_providers: bool = Field(False, description="fail instead of falling back to the CPU EP")
     threads: int | None = Field(None, ge=1, description="ORT intra-op threads (default: all cores)")
-    warmup: int = Field(10, ge=0)
+    warmup: int = Field(10, ge=0, description="untimed runs before latency is measured")
 
 
 def _metadata_names(meta: dict[str, str]) -> dict[int, str] | None:
@@ -85,8 +88,10 @@ def _check_image_sizes(coco, image_ids: Sequence[int], images_dir: Path) -> list
 
 
 def evaluate_model(model_path: Path, images_dir: Path, annotations: Path, subset: str | int | None = None,
-                   settings: EvalSettings | None = None, subset_seed: int = 0) -> dict[str, Any]:
-    """Evaluate one ONNX model; returns the metrics dict that `flows/evaluate.py` writes."""
+                   settings: EvalSettings | None = None, subset_seed: int = 0,
+                   progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Evaluate one ONNX model; returns the metrics dict that `flows/evaluate.py` writes.
+    `progress(done, total)` is called after each image."""
     settings = settings or EvalSettings()
     model_path, images_dir = Path(model_path), Path(images_dir)
     model = check_model_file(model_path)
@@ -109,7 +114,7 @@ def evaluate_model(model_path: Path, images_dir: Path, annotations: Path, subset
     batch = np.empty((1, 3, *size_hw), dtype=np.float32)  # one input buffer, refilled per image
     cat_arr = np.asarray(cat_ids, dtype=np.int64)
     warmed = False
-    for iid, path in items:
+    for k, (iid, path) in enumerate(items, 1):
         t0 = time.perf_counter()
         img = load_rgb(path)
         info = coco.imgs[iid]
@@ -142,6 +147,8 @@ def evaluate_model(model_path: Path, images_dir: Path, annotations: Path, subset
         t_pre.append(pre_s)
         t_inf.append(t2 - t1)
         t_dec.append(t3 - t2)
+        if progress is not None:
+            progress(k, len(items))
 
     ev = evaluate_detections(coco, dets, image_ids)
     rt = runtime_info(choice, settings.threads)

@@ -23,7 +23,7 @@ class PreprocessSpec(BaseModel):
 
     pad_value: int = Field(114, ge=0, le=255, description="grey level of the letterbox border")
     center: bool = Field(True, description="pad both sides equally (Ultralytics) or only right/bottom")
-    channel_order: Literal["RGB", "BGR"] = "RGB"
+    channel_order: Literal["RGB", "BGR"] = Field("RGB", description="channel order the export expects")
     scale: float = Field(1 / 255, gt=0, description="multiplier from 0-255 pixels to model input")
 
 
@@ -42,10 +42,12 @@ class ImageError(ValueError):
     """An image that cannot be used; the message names the file."""
 
 
-def list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path, option: str = "an existing folder of images") -> list[Path]:
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"image folder {folder} is a file, not a folder; pass {option}")
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist; pass an existing folder of images")
+        raise FileNotFoundError(f"image folder {folder} does not exist; pass {option}")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
         raise FileNotFoundError(f"image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")

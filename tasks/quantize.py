@@ -411,3 +411,70 @@ def _apply_fast_entropy(fp32_path: Path, qdq_path: Path, reader: Any, cache_path
             "threshold_vs_max": {"min": round(min(ratios), 4), "median": round(float(np.median(ratios)), 4),
                                  "max": round(max(ratios), 4)} if ratios else None,
             "cache": cache_path.name}
+
+
+# Consumers ModelOpt's qdq_to_dq knows the weight axis of (its axis_map); anything else makes it fail.
+_DQ_ONLY_CONSUMERS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def _weight_axis(node: onnx.NodeProto) -> int:
+    if node.op_type == "Gemm":
+        return 0 if any(a.name == "transB" and a.i for a in node.attribute) else 1
+    return {"Conv": 0, "ConvTranspose": 1, "MatMul": 1}[node.op_type]
+
+
+def _dq_only_blocker(model: onnx.ModelProto) -> str | None:
+    """Why ModelOpt's qdq_to_dq would fail or change meaning on this model, or None. It converts every
+    QuantizeLinear fed by an initializer and stops at the first it cannot, so we check them all first."""
+    inits = {i.name: i for i in model.graph.initializer}
+    graph_inputs = {i.name for i in model.graph.input}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n)
+    for n in model.graph.node:
+        if n.op_type != "QuantizeLinear" or n.input[0] not in inits:
+            continue
+        w = inits[n.input[0]]
+        if w.name in graph_inputs or len(consumers.get(w.name, [])) != 1:
+            return f"weight {w.name} is also read elsewhere"
+        if w.data_type != onnx.TensorProto.FLOAT:
+            # fp16 weights (high_precision_dtype=fp16): qdq_to_dq divides in fp16 and was seen to move
+            # about 1% of the weights by one step against ORT's QuantizeLinear
+            return f"weight {w.name} is not float32"
+        dqs = consumers.get(n.output[0], [])
+        if len(dqs) != 1 or dqs[0].op_type != "DequantizeLinear":
+            return f"{n.name} does not feed exactly one DequantizeLinear"
+        users = consumers.get(dqs[0].output[0], [])
+        if not users or any(u.op_type not in _DQ_ONLY_CONSUMERS or u.input[1] != dqs[0].output[0] for u in users):
+            return f"the weight {w.name} feeds {sorted({u.op_type for u in users})}, not only Conv/MatMul weights"
+        scale = inits.get(n.input[1])
+        zp = inits.get(n.input[2]) if len(n.input) > 2 else None
+        axis = _weight_axis(users[0])
+        if scale is None or len(scale.dims) != 1 or scale.dims[0] != w.dims[axis]:
+            return f"{n.name} has no per-channel scale"  # qdq_to_dq reshapes a per-channel scale only
+        if zp is None or zp.data_type != onnx.TensorProto.INT8:
+            return f"{n.name} has no int8 zero point"
+    return None
+
+
+def weights_dq_only(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """ModelOpt's `dq_only` applied to a finished Q/DQ model: each Conv weight is stored as INT8 and
+    read through its DequantizeLinear, its QuantizeLinear gone (`qdq_utils.qdq_to_dq`, the function
+    `quantize(dq_only=True)` calls). The dequantized weights are the same numbers (round half to even,
+    as ONNX QuantizeLinear), so ORT gives identical outputs; the file is about 4x smaller in weights,
+    and TensorRT takes pre-quantized weights behind a DequantizeLinear ("Quantized Weights",
+    TensorRT's explicit-quantization guide). Applied after recovery, so the layers put back in float
+    keep FP32 weights. Returns (model, record); the model is unchanged when a weight pattern is one
+    qdq_to_dq cannot convert (the record says which)."""
+    blocker = _dq_only_blocker(model)
+    q_before = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    if blocker is not None:
+        return model, {"applied": False, "reason": blocker}
+    from modelopt.onnx.quantization.qdq_utils import qdq_to_dq
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out = qdq_to_dq(out)
+    q_after = sum(n.op_type == "QuantizeLinear" for n in out.graph.node)
+    return out, {"applied": True, "weights_int8": q_before - q_after, "function": "modelopt qdq_utils.qdq_to_dq"}

@@ -23,7 +23,7 @@ import onnx
 from tasks.config import RecoverySettings
 from tasks.layers import (bias_correct, conv_mac_share, convs_of, exclude_layers, layer_macs, local_stats,
                           ort_int8_convs, qdq_int8_convs, quantized_layers)
-from tasks.quantize import QUANTIZABLE_OPS, head_final_convs, qdq_summary
+from tasks.quantize import QUANTIZABLE_OPS, head_final_convs, qdq_summary, weights_dq_only
 
 
 def half_float_layers(qmodel: onnx.ModelProto) -> list[str]:
@@ -119,8 +119,9 @@ def head_rule(fp: onnx.ModelProto, stats: dict[str, dict[str, Any]], macs: dict[
 
 
 def refine(fp32_path: Path, qdq_path: Path, stats: dict[str, dict[str, Any]], out_path: Path, target: str,
-           settings: RecoverySettings, extra_float: Sequence[str] = ()) -> dict[str, Any]:
-    """Write the refined model to `out_path` (the caller renames it into place) and return its record."""
+           settings: RecoverySettings, extra_float: Sequence[str] = (), dq_only: bool = False) -> dict[str, Any]:
+    """Write the refined model to `out_path` (the caller renames it into place) and return its record.
+    `dq_only`: the weights of the finished model are stored as INT8 (`quantize.weights_dq_only`)."""
     cap, above, head_float = settings.float_mac_cap, settings.float_nsr_above, settings.head_float
     q = onnx.load(str(qdq_path))
     fp = fp32_at_opset_of(fp32_path, q)
@@ -137,8 +138,11 @@ def refine(fp32_path: Path, qdq_path: Path, stats: dict[str, dict[str, Any]], ou
     if target in settings.bias_correction:
         live = set(quantized_layers(q))
         q, bc = bias_correct(q, {k: v for k, v in stats.items() if k in live})
+    weights = None
+    if dq_only:
+        q, weights = weights_dq_only(q)
     onnx.save(q, str(out_path))
-    return {"half_float_layers_fixed": half, "float_head": head, "float_by_nsr_rule": by_rule,
+    return {"half_float_layers_fixed": half, "dq_only": weights, "float_head": head, "float_by_nsr_rule": by_rule,
             "float_requested": [x for x in extra_float if x in stats], "float_layers": chosen,
             "nsr_rule": {"above": above, "mac_cap": cap, "head_float": head_float,
                          "head_mac_share": round(head_share, 6)},

@@ -18,13 +18,13 @@ from tasks import __version__
 from tasks.cache import StepCache, cache_key
 from tasks.calibration import (CalibReader, check_overlap, load_calib_tensor, open_reader, open_samples, pick_calib_images,
                                write_calib_npy)
-from tasks.coco_eval import load_coco, select_subset
 from tasks.config import QuantSettings, RunConfig
 from tasks.faults import fault_point
-from tasks.evaluate import evaluate_model, resolve_format
+from tasks.inputs import check_inputs
+from tasks.progress import Progress
+from tasks.evaluate import evaluate_model
 from tasks.quantize import run_ptq
 from tasks.rundir import atomic_copy, atomic_write_json, create_run_dir, default_run_id, sha256_file
-from tasks.runtime import check_model_file, model_io
 from tasks.smoke import smoke_compare
 
 log = logging.getLogger(__name__)
@@ -65,24 +65,16 @@ class RunContext:
 
 
 def prepare_run(cfg: RunConfig) -> RunContext:
-    """Resolve the config, check the model, create the run folder (state: running)."""
-    cfg = cfg.resolved()
-    model = check_model_file(cfg.model)
-    input_name, in_shape, _ = model_io(model)
-    fmt, nc, fmt_info = resolve_format(model, cfg.eval)
-    coco = load_coco(cfg.annotations)  # fail before any work if the annotations are unusable
-    image_ids = select_subset(coco, cfg.subset, seed=cfg.subset_seed)
-    eval_files = [Path(cfg.images) / coco.imgs[i]["file_name"] for i in image_ids]
-    missing = [p for p in eval_files if not p.is_file()]
-    if missing:  # bad input is refused before a run folder exists
-        raise FileNotFoundError(f"image {missing[0]} ({len(missing)} of {len(eval_files)} evaluated images) is listed in "
-                                f"the annotations but missing; check --images points at the folder they describe")
+    """Check the inputs, then create the run folder (state: running): bad input leaves no folder."""
+    inputs = check_inputs(cfg)
+    cfg, eval_files = inputs.cfg, inputs.eval_files
     run_dir = create_run_dir(cfg.run_root, cfg.run_id or default_run_id())
     cfg.run_id = run_dir.name
     atomic_write_json(run_dir / "run-config.json", cfg.model_dump(mode="json"))
     ctx = RunContext(cfg=cfg, run_dir=run_dir, cache=StepCache(cfg.cache_dir), versions=versions())
-    ctx.model = {"path": str(cfg.model), "sha256": sha256_file(cfg.model), "input": input_name,
-                 "input_shape": list(in_shape), "output_format": fmt, "num_classes": nc, **fmt_info,
+    ctx.model = {"path": str(cfg.model), "sha256": sha256_file(cfg.model), "input": inputs.input_name,
+                 "input_shape": list(inputs.input_shape), "output_format": inputs.output_format,
+                 "num_classes": inputs.num_classes, **inputs.format_info,
                  "eval_image_files": [str(p) for p in eval_files],
                  # hashed once here: both evaluations key their cache entries on these bytes
                  "eval_image_sha256": [sha256_file(p) for p in eval_files],
@@ -118,7 +110,8 @@ def step_calibration(ctx: RunContext) -> dict[str, Any]:
     cached = entry is not None
     if entry is None:
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
-            sha = write_calib_npy(Path(td) / "calib.npy", files, m["input_shape"], cfg.eval.preprocess)
+            with Progress("calibration images") as progress:
+                sha = write_calib_npy(Path(td) / "calib.npy", files, m["input_shape"], cfg.eval.preprocess, progress)
             entry = ctx.cache.put("calibration", key, {"calib.npy": Path(td) / "calib.npy"}, {"sha256": sha})
     tensor = entry.file("calib.npy")
     info = {"source": "images", "folder": str(cfg.calib_images), "count": len(files),
@@ -135,8 +128,10 @@ def _calib_array(ctx: RunContext, calib: dict[str, Any]) -> Any:
     return open_samples(Path(calib["tensor_path"]), ctx.model["input"])
 
 
-def _calib_reader(ctx: RunContext, calib: dict[str, Any]) -> CalibReader:
-    return open_reader(Path(calib["tensor_path"]), ctx.model["input"])
+def _calib_reader(ctx: RunContext, calib: dict[str, Any], label: str) -> CalibReader:
+    reader = open_reader(Path(calib["tensor_path"]), ctx.model["input"])
+    reader.progress = Progress(label, unit="samples")
+    return reader
 
 
 def step_quantize(ctx: RunContext, calib: dict[str, Any], settings: QuantSettings | None = None,
@@ -150,13 +145,14 @@ def step_quantize(ctx: RunContext, calib: dict[str, Any], settings: QuantSetting
     settings = settings or cfg.quant
     seed = cfg.calib_seed
     key = cache_key("quantize", {"model": m["sha256"], "calib": calib["sha256"],
-                                 "settings": settings.model_dump(), "seed": seed, "versions": ctx.key_versions})
+                                 "settings": settings.ptq_key(), "seed": seed, "versions": ctx.key_versions})
     entry = ctx.cache.get("quantize", key)
     cached = entry is not None
     if entry is None:
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
             tdir = Path(td)
-            rec = run_ptq(Path(cfg.model), m["input"], _calib_reader(ctx, calib), settings, tdir / "model.onnx",
+            reader = _calib_reader(ctx, calib, f"calibrate tensorrt ({settings.method})")
+            rec = run_ptq(Path(cfg.model), m["input"], reader, settings, tdir / "model.onnx",
                           tdir / "modelopt-onnx-ptq.log", seed=seed)
             snapshot = {"settings": settings.model_dump(), "modelopt_call": rec["args"],
                         "op_types_excluded": rec["args"]["op_types_to_exclude"],
@@ -234,7 +230,7 @@ def step_quantize_ort_cpu(ctx: RunContext, calib: dict[str, Any], publish: bool 
     if entry is None:
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
             tdir = Path(td)
-            rec = build_ort_cpu(Path(cfg.model), _calib_reader(ctx, calib), settings, tdir / "model.onnx",
+            rec = build_ort_cpu(Path(cfg.model), _calib_reader(ctx, calib, "calibrate ort-cpu"), settings, tdir / "model.onnx",
                                 tdir / "ort-quantize.log", cfg.quant.exclude_nodes, cfg.quant.exclude_op_types)
             snapshot = {**{k: v for k, v in rec.items() if k != "qdq"}, "target": "ort-cpu",
                         "settings": settings.model_dump(), "method_note": (
@@ -270,7 +266,9 @@ def step_evaluate(ctx: RunContext, which: str, model_path: Path, model_sha: str,
     entry = ctx.cache.get("evaluate", key)
     cached = entry is not None
     if entry is None:
-        metrics = evaluate_model(model_path, cfg.images, cfg.annotations, cfg.subset, cfg.eval, cfg.subset_seed)
+        with Progress(f"evaluate {which}") as progress:
+            metrics = evaluate_model(model_path, cfg.images, cfg.annotations, cfg.subset, cfg.eval, cfg.subset_seed,
+                                     progress)
         fault_point(f"{which}-eval-computed")  # metrics in memory, nothing published yet
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
             atomic_write_json(Path(td) / "metrics.json", metrics)
@@ -397,18 +395,19 @@ def step_refine(ctx: RunContext, calib: dict[str, Any], raw: dict[str, Any], ext
     cfg, target = ctx.cfg, raw["target"]
     rs = cfg.recovery
     bc = target in rs.bias_correction
+    dq_only = target == "tensorrt" and cfg.quant.dq_only
     extra = sorted(extra_float or [])
     key = cache_key("refine", {"model": ctx.model["sha256"], "qdq": raw["sha256"], "calib": calib["sha256"],
                                "target": target, "bias_correction": bc, "above": rs.float_nsr_above,
                                "cap": rs.float_mac_cap, "head": rs.head_float, "samples": rs.stats_samples, "extra_float": extra,
-                               "version": RECOVERY_VERSION, "versions": ctx.key_versions})
+                               "dq_only": dq_only, "version": RECOVERY_VERSION, "versions": ctx.key_versions})
     entry = ctx.cache.get("refine", key)
     cached = entry is not None
     if entry is None:
         stats = step_layer_stats(ctx, calib, raw)
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
             tdir = Path(td)
-            rec = refine(Path(cfg.model), Path(raw["onnx"]), stats, tdir / "model.onnx", target, rs, extra)
+            rec = refine(Path(cfg.model), Path(raw["onnx"]), stats, tdir / "model.onnx", target, rs, extra, dq_only)
             conf = {**raw["config"], "recovery": {k: v for k, v in rec.items() if k not in ("qdq", "mac")},
                     "output_sha256": sha256_file(tdir / "model.onnx"), "raw_sha256": raw["sha256"],
                     "refine_cache_key": key}

@@ -80,3 +80,123 @@ def test_missing_eval_image_is_refused_before_any_run_folder(tmp_path, tiny_mode
     with pytest.raises(FileNotFoundError, match="val0002.png"):
         prepare_run(cfg)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def _bad_input(kind, tmp_path, tiny_model, tiny_data):
+    """(values, message) for one kind of bad input a new user makes."""
+    base = {"--model": str(tiny_model), "--images": str(tiny_data["images"]),
+            "--annotations": str(tiny_data["annotations"]), "--calib-images": str(tiny_data["calib_images"])}
+    if kind == "corrupt-model":
+        bad = tmp_path / "cut.onnx"
+        bad.write_bytes(tiny_model.read_bytes()[:200])
+        return {**base, "--model": str(bad)}, "is not a valid ONNX model"
+    if kind == "calib-images-is-a-file":
+        return {**base, "--calib-images": str(tiny_model)}, "is a file, not a folder; pass --calib-images"
+    if kind == "annotations-not-json":
+        bad = tmp_path / "ann.json"
+        bad.write_text("images: []\n")
+        return {**base, "--annotations": str(bad)}, "is not JSON"
+    if kind == "subset-selects-nothing":
+        ids = tmp_path / "ids.txt"
+        ids.write_text("# nothing chosen\n")
+        return {**base, "--subset": str(ids)}, "selects no image"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["corrupt-model", "calib-images-is-a-file", "annotations-not-json",
+                                  "subset-selects-nothing"])
+def test_bad_input_is_refused_before_a_prefect_server_starts(kind, tmp_path, tiny_model, tiny_data):
+    """As a user runs it: the one-line error, in seconds, with no Prefect database (no server ever
+    started) and no run folder."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    args, message = _bad_input(kind, tmp_path, tiny_model, tiny_data)
+    home, runs = tmp_path / "prefect-home", tmp_path / "runs"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    argv = [sys.executable, str(ROOT / "flows" / "int8.py"), "--run-root", str(runs)]
+    for k, v in args.items():
+        argv += [k, v]
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    wall = time.perf_counter() - t0
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, r.stderr[-2000:]
+    assert wall < 8, f"refused after {wall:.1f} s"
+    assert not list(home.rglob("*.db")), "a Prefect server started before the input was checked"
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def _field_value(cfg, path):
+    v = cfg
+    for part in path.split("."):
+        v = getattr(v, part)
+    return v
+
+
+def _candidates(path, info):
+    """Command-line texts for a value other than the default, most natural first."""
+    from typing import Literal, get_args, get_origin
+
+    from tasks.options import _unwrap_optional
+
+    tp, _ = _unwrap_optional(info.annotation)
+    default = info.default_factory() if info.default_factory else info.default
+    texts = {"calib_eps": ["cpu"], "providers": ["cpu"], "exclude_nodes": ["/model.0/conv"],
+             "exclude_op_types": ["Add"], "class_map": ["1,2,3"], "subset": ["10"], "run_id": ["r1"],
+             "guard_min_mac_share": ["tensorrt=0.9,ort-cpu=0.8"]}
+    name = path.rsplit(".", 1)[-1]
+    if name in texts:
+        return texts[name]
+    if get_origin(tp) is Literal:
+        return [str(c) for c in get_args(tp) if c != default]
+    if get_origin(tp) is list:
+        (item,) = get_args(tp)
+        return [str(c) for c in get_args(item)]
+    if tp is int:
+        return [str((default or 0) + 1), "2", "1"]
+    if tp is float:
+        return [str(x) for x in (0.5, (default or 1) / 2, ((default or 0) + 100) / 2, 95.0)]
+    return ["some/path.onnx"]
+
+
+def test_every_runconfig_field_is_reachable_from_the_command_line():
+    """Each setting of RunConfig (sections flattened) has exactly one option, with help, and a value
+    given on the command line lands on that field and nowhere else."""
+    from tasks.config import RunConfig
+    from tasks.options import flag_of, leaf_fields
+
+    fields = leaf_fields(RunConfig)
+    assert len(fields) > 40
+    flags = [flag_of(p) for p, _ in fields]
+    assert len(set(flags)) == len(flags)
+    default = RunConfig()
+    for path, info in fields:
+        assert info.description, f"{path} has no description (its --help would be empty)"
+        flag = flag_of(path)
+        if info.annotation is bool:
+            argv = [f"--no-{flag[2:]}" if info.default else flag]
+            tried = [(argv, not info.default)]
+        else:
+            tried = [([flag, t], None) for t in _candidates(path, info)]
+        for argv, expect in tried:
+            try:
+                cfg = build_config(None, parse_args(argv)[1])
+            except ConfigError:
+                continue
+            got = _field_value(cfg, path)
+            if got != _field_value(default, path):
+                break
+        else:
+            raise AssertionError(f"{path}: no command-line value changed it ({[a for a, _ in tried]})")
+        if expect is not None:
+            assert got is expect, path
+        # Nothing else moved: the value landed in the field's own section.
+        changed = {p for p, _ in fields if _field_value(cfg, p) != _field_value(default, p)}
+        assert changed == {path}, (path, changed)

@@ -13,7 +13,10 @@ pytestmark = pytest.mark.slow
 
 def test_demo_command_end_to_end(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    # A Prefect home whose parent does not exist yet: the CLI creates it (Prefect's temporary server
+    # alone would time out).
+    env.update(PREFECT_HOME=str(tmp_path / "new" / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               DO_NOT_TRACK="1")
     r = subprocess.run([sys.executable, "flows/int8.py", "--demo", "--run-root", str(tmp_path / "runs"),
                         "--run-id", "demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]

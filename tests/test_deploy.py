@@ -54,7 +54,7 @@ def stack(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(home), PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
                DO_NOT_TRACK="1", PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="2",
-               YOLO_LOWBIT_ROOT=str(ROOT), PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1")
     prefect = [sys.executable, "-m", "prefect"]
     procs: list[subprocess.Popen] = []
 
@@ -142,6 +142,9 @@ def test_deploy_trigger_cache_gate_and_ui(stack, tmp_path):
     assert sched["cron"] == "30 2 * * *" and sched["timezone"] == "Europe/Berlin"
     assert nightly["enforce_parameter_schema"] is True
     assert "config" in nightly["parameter_openapi_schema"]["properties"]
+    # Deployed the plain way (no YOLO_LOWBIT_ROOT, no make): workers run from the folder deployed from.
+    pull = _deployment(api, "demo-int8")["pull_steps"]
+    assert pull == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT.resolve())}}]
 
     params = {"config": {"demo": True, "run_root": str(runs), "run_id": "first"}}
     fr = _run(api, "demo-int8", params)
@@ -150,7 +153,11 @@ def test_deploy_trigger_cache_gate_and_ui(stack, tmp_path):
     assert summary["fp32"]["map50_95"] > 0.5 and summary["int8"]["detections"] > 0
     arts = _artifacts(api, fr["id"])
     kinds = {a["type"]: a for a in arts}
-    assert {"markdown", "table"} <= set(kinds)
+    assert {"markdown", "table", "progress"} <= set(kinds)
+    # Every long loop (calibration images and passes, each evaluation) left a progress artifact at 100%.
+    progress = {a["description"].split(":")[0]: a["data"] for a in arts if a["type"] == "progress"}
+    assert {"calibration images", "calibrate tensorrt (max)", "evaluate fp32", "evaluate int8"} <= set(progress), progress
+    assert all(float(v) == 100.0 for v in progress.values()), progress
     assert f"{summary['fp32']['map50_95']:.4f}" in kinds["markdown"]["data"]
     table = kinds["table"]["data"]
     table = json.loads(table) if isinstance(table, str) else table

@@ -129,6 +129,17 @@ def test_artifacts_are_published(harness, tmp_path, tiny_model, tiny_data):
     arts = asyncio.run(read())
     kinds = {(a.key, a.type) for a in arts}
     assert ("int8-tiny-report", "markdown") in kinds and ("int8-tiny-metrics", "table") in kinds
+    # The long loops' progress artifacts, each at 100% when its loop ended.
+    progress = {a.description.split(":")[0]: a.data for a in arts if a.type == "progress"}
+    assert {"calibration images", "evaluate fp32", "evaluate int8"} <= set(progress), progress
+    assert all(float(v) == 100.0 for v in progress.values()), progress
+
+    # The tensorrt artifact stores INT8 weights behind their DequantizeLinear (dq_only, the default).
+    q = onnx.load(str(tmp_path / "runs" / "art" / "onnx" / "tiny-int8-qdq.onnx"))
+    inits = {i.name: i for i in q.graph.initializer}
+    weight_dqs = [n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert weight_dqs and all(inits[n.input[0]].data_type == onnx.TensorProto.INT8 for n in weight_dqs)
+    assert not [n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits]
 
 
 def test_regression_gate_fails_the_run_but_keeps_report_and_artifacts(harness, tmp_path, tiny_model, tiny_data):
