@@ -33,12 +33,12 @@ def child(model: Path, images: Path, count: int) -> dict:
     import onnx
 
     logging.disable(logging.WARNING)
-    from tasks.calibration import list_images, open_reader, write_calib_npy
+    from tasks.quantization.calibration import list_images, open_reader, write_calib_npy
     from tasks.config import OrtCpuSettings, QuantSettings
-    from tasks.ortcpu import build_ort_cpu
-    from tasks.preprocess import PreprocessSpec
-    from tasks.quantize import PeakRSS, run_ptq
-    from tasks.runtime import model_io
+    from tasks.quantization.ortcpu import build_ort_cpu
+    from tasks.evaluation.preprocess import PreprocessSpec
+    from tasks.quantization.quantize import PeakRSS, run_ptq
+    from tasks.evaluation.runtime import model_io
 
     name, shape, _ = model_io(onnx.load(str(model)))
     files = list_images(images)

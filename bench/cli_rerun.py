@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from accuracy import model_args  # noqa: E402
-from tasks.runtime import device_name  # noqa: E402
+from tasks.evaluation.runtime import device_name  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
 

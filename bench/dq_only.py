@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from accuracy import model_args  # noqa: E402
-from tasks.calibration import open_samples  # noqa: E402
+from tasks.quantization.calibration import open_samples  # noqa: E402
 from tasks.config import RunConfig  # noqa: E402
-from tasks.runtime import device_name  # noqa: E402
+from tasks.evaluation.runtime import device_name  # noqa: E402
 from tasks.steps import run_int8  # noqa: E402
 
 OUT = ROOT / "bench" / "results"

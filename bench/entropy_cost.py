@@ -25,12 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared_data import YOLOV5N  # noqa: E402
-from tasks.calibration import CalibReader, build_calib_tensor, pick_calib_images  # noqa: E402
+from tasks.quantization.calibration import CalibReader, build_calib_tensor, pick_calib_images  # noqa: E402
 from tasks.config import QuantSettings, load_demo_config  # noqa: E402
-from tasks.entropy import activation_scales  # noqa: E402
-from tasks.evaluate import EvalSettings, evaluate_model  # noqa: E402
-from tasks.preprocess import PreprocessSpec  # noqa: E402
-from tasks.quantize import head_final_convs, ort_quantization_restored, run_ptq  # noqa: E402
+from tasks.quantization.entropy import activation_scales  # noqa: E402
+from tasks.evaluation.evaluate import EvalSettings, evaluate_model  # noqa: E402
+from tasks.evaluation.preprocess import PreprocessSpec  # noqa: E402
+from tasks.quantization.quantize import head_final_convs, ort_quantization_restored, run_ptq  # noqa: E402
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     logging.disable(logging.WARNING)
     import onnx
 
-    from tasks.runtime import model_io
+    from tasks.evaluation.runtime import model_io
 
     if args.real:
         model, paths = YOLOV5N["model"], YOLOV5N

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared_data import YOLOV5N  # noqa: E402
-from tasks.evaluate import EvalSettings, evaluate_model  # noqa: E402
+from tasks.evaluation.evaluate import EvalSettings, evaluate_model  # noqa: E402
 
 
 def main() -> None:

@@ -36,15 +36,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared_data import SHARED, YOLOV5N, YOLOV10S  # noqa: E402
-from tasks.calibration import CalibReader, pick_calib_images  # noqa: E402
+from tasks.quantization.calibration import CalibReader, pick_calib_images  # noqa: E402
 from tasks.config import OrtCpuSettings, QuantSettings, load_demo_config  # noqa: E402
-from tasks.evaluate import EvalSettings, evaluate_model  # noqa: E402
-from tasks.entropy import activation_scales  # noqa: E402
-from tasks.ortcpu import MinMaxSafeReader, build_ort_cpu, symmetric_overrides, with_min_opset  # noqa: E402
-from tasks.preprocess import PreprocessSpec  # noqa: E402
-from tasks.quantize import decode_tail_nodes, ort_cpu_kernels  # noqa: E402
-from tasks.runtime import latency_stats, make_session, model_io, select_providers  # noqa: E402
-from tasks.trt import tensorrt_timing  # noqa: E402
+from tasks.evaluation.evaluate import EvalSettings, evaluate_model  # noqa: E402
+from tasks.quantization.entropy import activation_scales  # noqa: E402
+from tasks.quantization.ortcpu import MinMaxSafeReader, build_ort_cpu, symmetric_overrides, with_min_opset  # noqa: E402
+from tasks.evaluation.preprocess import PreprocessSpec  # noqa: E402
+from tasks.quantization.quantize import decode_tail_nodes, ort_cpu_kernels  # noqa: E402
+from tasks.evaluation.runtime import latency_stats, make_session, model_io, select_providers  # noqa: E402
+from tasks.quantization.trt import tensorrt_timing  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
 log = logging.getLogger("bench")
@@ -123,10 +123,10 @@ def interleaved_latency(paths: dict[str, Path], x: np.ndarray, input_name: str, 
 
 
 def recovered(model: Path, raw: Path, reader: CalibReader, input_name: str, target: str) -> dict[str, Any]:
-    """The flow's recovery step (tasks/recovery.py, default settings) on a quantizer's output, in place:
+    """The flow's recovery step (tasks/quantization/recovery.py, default settings) on a quantizer's output, in place:
     the variants here are what the flow ships."""
     from tasks.config import RecoverySettings
-    from tasks.recovery import compute_stats, refine
+    from tasks.quantization.recovery import compute_stats, refine
 
     rs = RecoverySettings()
     reader.rewind()
@@ -149,7 +149,7 @@ def bench_model(m: dict[str, Any], work: Path, calib_count: int, rounds: int, it
     paths = {"fp32": model}
     build: dict[str, Any] = {}
     if "tensorrt" in variants:
-        from tasks.quantize import run_ptq
+        from tasks.quantization.quantize import run_ptq
 
         rec = run_ptq(model, input_name, reader, QuantSettings(calib_eps=["cpu"]), work / "tensorrt.onnx",
                       work / "tensorrt.log")
@@ -274,7 +274,7 @@ def main() -> None:
         t = r["tensorrt_engines"]
         print("TensorRT: " + (f"INT8 {t['int8_p50_ms']} ms vs FP16 {t['fp16_p50_ms']} ms" if t.get("ran")
                               else f"skipped: {t['reason']}"))
-    from tasks.runtime import runtime_info
+    from tasks.evaluation.runtime import runtime_info
     import onnxruntime as ort
 
     doc = {"ort_version": ort.__version__, "threads": args.threads, "rounds": args.rounds, "iters": args.iters,

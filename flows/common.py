@@ -25,13 +25,13 @@ def offline_defaults() -> None:
 def _deterministic_types() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
-    from tasks.calibration import CalibrationError
-    from tasks.coco_eval import AnnotationError, SubsetError
+    from tasks.quantization.calibration import CalibrationError
+    from tasks.evaluation.coco_eval import AnnotationError, SubsetError
     from tasks.config import ConfigError
-    from tasks.decode import DecodeError
-    from tasks.preprocess import ImageError
-    from tasks.runtime import ModelError, ProviderError
-    from tasks.smoke import SmokeError
+    from tasks.evaluation.decode import DecodeError
+    from tasks.evaluation.preprocess import ImageError
+    from tasks.evaluation.runtime import ModelError, ProviderError
+    from tasks.evaluation.smoke import SmokeError
 
     return (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError, NotADirectoryError,
             ValueError, ValidationError, CalibrationError, AnnotationError, SubsetError, ConfigError, DecodeError,
@@ -54,9 +54,9 @@ def quiet_library_logs() -> None:
 
 
 def prefect_progress_sinks() -> None:
-    """Long loops (tasks/progress.py) report on the run's console and as a progress artifact on the
+    """Long loops (tasks/run/progress.py) report on the run's console and as a progress artifact on the
     run's page (Prefect's create/update_progress_artifact), each at most every few seconds."""
-    from tasks.progress import log_sink, set_sink_factories
+    from tasks.run.progress import log_sink, set_sink_factories
 
     def console(label: str, unit: str):
         from prefect import get_run_logger

@@ -21,14 +21,14 @@ except ModuleNotFoundError:  # run as `python flows/evaluate.py`
 
 offline_defaults()
 
-from tasks.evaluate import EvalSettings, evaluate_model, format_table  # noqa: E402
-from tasks.preprocess import PreprocessSpec  # noqa: E402
-from tasks.rundir import atomic_write_json  # noqa: E402
+from tasks.evaluation.evaluate import EvalSettings, evaluate_model, format_table  # noqa: E402
+from tasks.evaluation.preprocess import PreprocessSpec  # noqa: E402
+from tasks.run.rundir import atomic_write_json  # noqa: E402
 
 
 def evaluate_flow(model: str, images: str, annotations: str, subset: str | None = None,
                   settings: EvalSettings = EvalSettings(), out: str | None = None) -> dict:
-    """Prefect flow wrapper around tasks.evaluate.evaluate_model (built lazily: Prefect is only
+    """Prefect flow wrapper around tasks.evaluation.evaluate.evaluate_model (built lazily: Prefect is only
     imported when asked for)."""
     from prefect import flow, task
 

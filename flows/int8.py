@@ -31,10 +31,10 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from tasks import steps  # noqa: E402
 from tasks.config import RunConfig, build_config, load_yaml_config  # noqa: E402
-from tasks.inputs import check_inputs, input_error_types  # noqa: E402
+from tasks.run.inputs import check_inputs, input_error_types  # noqa: E402
 from tasks.options import add_config_options, nest  # noqa: E402
-from tasks.report import console_table, render_markdown, table_rows  # noqa: E402
-from tasks.rundir import set_run_state  # noqa: E402
+from tasks.run.report import console_table, render_markdown, table_rows  # noqa: E402
+from tasks.run.rundir import set_run_state  # noqa: E402
 
 # Our own content-hash cache decides reuse (Prefect's default policy keys on the run id and on path
 # strings); Prefect's cache is off so it never serves a stale result for changed file contents.

@@ -17,8 +17,8 @@ sys.path.insert(0, str(ROOT))
 
 from tasks.config import load_demo_config  # noqa: E402
 from tasks.demo_data import CATEGORIES  # noqa: E402
-from tasks.evaluate import EvalSettings, evaluate_model  # noqa: E402
-from tasks.rundir import atomic_write_json, atomic_write_text, sha256_file  # noqa: E402
+from tasks.evaluation.evaluate import EvalSettings, evaluate_model  # noqa: E402
+from tasks.run.rundir import atomic_write_json, atomic_write_text, sha256_file  # noqa: E402
 
 
 def main() -> None:

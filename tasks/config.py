@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.evaluate import EvalSettings
+from tasks.evaluation.evaluate import EvalSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 USER_DEFAULT_MODEL = Path("models/cv-models/yolov10m/checkpoints/yolov10m.onnx")
@@ -106,7 +106,7 @@ class OrtCpuSettings(BaseModel):
 
 
 class RecoverySettings(BaseModel):
-    """What keeps layers in INT8 after PTQ, for every target (tasks/recovery.py); measured on the
+    """What keeps layers in INT8 after PTQ, for every target (tasks/quantization/recovery.py); measured on the
     real models in ../shared and the demo (README, "Accuracy guard")."""
 
     model_config = ConfigDict(extra="forbid")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from tasks.rundir import atomic_write_text
+from tasks.run.rundir import atomic_write_text
 
 CATEGORIES: list[dict] = [
     {"id": 2, "name": "disc", "supercategory": "shape"},

@@ -15,17 +15,17 @@ from typing import Any, Callable
 import numpy as np
 
 from tasks import __version__
-from tasks.cache import StepCache, cache_key
-from tasks.calibration import (CalibReader, check_overlap, load_calib_tensor, open_reader, open_samples, pick_calib_images,
+from tasks.run.cache import StepCache, cache_key
+from tasks.quantization.calibration import (CalibReader, check_overlap, load_calib_tensor, open_reader, open_samples, pick_calib_images,
                                write_calib_npy)
 from tasks.config import QuantSettings, RunConfig
-from tasks.faults import fault_point
-from tasks.inputs import check_inputs
-from tasks.progress import Progress
-from tasks.evaluate import evaluate_model
-from tasks.quantize import run_ptq
-from tasks.rundir import atomic_copy, atomic_write_json, create_run_dir, default_run_id, sha256_file
-from tasks.smoke import smoke_compare
+from tasks.run.faults import fault_point
+from tasks.run.inputs import check_inputs
+from tasks.run.progress import Progress
+from tasks.evaluation.evaluate import evaluate_model
+from tasks.quantization.quantize import run_ptq
+from tasks.run.rundir import atomic_copy, atomic_write_json, create_run_dir, default_run_id, sha256_file
+from tasks.evaluation.smoke import smoke_compare
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +214,8 @@ def publish_quantized(ctx: RunContext, quant: dict[str, Any]) -> dict[str, Any]:
 
 
 def step_quantize_ort_cpu(ctx: RunContext, calib: dict[str, Any], publish: bool = True) -> dict[str, Any]:
-    """The ort-cpu target (tasks/ortcpu.py), cached like the ModelOpt step and published under its own names."""
-    from tasks.ortcpu import BUILD_VERSION, build_ort_cpu, cpu_has_vnni
+    """The ort-cpu target (tasks/quantization/ortcpu.py), cached like the ModelOpt step and published under its own names."""
+    from tasks.quantization.ortcpu import BUILD_VERSION, build_ort_cpu, cpu_has_vnni
 
     t0 = time.perf_counter()
     cfg, m = ctx.cfg, ctx.model
@@ -290,7 +290,7 @@ def step_report(ctx: RunContext, calib: dict[str, Any], targets: dict[str, dict[
     """summary.json and report.md, with the regression gate's verdict in them.
 
     `targets` maps each target to its {"quant", "smoke", "int8"} results, in the run's target order."""
-    from tasks.report import build_summary, regression_gate, write_report
+    from tasks.run.report import build_summary, regression_gate, write_report
 
     summary = build_summary(ctx, calib, targets, fp32, ctx.cache.corrupt)
     summary.update(extra)
@@ -341,7 +341,7 @@ def execute(ctx: RunContext, call: Callable[..., Any] = direct) -> dict[str, Any
 
 def run_int8(cfg: RunConfig) -> dict[str, Any]:
     """The whole run without Prefect (benchmarks and tests compare the flow against this)."""
-    from tasks.rundir import set_run_state
+    from tasks.run.rundir import set_run_state
 
     ctx = prepare_run(cfg)
     try:
@@ -356,9 +356,9 @@ def run_int8(cfg: RunConfig) -> dict[str, Any]:
 
 
 def step_layer_stats(ctx: RunContext, calib: dict[str, Any], raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per-layer statistics of a quantizer's output on the calibration samples (tasks/recovery.py),
+    """Per-layer statistics of a quantizer's output on the calibration samples (tasks/quantization/recovery.py),
     cached by the FP32 and Q/DQ model bytes, the calibration bytes and the sample count."""
-    from tasks.recovery import compute_stats, stats_from_arrays, stats_to_arrays
+    from tasks.quantization.recovery import compute_stats, stats_from_arrays, stats_to_arrays
 
     cfg, m = ctx.cfg, ctx.model
     n = min(cfg.recovery.stats_samples, calib["count"])
@@ -387,9 +387,9 @@ RECOVERY_VERSION = 1
 
 def step_refine(ctx: RunContext, calib: dict[str, Any], raw: dict[str, Any], extra_float: list[str] | None = None,
                 publish: bool = True) -> dict[str, Any]:
-    """A target's quantizer output -> the model that is evaluated and shipped (tasks/recovery.py):
+    """A target's quantizer output -> the model that is evaluated and shipped (tasks/quantization/recovery.py):
     half-float layers fixed, NSR rule and `extra_float` layers in float, bias correction. Cached."""
-    from tasks.recovery import refine
+    from tasks.quantization.recovery import refine
 
     t0 = time.perf_counter()
     cfg, target = ctx.cfg, raw["target"]
@@ -430,9 +430,9 @@ def _sensitivity_rows(ctx: RunContext, calib: dict[str, Any], raw: dict[str, Any
     """The per-layer ranking (most sensitive first) and its summary by module."""
     import onnx
 
-    from tasks.layers import convs_of, layer_macs
-    from tasks.recovery import ranking
-    from tasks.sensitivity import block_summary
+    from tasks.quantization.layers import convs_of, layer_macs
+    from tasks.quantization.recovery import ranking
+    from tasks.quantization.sensitivity import block_summary
 
     stats = step_layer_stats(ctx, calib, raw)
     fp = onnx.load(str(ctx.cfg.model))
@@ -445,7 +445,7 @@ def _sensitivity_rows(ctx: RunContext, calib: dict[str, Any], raw: dict[str, Any
 def step_sensitivity(ctx: RunContext, calib: dict[str, Any], raw: dict[str, Any],
                      quant: dict[str, Any]) -> dict[str, Any]:
     """Layers ranked by quantization sensitivity; JSON and PNG in the target's quantize folder."""
-    from tasks.sensitivity import plot_sensitivity
+    from tasks.quantization.sensitivity import plot_sensitivity
 
     sens = _sensitivity_rows(ctx, calib, raw)
     qdir = ctx.run_dir / TARGET_LAYOUT[quant["target"]][1]
@@ -546,7 +546,7 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, A
              "quantized_conv_share": cq["qdq"].get("conv_quantized_share"), "wall_s": round(time.perf_counter() - t0, 3)}
     atomic_write_json(ctx.run_dir / qdir / "accuracy-guard.json", guard)
     atomic_write_json(ctx.run_dir / qdir / "sensitivity.json", sens)
-    from tasks.sensitivity import plot_sensitivity
+    from tasks.quantization.sensitivity import plot_sensitivity
 
     plot_sensitivity(sens["blocks"], ctx.run_dir / qdir / "sensitivity.png")
     return {"quant": cq, "int8": ce, "guard": guard, "sensitivity": sens}

@@ -1,7 +1,7 @@
 import os
 import threading
 
-from tasks.cache import StepCache, cache_key
+from tasks.run.cache import StepCache, cache_key
 
 
 def test_key_depends_on_content_not_order():

@@ -3,9 +3,9 @@ import pickle
 import numpy as np
 import pytest
 
-from tasks.calibration import (CalibrationError, CalibReader, NpySampleReader, build_calib_tensor, check_overlap,
+from tasks.quantization.calibration import (CalibrationError, CalibReader, NpySampleReader, build_calib_tensor, check_overlap,
                                load_calib_tensor, open_reader, pick_calib_images, write_calib_npy)
-from tasks.preprocess import PreprocessSpec
+from tasks.evaluation.preprocess import PreprocessSpec
 
 SHAPE = (1, 3, 64, 64)
 SPEC = PreprocessSpec()

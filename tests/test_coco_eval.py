@@ -3,7 +3,7 @@ import json
 import pytest
 
 from conftest import shared_path
-from tasks.coco_eval import (AnnotationError, SubsetError, category_map, evaluate_detections, load_coco,
+from tasks.evaluation.coco_eval import (AnnotationError, SubsetError, category_map, evaluate_detections, load_coco,
                              select_subset)
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tasks.decode import DecodeError, decode, detect_format, nms
+from tasks.evaluation.decode import DecodeError, decode, detect_format, nms
 
 
 def test_detect_format_from_shapes():
@@ -72,7 +72,7 @@ def test_zero_detections():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_block_nms_equals_reference_greedy(seed):
-    from tasks.decode import greedy_nms_sorted
+    from tasks.evaluation.decode import greedy_nms_sorted
 
     rng = np.random.default_rng(seed)
     n = 700  # spans several blocks
@@ -87,7 +87,7 @@ def test_block_nms_equals_reference_greedy(seed):
 
 
 def test_class_aware_nms_equals_per_class_reference_and_caps_at_max_det():
-    from tasks.decode import _class_aware_nms
+    from tasks.evaluation.decode import _class_aware_nms
 
     rng = np.random.default_rng(7)
     n = 1500

@@ -2,7 +2,7 @@ import hashlib
 import json
 
 
-from tasks.coco_eval import load_coco
+from tasks.evaluation.coco_eval import load_coco
 from tasks.demo_data import CATEGORIES, write_split
 
 

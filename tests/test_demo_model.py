@@ -5,8 +5,8 @@ import pytest
 
 from conftest import ROOT
 from tasks.config import load_demo_config
-from tasks.evaluate import EvalSettings, evaluate_model, resolve_format
-from tasks.runtime import check_model_file, model_io
+from tasks.evaluation.evaluate import EvalSettings, evaluate_model, resolve_format
+from tasks.evaluation.runtime import check_model_file, model_io
 
 MODEL = ROOT / "demo" / "model" / "yolov10n-shapes.onnx"
 

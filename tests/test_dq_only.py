@@ -5,7 +5,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from tasks.quantize import weights_dq_only
+from tasks.quantization.quantize import weights_dq_only
 
 
 def _qdq_conv_model(weight_consumer: str = "Conv") -> onnx.ModelProto:

@@ -5,9 +5,9 @@ import sys
 import pytest
 
 from conftest import ROOT, shared_path
-from tasks.decode import DecodeError
-from tasks.evaluate import EvalSettings, evaluate_model
-from tasks.preprocess import ImageError
+from tasks.evaluation.decode import DecodeError
+from tasks.evaluation.evaluate import EvalSettings, evaluate_model
+from tasks.evaluation.preprocess import ImageError
 
 CPU = EvalSettings(providers=["cpu"], warmup=1)
 

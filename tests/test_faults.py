@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from tasks.rundir import read_run_state
+from tasks.run.rundir import read_run_state
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +93,7 @@ def test_two_runs_at_once_on_one_run_root(tmp_path, tiny_model, tiny_data):
     sums = [json.loads((tmp_path / "runs" / f"run{i}" / "results" / "summary.json").read_text()) for i in range(2)]
     assert sums[0]["quantization"]["sha256"] == sums[1]["quantization"]["sha256"]
     assert sums[0]["run_dir"] != sums[1]["run_dir"]
-    from tasks.cache import StepCache
+    from tasks.run.cache import StepCache
 
     cache = StepCache(tmp_path / "runs" / ".cache")
     for man in (tmp_path / "runs" / ".cache").glob("*/*/MANIFEST.json"):
@@ -115,6 +115,6 @@ def test_truncated_cached_model_is_detected_and_recomputed(tmp_path, tiny_model,
     assert any("model.onnx" in c for c in s2["cache_corrupt_entries"])
     assert s2["quantization"]["sha256"] == s1["quantization"]["sha256"]  # recomputed to the same bytes
     # the first run's artifact was a copy, untouched by the damage to the cache
-    from tasks.rundir import sha256_file
+    from tasks.run.rundir import sha256_file
 
     assert sha256_file(tmp_path / "runs" / "a" / "onnx" / "tiny-int8-qdq.onnx") == s1["quantization"]["sha256"]

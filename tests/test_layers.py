@@ -5,11 +5,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tasks.calibration import CalibReader
+from tasks.quantization.calibration import CalibReader
 from tasks.config import OrtCpuSettings
-from tasks.layers import (apply_bias_shift, bias_correct, conv_mac_share, convs_of, exclude_layers, layer_group,
+from tasks.quantization.layers import (apply_bias_shift, bias_correct, conv_mac_share, convs_of, exclude_layers, layer_group,
                           layer_macs, local_stats, qdq_int8_convs, quantized_layers)
-from tasks.ortcpu import build_ort_cpu
+from tasks.quantization.ortcpu import build_ort_cpu
 
 CAL = np.random.default_rng(0).random((9, 3, 64, 64), dtype=np.float32)
 

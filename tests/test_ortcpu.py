@@ -5,11 +5,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from tasks.calibration import CalibReader
+from tasks.quantization.calibration import CalibReader
 from tasks.config import OrtCpuSettings
-from tasks.ortcpu import (MinMaxSafeReader, build_ort_cpu, cpu_has_vnni, resolve_reduce_range, stem_nodes,
+from tasks.quantization.ortcpu import (MinMaxSafeReader, build_ort_cpu, cpu_has_vnni, resolve_reduce_range, stem_nodes,
                           with_min_opset)
-from tasks.quantize import decode_tail_nodes, head_final_convs
+from tasks.quantization.quantize import decode_tail_nodes, head_final_convs
 
 CAL = np.random.default_rng(0).random((9, 3, 64, 64), dtype=np.float32)
 
@@ -102,8 +102,8 @@ def test_a_model_with_nothing_left_to_quantize_is_refused_with_the_reason(tmp_pa
 def test_tensor_overrides_fix_the_scales_they_name(tmp_path):
     from tiny import tiny_silu_net
 
-    from tasks.entropy import activation_scales
-    from tasks.ortcpu import symmetric_overrides
+    from tasks.quantization.entropy import activation_scales
+    from tasks.quantization.ortcpu import symmetric_overrides
 
     src = tiny_silu_net(tmp_path / "t.onnx")
     rec = build_ort_cpu(src, CalibReader(CAL, "images"), OrtCpuSettings(stem_float="off"), tmp_path / "q.onnx",

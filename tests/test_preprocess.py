@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.preprocess import (ImageError, PreprocessSpec, letterbox, list_images, load_rgb, to_letterbox,
+from tasks.evaluation.preprocess import (ImageError, PreprocessSpec, letterbox, list_images, load_rgb, to_letterbox,
                               to_original)
 
 

@@ -6,8 +6,8 @@ import logging
 
 import numpy as np
 
-from tasks import progress as P
-from tasks.calibration import CalibReader
+from tasks.run import progress as P
+from tasks.quantization.calibration import CalibReader
 
 
 def _collect(monkeypatch):
@@ -58,12 +58,12 @@ def test_a_failing_sink_never_fails_the_loop_and_the_log_sink_stays_quiet_for_sh
         return sink
 
     monkeypatch.setattr(P, "_FACTORIES", [broken, P.log_sink])
-    with caplog.at_level(logging.INFO, logger="tasks.progress"):
+    with caplog.at_level(logging.INFO, logger="tasks.run.progress"):
         with P.Progress("short", every_s=3600) as prog:
             prog(1, 1)
-        assert not [r for r in caplog.records if r.name == "tasks.progress" and r.levelno >= logging.INFO]
+        assert not [r for r in caplog.records if r.name == "tasks.run.progress" and r.levelno >= logging.INFO]
         with P.Progress("long", every_s=0) as prog:
             prog(1, 2)
             prog(2, 2)
-    lines = [r.getMessage() for r in caplog.records if r.name == "tasks.progress" and r.levelno == logging.INFO]
+    lines = [r.getMessage() for r in caplog.records if r.name == "tasks.run.progress" and r.levelno == logging.INFO]
     assert lines[0].startswith("long: 1/2 images") and lines[-1].startswith("long: 2/2 images")

@@ -4,7 +4,7 @@ import onnx
 import pytest
 
 from tasks.config import QuantSettings
-from tasks.quantize import qdq_summary, resolve_calibration_eps, run_ptq
+from tasks.quantization.quantize import qdq_summary, resolve_calibration_eps, run_ptq
 
 CAL = np.random.default_rng(0).random((8, 3, 64, 64), dtype=np.float32)
 
@@ -67,7 +67,7 @@ def test_qdq_summary_counts(tiny_model):
 
 @pytest.mark.slow
 def test_input_model_is_never_modified(tmp_path, tiny_model):
-    from tasks.rundir import sha256_file
+    from tasks.run.rundir import sha256_file
 
     before = sha256_file(tiny_model)
     listing = sorted(p.name for p in tiny_model.parent.iterdir())
@@ -83,8 +83,8 @@ def test_streamed_reader_gives_the_array_path_scales_and_ort_is_left_unpatched(t
     from modelopt.onnx.quantization import quantize
     from onnxruntime.quantization import calibrate
 
-    from tasks.calibration import CalibReader
-    from tasks.entropy import activation_scales
+    from tasks.quantization.calibration import CalibReader
+    from tasks.quantization.entropy import activation_scales
 
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
@@ -99,7 +99,7 @@ def test_streamed_reader_gives_the_array_path_scales_and_ort_is_left_unpatched(t
     assert calibrate.MinMaxCalibrater.collect_data.__module__.startswith("onnxruntime")
     src = tmp_path / "copy.onnx"
     src.write_bytes(tiny_model.read_bytes())
-    from tasks.quantize import ort_quantization_restored
+    from tasks.quantization.quantize import ort_quantization_restored
 
     with ort_quantization_restored():  # later tests in this process run ORT's quantizer unpatched
         quantize(onnx_path=str(src), calibration_data={"images": CAL}, calibration_method="max",

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import shared_path
 from tasks.config import RunConfig
-from tasks.layers import quantized_layers
+from tasks.quantization.layers import quantized_layers
 
 
 @pytest.mark.slow

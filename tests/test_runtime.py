@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tasks.runtime import (ModelError, ProviderError, check_model_file, latency_stats, make_session, model_io,
+from tasks.evaluation.runtime import (ModelError, ProviderError, check_model_file, latency_stats, make_session, model_io,
                            select_providers)
 
 ALL = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -93,12 +93,12 @@ def test_latency_stats():
 def test_tensorrt_timing_says_why_it_was_skipped(tmp_path):
     import numpy as np
 
-    from tasks.trt import tensorrt_timing
+    from tasks.quantization.trt import tensorrt_timing
 
     r = tensorrt_timing(tmp_path / "a.onnx", tmp_path / "b.onnx", np.zeros((1, 3, 8, 8), np.float32), "images",
                         probe=lambda p: (False, f"{p} is not in this onnxruntime build"))
     assert r == {"ran": False, "reason": "TensorrtExecutionProvider is not in this onnxruntime build"}
-    from tasks.runtime import probe_provider
+    from tasks.evaluation.runtime import probe_provider
 
     if not probe_provider("TensorrtExecutionProvider")[0]:  # no GPU here or in CI: the probe's reason is passed on
         real = tensorrt_timing(tmp_path / "a.onnx", tmp_path / "b.onnx", np.zeros((1, 3, 8, 8), np.float32), "images")

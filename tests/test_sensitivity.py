@@ -6,9 +6,9 @@ import onnx
 import pytest
 
 from tasks.config import QuantSettings, RunConfig
-from tasks.preprocess import PreprocessSpec, letterbox, load_rgb
-from tasks.quantize import run_ptq
-from tasks.sensitivity import block_summary
+from tasks.evaluation.preprocess import PreprocessSpec, letterbox, load_rgb
+from tasks.quantization.quantize import run_ptq
+from tasks.quantization.sensitivity import block_summary
 
 
 @pytest.fixture
@@ -32,8 +32,8 @@ def test_blocks_follow_module_paths():
 
 @pytest.mark.slow
 def test_ranking_puts_the_fragile_layer_first(tmp_path, fragile, tiny_data):
-    from tasks.layers import convs_of, layer_macs
-    from tasks.recovery import compute_stats, ranking
+    from tasks.quantization.layers import convs_of, layer_macs
+    from tasks.quantization.recovery import compute_stats, ranking
 
     cal = _calib(tiny_data)
     run_ptq(fragile, "images", cal, QuantSettings(head_preset=False), tmp_path / "q.onnx", tmp_path / "q.log")
@@ -46,7 +46,7 @@ def test_ranking_puts_the_fragile_layer_first(tmp_path, fragile, tiny_data):
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["tensorrt", "ort-cpu"])
 def test_auto_mode_keeps_the_fragile_layer_in_float(tmp_path, fragile, tiny_data, target):
-    from tasks.layers import convs_of, layer_macs
+    from tasks.quantization.layers import convs_of, layer_macs
     from tasks.steps import TARGET_LAYOUT, run_int8
 
     cfg = RunConfig.model_validate({
@@ -90,7 +90,7 @@ def test_auto_mode_keeps_the_fragile_layer_in_float(tmp_path, fragile, tiny_data
 
 
 def test_head_preset_finds_the_final_head_convolutions(fragile, tiny_model):
-    from tasks.quantize import head_final_convs
+    from tasks.quantization.quantize import head_final_convs
 
     assert head_final_convs(onnx.load(str(fragile))) == ["/model.24/m/Conv"]
     assert head_final_convs(onnx.load(str(tiny_model))) == ["/model.1/conv/Conv"]  # no Conv after it

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks.rundir import atomic_copy, sha256_file
+from tasks.run.rundir import atomic_copy, sha256_file
 
 log = logging.getLogger(__name__)
 

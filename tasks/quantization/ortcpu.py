@@ -20,9 +20,9 @@ from typing import Any, Sequence
 import onnx
 
 from tasks.config import OrtCpuSettings
-from tasks.quantize import (PeakRSS, stderr_to, checked_qdq, decode_tail_nodes, expand_exclusions, head_final_convs,
+from tasks.quantization.quantize import (PeakRSS, stderr_to, checked_qdq, decode_tail_nodes, expand_exclusions, head_final_convs,
                             ort_cpu_kernels, quantizer_workspace)
-from tasks.rundir import sha256_file
+from tasks.run.rundir import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tasks.preprocess import PreprocessSpec, list_images, preprocess_file
-from tasks.progress import ProgressFn
-from tasks.rundir import atomic_writer, sha256_file
+from tasks.evaluation.preprocess import PreprocessSpec, list_images, preprocess_file
+from tasks.run.progress import ProgressFn
+from tasks.run.rundir import atomic_writer, sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tasks.rundir import atomic_write_json, atomic_write_text
+from tasks.run.rundir import atomic_write_json, atomic_write_text
 
 
 def _side(m: dict[str, Any]) -> dict[str, Any]:
@@ -60,7 +60,7 @@ def _quantization_ort_cpu(cfg, quant: dict[str, Any]) -> dict[str, Any]:
 
 
 def _recovery(quant: dict[str, Any]) -> dict[str, Any]:
-    """What recovery did (tasks/recovery.py) and how much of the convolution work runs in INT8."""
+    """What recovery did (tasks/quantization/recovery.py) and how much of the convolution work runs in INT8."""
     rec = quant["config"].get("recovery") or {}
     q = quant["qdq"]
     return {"int8_conv_mac_share": q.get("int8_conv_mac_share"), "int8_convs": q.get("int8_convs"),

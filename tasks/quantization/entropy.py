@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from tasks.rundir import atomic_write_text, atomic_writer
+from tasks.run.rundir import atomic_write_text, atomic_writer
 
 NUM_BINS = 2048   # signed, over [-amax, amax]
 QUANT_BINS = 128  # ORT's num_quantized_bins

@@ -1,4 +1,4 @@
-"""Sensitivity by module: the per-layer ranking (tasks/recovery.py) summarised by module path
+"""Sensitivity by module: the per-layer ranking (tasks/quantization/recovery.py) summarised by module path
 (`/model.10/`, `/model.23/cv3.2/`), the granularity at which people read a YOLO, and its plot."""
 
 from __future__ import annotations

@@ -10,12 +10,12 @@ from typing import Any
 
 import onnx
 
-from tasks.calibration import check_calib_shape, open_array
-from tasks.coco_eval import load_coco, select_subset
+from tasks.quantization.calibration import check_calib_shape, open_array
+from tasks.evaluation.coco_eval import load_coco, select_subset
 from tasks.config import RunConfig
-from tasks.evaluate import resolve_format
-from tasks.preprocess import list_images
-from tasks.runtime import check_model_file, model_io
+from tasks.evaluation.evaluate import resolve_format
+from tasks.evaluation.preprocess import list_images
+from tasks.evaluation.runtime import check_model_file, model_io
 
 
 @dataclass
@@ -89,10 +89,10 @@ def check_inputs(cfg: RunConfig) -> Inputs:
 
 def input_error_types() -> tuple[type[BaseException], ...]:
     """The errors `check_inputs` raises for bad input (the command line turns them into one line)."""
-    from tasks.calibration import CalibrationError
-    from tasks.coco_eval import AnnotationError, SubsetError
+    from tasks.quantization.calibration import CalibrationError
+    from tasks.evaluation.coco_eval import AnnotationError, SubsetError
     from tasks.config import ConfigError
-    from tasks.runtime import ModelError
+    from tasks.evaluation.runtime import ModelError
 
     return (ConfigError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ModelError,
             CalibrationError, AnnotationError, SubsetError)

@@ -21,9 +21,9 @@ import numpy as np
 import onnx
 
 from tasks.config import RecoverySettings
-from tasks.layers import (bias_correct, conv_mac_share, convs_of, exclude_layers, layer_macs, local_stats,
+from tasks.quantization.layers import (bias_correct, conv_mac_share, convs_of, exclude_layers, layer_macs, local_stats,
                           ort_int8_convs, qdq_int8_convs, quantized_layers)
-from tasks.quantize import QUANTIZABLE_OPS, head_final_convs, qdq_summary, weights_dq_only
+from tasks.quantization.quantize import QUANTIZABLE_OPS, head_final_convs, qdq_summary, weights_dq_only
 
 
 def half_float_layers(qmodel: onnx.ModelProto) -> list[str]:

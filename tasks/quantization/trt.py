@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tasks.runtime import latency_stats, probe_provider
+from tasks.evaluation.runtime import latency_stats, probe_provider
 
 TRT = "TensorrtExecutionProvider"
 

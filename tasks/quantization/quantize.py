@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 
 from tasks.config import QuantSettings
-from tasks.faults import fault_point
-from tasks.rundir import atomic_copy, sha256_file, temp_sibling
-from tasks.runtime import probe_provider
+from tasks.run.faults import fault_point
+from tasks.run.rundir import atomic_copy, sha256_file, temp_sibling
+from tasks.evaluation.runtime import probe_provider
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +322,7 @@ def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettin
     """Quantize `model_path` to INT8 Q/DQ at `out_path`; returns what was done, for config.json.
 
     `calib` is a `CalibReader` (streamed: memory does not grow with the sample count) or an array."""
-    from tasks.calibration import CalibReader
+    from tasks.quantization.calibration import CalibReader
     from modelopt.onnx.quantization import quantize
 
     model_path, out_path, log_path = Path(model_path), Path(out_path), Path(log_path)
@@ -338,7 +338,7 @@ def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettin
     fast_entropy = settings.method == "entropy" and settings.entropy_impl == "histogram"
     args: dict[str, Any] = {
         "quantize_mode": "int8",
-        # the bounded entropy path starts from max scales (tasks/entropy.py)
+        # the bounded entropy path starts from max scales (tasks/quantization/entropy.py)
         "calibration_method": "max" if fast_entropy else settings.method,
         "calibration_eps": eps,
         "op_types_to_exclude": op_excl,
@@ -395,9 +395,9 @@ def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettin
 
 
 def _apply_fast_entropy(fp32_path: Path, qdq_path: Path, reader: Any, cache_path: Path) -> dict[str, Any]:
-    """Max-calibrated Q/DQ model -> entropy scales (tasks/entropy.py), written as a TensorRT
+    """Max-calibrated Q/DQ model -> entropy scales (tasks/quantization/entropy.py), written as a TensorRT
     calibration cache and applied with ModelOpt's cache reader."""
-    from tasks.entropy import apply_calibration_cache, entropy_scales, write_calibration_cache
+    from tasks.quantization.entropy import apply_calibration_cache, entropy_scales, write_calibration_cache
 
     t0 = time.perf_counter()
     rec = entropy_scales(fp32_path, onnx.load(str(qdq_path)), reader)

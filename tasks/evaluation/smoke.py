@@ -8,8 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tasks.decode import Detections, decode
-from tasks.runtime import ProviderChoice, make_session, select_providers
+from tasks.evaluation.decode import Detections, decode
+from tasks.evaluation.runtime import ProviderChoice, make_session, select_providers
 
 
 class SmokeError(RuntimeError):

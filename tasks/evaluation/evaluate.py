@@ -13,12 +13,12 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from tasks import __version__
-from tasks.coco_eval import AnnotationError, category_map, evaluate_detections, load_coco, select_subset
-from tasks.decode import DecodeError, decode, detect_format
-from tasks.progress import ProgressFn
-from tasks.preprocess import ImageError, PreprocessSpec, load_rgb, letterbox, to_original
-from tasks.rundir import sha256_file
-from tasks.runtime import (
+from tasks.evaluation.coco_eval import AnnotationError, category_map, evaluate_detections, load_coco, select_subset
+from tasks.evaluation.decode import DecodeError, decode, detect_format
+from tasks.run.progress import ProgressFn
+from tasks.evaluation.preprocess import ImageError, PreprocessSpec, load_rgb, letterbox, to_original
+from tasks.run.rundir import sha256_file
+from tasks.evaluation.runtime import (
     DEFAULT_PROVIDERS, check_model_file, latency_stats, make_session, model_io, model_metadata,
     runtime_info, select_providers,
 )

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from tasks.quantize import QUANTIZABLE_OPS
+from tasks.quantization.quantize import QUANTIZABLE_OPS
 
 
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
@@ -95,7 +95,7 @@ def qdq_int8_convs(qmodel: onnx.ModelProto) -> list[str]:
 
 def ort_int8_convs(model_path: Path) -> list[str]:
     """ort-cpu: the convolutions ONNX Runtime's CPU EP runs as QLinearConv."""
-    from tasks.quantize import ort_optimized_graph
+    from tasks.quantization.quantize import ort_optimized_graph
 
     return [n.name for n in ort_optimized_graph(model_path).graph.node if n.op_type == "QLinearConv"]
 

@@ -1,0 +1,1 @@
+"""Evaluation: preprocessing, decoding, ONNX Runtime sessions, COCO scoring, the smoke check."""

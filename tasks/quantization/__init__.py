@@ -1,0 +1,1 @@
+"""Quantization: calibration data, ModelOpt PTQ, the ort-cpu build, per-layer recovery."""

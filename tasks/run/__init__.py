@@ -1,0 +1,1 @@
+"""Run bookkeeping: the step cache, run folders, input checks, progress, the report."""
