@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export PREFECT_HOME ?= $(CURDIR)/tmp/prefect-home
 
-.PHONY: install browser demo test evaluate-demo bench clean server pool deploy worker trigger
+.PHONY: install browser demo test evaluate-demo bench clean server pool deploy worker sweep-worker trigger
 
 install: $(STAMP)
 
@@ -58,14 +58,18 @@ DEPLOYMENT ?= yolo-int8/demo-int8
 server: $(STAMP)          ## SQLite-backed server with the UI at http://127.0.0.1:4200 (runs schedules)
 	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
-pool: $(STAMP)            ## the process work pool the deployments use
+pool: $(STAMP)            ## the process work pools: yolo-lowbit (INT8 runs), yolo-lowbit-sweeps (sweeps)
 	PREFECT_API_URL=$(SERVER_URL) $(BIN)/prefect work-pool create yolo-lowbit --type process --overwrite
+	PREFECT_API_URL=$(SERVER_URL) $(BIN)/prefect work-pool create yolo-lowbit-sweeps --type process --overwrite
 
 deploy: $(STAMP)          ## every deployment in prefect.yaml (manual, nightly, demo)
 	PREFECT_API_URL=$(SERVER_URL) $(BIN)/prefect --no-prompt deploy --all
 
-worker: $(STAMP)          ## runs the flow runs of the pool from this checkout
-	PREFECT_API_URL=$(SERVER_URL) $(BIN)/prefect worker start --pool yolo-lowbit
+worker: $(STAMP)          ## runs the flow runs of the pool from this checkout (one per machine, or LIMIT=1 each)
+	PREFECT_API_URL=$(SERVER_URL) $(BIN)/prefect worker start --pool yolo-lowbit $(if $(LIMIT),--limit $(LIMIT))
+
+sweep-worker: $(STAMP)    ## runs the sweeps (light: they start children on yolo-lowbit and wait)
+	PREFECT_API_URL=$(SERVER_URL) $(BIN)/prefect worker start --pool yolo-lowbit-sweeps
 
 trigger: $(STAMP)         ## e.g. make trigger DEPLOYMENT=yolo-int8/yolov10m-int8 PARAMS='{"config": {...}}'
 	PREFECT_API_URL=$(SERVER_URL) $(BIN)/prefect deployment run '$(DEPLOYMENT)' --params '$(PARAMS)' --watch

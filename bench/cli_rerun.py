@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,21 +22,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from accuracy import model_args  # noqa: E402
+from local_server import start_server  # noqa: E402
 from tasks.evaluation.runtime import device_name  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cli(args: list[str], env: dict[str, str]) -> float:
@@ -64,23 +56,8 @@ def bench_model(name: str, base: dict[str, Any], work: Path, repeat: int) -> dic
     first = _cli(common + ["--run-id", "first"], env)
     temp = [_cli(common + ["--run-id", f"temp-{i}"], env) for i in range(repeat)]
 
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    log = open(work / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    server, api = start_server(work / "server.log", env)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                raise SystemExit(f"the Prefect server did not come up; see {work / 'server.log'}")
-            time.sleep(0.5)
         kept = [_cli(common + ["--run-id", f"kept-{i}"], {**env, "PREFECT_API_URL": api}) for i in range(repeat)]
     finally:
         os.killpg(server.pid, 15)

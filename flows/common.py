@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,3 +106,39 @@ def ensure_prefect_home() -> None:
     from prefect.settings import get_current_settings
 
     Path(get_current_settings().home).expanduser().mkdir(parents=True, exist_ok=True)
+
+
+def run_step(fn, args: tuple, runner: str):
+    """A step as a Prefect task body, on whichever process runs it: the run's progress sinks and log
+    levels set there, and where it ran recorded in its result (tasks/pipeline.py:placed)."""
+    from tasks.pipeline import placed
+
+    quiet_library_logs()
+    prefect_progress_sinks()
+    return placed(fn, args, runner)
+
+
+@contextmanager
+def api_for_workers():
+    """With no PREFECT_API_URL, the flow's process would start a temporary server that only it can
+    find: worker processes would each start their own, and their task runs would not be in the run.
+    So the temporary server is started here and its URL put in the environment the workers inherit."""
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    if get_current_settings().api.url:
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")))
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler().flush()  # the run's last log lines, before their server goes
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()

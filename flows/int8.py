@@ -16,12 +16,14 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-try:
-    from flows.common import (ROOT, ensure_prefect_home, offline_defaults, prefect_progress_sinks,  # noqa: F401
-                              quiet_library_logs, retry_transient_only)
-except ModuleNotFoundError:  # run as `python flows/int8.py`
-    from common import (ROOT, ensure_prefect_home, offline_defaults, prefect_progress_sinks,  # noqa: F401
-                        quiet_library_logs, retry_transient_only)
+# `python flows/int8.py` puts flows/ on the path, not the repository root: add it, so that this file and
+# worker processes name the same modules (flows.common, never a bare `common` a worker cannot import).
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flows.common import (ROOT, api_for_workers, ensure_prefect_home, offline_defaults, prefect_progress_sinks,  # noqa: E402,F401
+                          quiet_library_logs, retry_transient_only, run_step)
+from flows.runners import RUNNERS  # noqa: E402
 
 offline_defaults()
 
@@ -30,6 +32,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from tasks import steps  # noqa: E402
+from tasks.pipeline import execute  # noqa: E402
 from tasks.config import RunConfig, build_config, load_yaml_config  # noqa: E402
 from tasks.run.inputs import check_inputs, input_error_types  # noqa: E402
 from tasks.options import add_config_options, nest  # noqa: E402
@@ -47,9 +50,16 @@ def prepare_task(cfg: RunConfig) -> steps.RunContext:
     return steps.prepare_run(cfg)
 
 
-def as_task(name: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """steps.execute's caller: each stage runs as a retryable Prefect task named after it."""
-    return task(fn, name=name, **TASK_OPTS)(*args)
+def step_caller(runner: Any, runner_name: str) -> Callable[..., Any]:
+    """pipeline.execute's caller: each step runs as a retryable Prefect task named after it, in the
+    flow's thread (no task runner) or submitted to the runner's workers."""
+    def call(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        t = task(run_step, name=name, **TASK_OPTS)
+        if runner is None:
+            return t(fn, args, runner_name)
+        return runner.submit(t, parameters={"fn": fn, "args": args, "runner": runner_name}).result()
+
+    return call
 
 
 def _publish_png(ctx: steps.RunContext) -> None:
@@ -80,7 +90,8 @@ def int8_flow(config: RunConfig = RunConfig()) -> dict:
     ctx = prepare_task(config)
     logger.info("run folder: %s", ctx.run_dir)
     try:
-        summary = steps.execute(ctx, call=as_task)
+        with RUNNERS[ctx.cfg.runner](ctx.cfg) as runner:
+            summary = execute(ctx, call=step_caller(runner, ctx.cfg.runner), parallel=runner is not None)
         if ctx.cfg.sensitivity or ctx.cfg.accuracy_budget is not None:
             _publish_png(ctx)
         key = _artifact_key(f"int8-{Path(ctx.cfg.model).stem}")
@@ -123,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ensure_prefect_home()
     try:
-        summary = int8_flow(config=cfg)
+        if cfg.runner == "sequential":
+            summary = int8_flow(config=cfg)
+        else:
+            with api_for_workers():
+                summary = int8_flow(config=cfg)
     except Exception as e:  # Prefect has logged the traceback; end with the one-line cause
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

@@ -170,6 +170,21 @@ class RunConfig(BaseModel):
         description="auto mode never lets the share of convolution MACs that run in INT8 fall below this, per "
                     "target (one number sets every target)")
 
+    runner: Literal["sequential", "process", "dask"] = Field(
+        "sequential", description="how steps run: sequential (one after another in this process); process (a pool "
+                                  "of worker processes on this machine); dask (a Dask cluster: dask_address, or a "
+                                  "local one). With process and dask, independent steps run side by side: FP32 "
+                                  "evaluation beside PTQ, the targets, evaluation shards")
+    workers: int = Field(2, ge=1, le=256, description="process and local-dask runners: worker processes (one step "
+                                                      "each at a time); evaluations split into this many shards "
+                                                      "and ORT gets cores / workers threads in each")
+    dask_address: str | None = Field(None, pattern=r"^(tcp|tls|ws|wss|inproc)://\S+$",
+                                     description="runner dask: the scheduler of a running cluster, tcp://HOST:PORT "
+                                                 "(without it a LocalCluster of `workers` processes is started)")
+    latency_images: int = Field(32, ge=1, le=1000, description="process and dask runners: images of the latency "
+                                                               "step, which times every model alone after all "
+                                                               "other steps")
+
     @field_validator("guard_min_mac_share", mode="before")
     @classmethod
     def _share_per_target(cls, v: Any) -> Any:
@@ -193,7 +208,18 @@ class RunConfig(BaseModel):
     def _one_calibration_source(self) -> "RunConfig":
         if self.calib is not None and self.calib_images is not None:
             raise ValueError("give either calib (a tensor file) or calib_images (a folder), not both")
+        if self.dask_address is not None and self.runner != "dask":
+            raise ValueError(f"dask_address is set but runner is {self.runner!r}; add --runner dask")
         return self
+
+    def worker_threads(self) -> int | None:
+        """ORT intra-op threads of one worker: the setting, else cores / workers with a pool (one
+        step per worker process; unset, every worker would take every core)."""
+        import os
+
+        if self.eval.threads is not None or self.runner == "sequential":
+            return self.eval.threads
+        return max(1, (os.cpu_count() or 1) // self.workers)
 
     def resolved(self) -> "RunConfig":
         """Fill demo paths and derived defaults; raise ConfigError naming anything missing."""

@@ -307,41 +307,11 @@ def _raw_quantize(ctx: RunContext, calib: dict[str, Any], target: str,
     return step_quantize_ort_cpu(ctx, calib, publish=False)
 
 
-def execute(ctx: RunContext, call: Callable[..., Any] = direct) -> dict[str, Any]:
-    """Every stage after prepare_run, in order; `call(name, fn, *args)` runs each one."""
-    cfg = ctx.cfg
-    calib = call("calibration", step_calibration, ctx)
-    fp32: dict[str, Any] | None = None
-    targets: dict[str, dict[str, Any]] = {}
-    for target in cfg.targets:
-        # task names follow the target's folders: quantize-int8, coco-eval-int8 (tensorrt, as the
-        # INT8 flow named them) and quantize-int8-ort-cpu, coco-eval-int8-ort-cpu
-        _, qdir, which = TARGET_LAYOUT[target]
-        sfx = which.removeprefix("int8")  # "" for tensorrt, "-ort-cpu": task names follow the folders
-        raw = call(qdir, _raw_quantize, ctx, calib, target)
-        quant = call(f"recover{sfx}", step_refine, ctx, calib, raw)
-        quant = {**quant, "quantize_wall_s": raw.get("step_wall_s")}
-        auto = cfg.accuracy_budget is not None
-        # in auto mode the smoke check judges the chosen model (a collapsed candidate is for the guard to reject)
-        smoke = None if auto else call(f"smoke-inference{sfx}", step_smoke, ctx, calib, quant, qdir)
-        if fp32 is None:
-            fp32 = call("coco-eval-fp32", step_evaluate, ctx, "fp32", Path(cfg.model), ctx.model["sha256"])
-        int8 = call(f"coco-eval-{which}", step_evaluate, ctx, which, Path(quant["onnx"]), quant["sha256"])
-        extra: dict[str, Any] = {}
-        if auto:
-            g = call(f"accuracy-guard{sfx}", step_accuracy_guard, ctx, calib, raw, quant, fp32, int8)
-            quant, int8 = {**g["quant"], "quantize_wall_s": raw.get("step_wall_s")}, g["int8"]
-            smoke = call(f"smoke-inference{sfx}", step_smoke, ctx, calib, quant, qdir)
-            extra = {"sensitivity": g["sensitivity"], "accuracy_guard": g["guard"]}
-        elif cfg.sensitivity:
-            extra = {"sensitivity": call(f"sensitivity{sfx}", step_sensitivity, ctx, calib, raw, quant)}
-        targets[target] = {"quant": quant, "smoke": smoke, "int8": int8, **extra}
-    return call("report", step_report, ctx, calib, targets, fp32, {})
-
-
 def run_int8(cfg: RunConfig) -> dict[str, Any]:
     """The whole run without Prefect (benchmarks and tests compare the flow against this)."""
     from tasks.run.rundir import set_run_state
+
+    from tasks.pipeline import execute
 
     ctx = prepare_run(cfg)
     try:

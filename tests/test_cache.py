@@ -40,3 +40,45 @@ def test_concurrent_puts_leave_one_complete_entry(tmp_path):
     e = c.get("step", "k")
     assert e is not None and e.file("f").read_bytes() == b"same"
     assert not [p for p in (tmp_path / "cache" / "step").iterdir() if p.name.startswith(".tmp")]
+
+
+WRITER = """
+import sys, time
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from tasks.run.cache import StepCache
+src, cache = Path(sys.argv[1]), Path(sys.argv[2])
+while time.time() < float(sys.argv[3]):  # start together
+    pass
+e = StepCache(cache).put("step", "k" * 64, {{"big.bin": src}}, {{"writer": sys.argv[4]}})
+print(e.meta["writer"])
+"""
+
+
+def test_writers_in_several_processes_never_show_a_partial_entry(tmp_path):
+    """Four processes put the same key at once (as workers sharing a cache folder do) while this one
+    reads it in a loop: a reader sees no entry or a complete one, never a part; one entry remains."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * (32 * 1024))  # 8 MiB: long enough to be caught half-copied
+    cache = tmp_path / "cache"
+    start = time.time() + 1.5
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER.format(root=str(ROOT)), str(big), str(cache), str(start),
+                               f"w{i}"], stdout=subprocess.PIPE, text=True) for i in range(4)]
+    reader, seen = StepCache(cache), set()
+    while any(p.poll() is None for p in procs):
+        e = reader.get("step", "k" * 64)
+        if e is not None:
+            assert e.file("big.bin").read_bytes() == big.read_bytes()
+            seen.add(e.meta["writer"])
+    outs = {p.communicate()[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert not reader.corrupt
+    assert len(outs) == 1 and seen <= outs  # every writer got the first complete entry
+    names = [d.name for d in (cache / "step").iterdir()]
+    assert names == ["k" * 64]

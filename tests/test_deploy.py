@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +16,7 @@ import httpx
 import pytest
 
 from conftest import ROOT
+from procs import free_port, stop
 
 pytestmark = pytest.mark.slow
 
@@ -25,31 +24,11 @@ FLOW = "yolo-int8"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except (subprocess.TimeoutExpired, ProcessLookupError):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     logs = tmp_path_factory.mktemp("logs")
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(home), PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
@@ -84,12 +63,17 @@ def stack(tmp_path_factory):
             return r.stdout
 
         cli("work-pool", "create", "yolo-lowbit", "--type", "process", "--overwrite")
+        cli("work-pool", "create", "yolo-lowbit-sweeps", "--type", "process", "--overwrite")
         cli("--no-prompt", "deploy", "--all")
-        start(["worker", "start", "--pool", "yolo-lowbit"], "worker")
-        yield {"api": api, "port": port, "env": env, "logs": logs}
+        # two workers taking one flow run at a time each (a sweep's children must spread over both),
+        # and the sweeps' own worker
+        workers = [start(["worker", "start", "--pool", "yolo-lowbit", "--limit", "1", "--name", f"w{i}"], f"worker{i}")
+                   for i in range(2)]
+        start(["worker", "start", "--pool", "yolo-lowbit-sweeps", "--name", "sweeps"], "worker-sweeps")
+        yield {"api": api, "port": port, "env": env, "logs": logs, "worker_pids": [w.pid for w in workers]}
     finally:
         for p in reversed(procs):
-            _stop(p)
+            stop(p)
 
 
 def _api(method: str, url: str, **kw) -> httpx.Response:
@@ -148,7 +132,7 @@ def test_deploy_trigger_cache_gate_and_ui(stack, tmp_path):
 
     params = {"config": {"demo": True, "run_root": str(runs), "run_id": "first"}}
     fr = _run(api, "demo-int8", params)
-    assert fr["state"]["type"] == "COMPLETED", (stack["logs"] / "worker.log").read_text()[-4000:]
+    assert fr["state"]["type"] == "COMPLETED", (stack["logs"] / "worker0.log").read_text()[-4000:]
     summary = json.loads((runs / "first" / "results" / "summary.json").read_text())
     assert summary["fp32"]["map50_95"] > 0.5 and summary["int8"]["detections"] > 0
     arts = _artifacts(api, fr["id"])
@@ -193,3 +177,44 @@ def test_deploy_trigger_cache_gate_and_ui(stack, tmp_path):
     assert fr["name"] in dom, dom[-2000:]
     assert f"{summary['fp32']['map50_95']:.4f}" in dom
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_demo_sweep_spreads_its_children_over_both_workers(stack, tmp_path):
+    """The demo-sweep deployment as a user triggers it: its two children (demo-int8 runs) run at once,
+    one on each worker, share one cache (one entry per key), and the comparison comes back."""
+    api = stack["api"]
+    dep = _api("GET", f"{api}/deployments/name/yolo-sweep/demo-sweep").json()
+    # the deployment's own children, with their run folders (and shared cache) in a fresh place
+    sweep = {**dep["parameters"]["sweep"], "run_root": str(tmp_path / "sweeps")}
+    run_id = _api("POST", f"{api}/deployments/{dep['id']}/create_flow_run",
+                  json={"parameters": {"sweep": sweep}}).json()["id"]
+    deadline = time.time() + 600
+    while True:
+        fr = _api("GET", f"{api}/flow_runs/{run_id}").json()
+        if fr["state"]["type"] in TERMINAL:
+            break
+        assert time.time() < deadline, "the sweep did not finish"
+        time.sleep(1)
+    logs = "\n".join((stack["logs"] / f"{n}.log").read_text()[-3000:] for n in ("worker-sweeps", "worker0", "worker1"))
+    assert fr["state"]["type"] == "COMPLETED", logs
+    sweep_id = fr["name"]
+    root = tmp_path / "sweeps"
+    summaries = {name: json.loads((root / f"{sweep_id}-{name}" / "results" / "summary.json").read_text())
+                 for name in ("tensorrt", "ort-cpu")}
+    # each child's steps ran in a flow-run process started by one of the two workers: both took one
+    parents = {name: {p["ppid"] for p in s["placement"].values()} for name, s in summaries.items()}
+    assert all(len(v) == 1 for v in parents.values()), parents
+    assert {v.pop() for v in parents.values()} == set(stack["worker_pids"])
+    assert summaries["tensorrt"]["quantization"]["target"] == "tensorrt"
+    assert summaries["ort-cpu"]["quantization"]["target"] == "ort-cpu"
+    # one cache entry per key: the calibration both children computed at once is stored once
+    cache = root / ".cache"
+    for step in ("calibration", "evaluate"):
+        entries = [d for d in (cache / step).iterdir() if not d.name.startswith(".")]
+        assert entries and all((d / "MANIFEST.json").is_file() for d in entries)
+    calib_keys = {s["calibration"]["sha256"] for s in summaries.values()}
+    assert len(calib_keys) == 1
+    assert len([d for d in (cache / "calibration").iterdir() if not d.name.startswith(".")]) == 1
+    arts = _artifacts(api, run_id)
+    table = next(a for a in arts if a["type"] == "markdown")["data"]
+    assert "| tensorrt |" in table and "| ort-cpu |" in table

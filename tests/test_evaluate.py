@@ -27,6 +27,25 @@ def test_subset_restricts_images(tiny_model, tiny_data):
     assert m["images"] == 2 and m["image_ids"] == [1, 2]
 
 
+@pytest.mark.parametrize("shards", [1, 2, 4])
+def test_sharded_evaluation_gives_the_unsharded_figures(tiny_model, tiny_data, shards):
+    """Shards on different threads counts, merged and scored once: the same detections, mAP and
+    per-class AP as one pass over every image."""
+    from tasks.evaluation.evaluate import detect_shard, score_shards, shard_bounds
+
+    one = evaluate_model(tiny_model, tiny_data["images"], tiny_data["annotations"], settings=CPU)
+    bounds = shard_bounds(6, shards)
+    assert [b for a in bounds for b in a][::2] == sorted({a for a, _ in bounds}) and bounds[-1][1] == 6
+    parts = [detect_shard(tiny_model, tiny_data["images"], tiny_data["annotations"], None, CPU, 0, b, threads=1)
+             for b in reversed(bounds)]  # any order of arrival
+    merged = score_shards(tiny_model, tiny_data["images"], tiny_data["annotations"], None, CPU, 0, parts)
+    assert merged["stats"] == one["stats"] and merged["per_class_ap"] == one["per_class_ap"]
+    assert merged["detections"] == one["detections"] and merged["image_ids"] == one["image_ids"]
+    assert merged["shards"] == len(bounds)
+    with pytest.raises(ValueError, match="shards cover"):
+        score_shards(tiny_model, tiny_data["images"], tiny_data["annotations"], None, CPU, 0, parts[:-1] or [])
+
+
 def test_missing_image_is_named(tiny_model, tiny_data):
     (tiny_data["images"] / "val0003.png").unlink()
     with pytest.raises(FileNotFoundError, match="val0003.png"):

@@ -218,3 +218,24 @@ def test_gate_off_says_so_in_the_report_and_the_console():
     assert not regression_gate(s, 1.0)["passed"]
     s["gate"] = off
     assert console_table(s).splitlines()[-1] == "regression gate: off - gate off: drop 1.49 points"
+
+
+def test_process_runner_runs_steps_side_by_side_with_the_sequential_figures(harness, tmp_path, tiny_model, tiny_data):
+    """--runner process: Prefect's process pool, two workers; evaluation in shards, latency in a step
+    of its own; the figures and models of the sequential run, each step placed on a worker process."""
+    import os
+
+    from flows.int8 import int8_flow
+
+    seq = int8_flow(config=_cfg(tmp_path / "a", tiny_model, tiny_data, run_id="seq"))
+    par = int8_flow(config=_cfg(tmp_path / "b", tiny_model, tiny_data, run_id="par", runner="process", workers=2))
+    assert par["fp32"]["map50_95"] == seq["fp32"]["map50_95"] and par["int8"]["map50_95"] == seq["int8"]["map50_95"]
+    assert par["quantization"]["sha256"] == seq["quantization"]["sha256"]
+    assert par["runner"] == "process" and par["workers"] == 2
+    pids = {p["pid"] for p in par["placement"].values()}
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    assert {"coco-eval-fp32-shard-0", "coco-eval-fp32-shard-1", "coco-eval-int8", "latency"} <= set(par["placement"])
+    assert par["fp32"]["latency_measured"]["images"] == 6
+    assert {p["pid"] for p in seq["placement"].values()} == {os.getpid()}  # sequential: in the flow's process
+    report = (tmp_path / "b" / "runs" / "par" / "results" / "report.md").read_text()
+    assert "## Where each step ran" in report and "latency measured in its own step" in report

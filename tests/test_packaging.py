@@ -47,12 +47,19 @@ def test_readme_commands_are_what_ci_runs():
     assert "torch==2.13.0" in mk  # a CPU machine must never pull a CUDA torch build
 
 
-def test_prefect_yaml_points_at_the_flow():
+def test_prefect_yaml_points_at_the_flows():
     import yaml
 
     doc = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     eps = {d["name"]: d["entrypoint"] for d in doc["deployments"]}
+    assert eps.pop("demo-sweep") == "flows/sweep.py:sweep_flow"
     assert eps and all(e == "flows/int8.py:int8_flow" for e in eps.values())
     from flows.int8 import int8_flow
+    from flows.sweep import sweep_flow
+    from tasks.sweep import SweepConfig, child_configs
 
-    assert int8_flow.name == "yolo-int8"
+    assert int8_flow.name == "yolo-int8" and sweep_flow.name == "yolo-sweep"
+    # the demo sweep's children are valid runs, each with a run folder of its own under the sweep's root
+    sweep = next(d for d in doc["deployments"] if d["name"] == "demo-sweep")["parameters"]["sweep"]
+    children = child_configs(SweepConfig.model_validate(sweep), "s1")
+    assert len(children) >= 2 and len({c["run_id"] for c in children.values()}) == len(children)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -87,28 +88,43 @@ def _check_image_sizes(coco, image_ids: Sequence[int], images_dir: Path) -> list
     return items
 
 
-def evaluate_model(model_path: Path, images_dir: Path, annotations: Path, subset: str | int | None = None,
-                   settings: EvalSettings | None = None, subset_seed: int = 0,
-                   progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Evaluate one ONNX model; returns the metrics dict that `flows/evaluate.py` writes.
-    `progress(done, total)` is called after each image."""
-    settings = settings or EvalSettings()
-    model_path, images_dir = Path(model_path), Path(images_dir)
-    model = check_model_file(model_path)
+@dataclass
+class EvalSetup:
+    """What an evaluation reads before its first image: the model's input and decoder, the COCO set,
+    the evaluated images and the category of each class index."""
+
+    input_name: str
+    in_shape: tuple[int, int, int, int]
+    fmt: str
+    nc: int | None
+    fmt_info: dict[str, Any]
+    coco: Any
+    image_ids: list[int]
+    cat_ids: list[int]
+    items: list[tuple[int, Path]]
+
+
+def prepare_eval(model_path: Path, images_dir: Path, annotations: Path, subset: str | int | None,
+                 settings: EvalSettings, subset_seed: int = 0) -> EvalSetup:
+    model = check_model_file(Path(model_path))
     input_name, in_shape, _ = model_io(model)
     fmt, nc, fmt_info = resolve_format(model, settings)
     del model  # the session loads its own copy; do not hold two in memory
+    images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image folder {images_dir} does not exist; pass --images")
     coco = load_coco(annotations)
     image_ids = select_subset(coco, subset, seed=subset_seed)
     cat_ids = category_map(coco, nc, settings.class_map)
     items = _check_image_sizes(coco, image_ids, images_dir)
+    return EvalSetup(input_name, in_shape, fmt, nc, fmt_info, coco, image_ids, cat_ids, items)
 
-    choice = select_providers(settings.providers, strict=settings.strict_providers)
-    sess = make_session(model_path, choice, settings.threads)
-    size_hw = (in_shape[2], in_shape[3])
 
+def _detect(sess: Any, setup: EvalSetup, items: Sequence[tuple[int, Path]], settings: EvalSettings,
+            progress: ProgressFn | None) -> tuple[list[dict], list[float], list[float], list[float]]:
+    """Detections of `items` in COCO result form, and each image's preprocess / inference / decode time."""
+    size_hw = (setup.in_shape[2], setup.in_shape[3])
+    input_name, coco, cat_ids = setup.input_name, setup.coco, setup.cat_ids
     dets: list[dict] = []
     t_pre, t_inf, t_dec = [], [], []
     batch = np.empty((1, 3, *size_hw), dtype=np.float32)  # one input buffer, refilled per image
@@ -132,7 +148,7 @@ def evaluate_model(model_path: Path, images_dir: Path, annotations: Path, subset
             t1 = time.perf_counter()
         out = sess.run(None, {input_name: x})[0]
         t2 = time.perf_counter()
-        d = decode(out, fmt, settings.conf_thres, settings.iou_thres, settings.max_det)  # type: ignore[arg-type]
+        d = decode(out, setup.fmt, settings.conf_thres, settings.iou_thres, settings.max_det)  # type: ignore[arg-type]
         if len(d):
             if int(d.classes.max()) >= len(cat_ids) or int(d.classes.min()) < 0:
                 raise AnnotationError(f"the model predicted class index {int(d.classes.max())} but the class map has "
@@ -149,15 +165,19 @@ def evaluate_model(model_path: Path, images_dir: Path, annotations: Path, subset
         t_dec.append(t3 - t2)
         if progress is not None:
             progress(k, len(items))
+    return dets, t_pre, t_inf, t_dec
 
-    ev = evaluate_detections(coco, dets, image_ids)
-    rt = runtime_info(choice, settings.threads)
+
+def _metrics(model_path: Path, annotations: Path, setup: EvalSetup, settings: EvalSettings, dets: list[dict],
+             rt: dict[str, Any], t_pre: list[float], t_inf: list[float], t_dec: list[float]) -> dict[str, Any]:
+    ev = evaluate_detections(setup.coco, dets, setup.image_ids)
     if len(dets) == 0:
-        log.warning("model %s returned no detections above %.3g on %d images", model_path, settings.conf_thres, len(items))
+        log.warning("model %s returned no detections above %.3g on %d images", model_path, settings.conf_thres,
+                    len(setup.items))
     return {
         "map50_95": ev["stats"]["map50_95"],
         "map50": ev["stats"]["map50"],
-        "images": len(items),
+        "images": len(setup.items),
         "provider": rt["provider"],
         "latency_ms": latency_stats(t_inf),
         "preprocess_ms": latency_stats(t_pre),
@@ -166,15 +186,98 @@ def evaluate_model(model_path: Path, images_dir: Path, annotations: Path, subset
         "per_class_ap": ev["per_class_ap"],
         "detections": ev["detections"],
         "gt_boxes": ev["gt_boxes"],
-        "image_ids": image_ids,
-        "model": {"path": str(model_path), "sha256": sha256_file(model_path), "input": input_name,
-                  "input_shape": list(in_shape), "output_format": fmt, "num_classes": nc, **fmt_info},
+        "image_ids": setup.image_ids,
+        "model": {"path": str(model_path), "sha256": sha256_file(Path(model_path)), "input": setup.input_name,
+                  "input_shape": list(setup.in_shape), "output_format": setup.fmt, "num_classes": setup.nc,
+                  **setup.fmt_info},
         "annotations": {"path": str(annotations), "sha256": sha256_file(Path(annotations))},
         "settings": settings.model_dump(),
-        "class_map": cat_ids,
+        "class_map": setup.cat_ids,
         "runtime": rt,
         "yolo_lowbit": __version__,
     }
+
+
+def evaluate_model(model_path: Path, images_dir: Path, annotations: Path, subset: str | int | None = None,
+                   settings: EvalSettings | None = None, subset_seed: int = 0,
+                   progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Evaluate one ONNX model; returns the metrics dict that `flows/evaluate.py` writes.
+    `progress(done, total)` is called after each image."""
+    settings = settings or EvalSettings()
+    model_path = Path(model_path)
+    setup = prepare_eval(model_path, images_dir, annotations, subset, settings, subset_seed)
+    choice = select_providers(settings.providers, strict=settings.strict_providers)
+    sess = make_session(model_path, choice, settings.threads)
+    dets, t_pre, t_inf, t_dec = _detect(sess, setup, setup.items, settings, progress)
+    return _metrics(model_path, Path(annotations), setup, settings, dets, runtime_info(choice, settings.threads),
+                    t_pre, t_inf, t_dec)
+
+
+def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) ranges of n images in `shards` parts: concatenated in order they give
+    back the unsharded image order, so the merged detections are the unsharded list itself."""
+    edges = np.linspace(0, n, shards + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def detect_shard(model_path: Path, images_dir: Path, annotations: Path, subset: str | int | None,
+                 settings: EvalSettings, subset_seed: int, bounds: tuple[int, int], threads: int | None,
+                 progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Detections of one shard of the evaluated images (no latency: shards run side by side)."""
+    setup = prepare_eval(Path(model_path), images_dir, annotations, subset, settings, subset_seed)
+    items = setup.items[bounds[0]:bounds[1]]
+    choice = select_providers(settings.providers, strict=settings.strict_providers)
+    sess = make_session(Path(model_path), choice, threads)
+    dets, t_pre, t_inf, t_dec = _detect(sess, setup, items, settings, progress)
+    return {"detections": dets, "image_ids": [i for i, _ in items], "bounds": list(bounds),
+            "runtime": runtime_info(choice, threads), "infer_ms_mean": latency_stats(t_inf)["mean"]}
+
+
+def score_shards(model_path: Path, images_dir: Path, annotations: Path, subset: str | int | None,
+                 settings: EvalSettings, subset_seed: int, shards: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The shards' detections merged in image order and scored once with pycocotools: the metrics of
+    `evaluate_model` but for latency, which `time_models` measures apart."""
+    setup = prepare_eval(Path(model_path), images_dir, annotations, subset, settings, subset_seed)
+    ordered = sorted(shards, key=lambda sh: sh["bounds"][0])
+    got = [i for sh in ordered for i in sh["image_ids"]]
+    if got != setup.image_ids:
+        raise ValueError(f"the shards cover {len(got)} images, not the {len(setup.image_ids)} evaluated ones in order")
+    dets = [d for sh in ordered for d in sh["detections"]]
+    out = _metrics(Path(model_path), Path(annotations), setup, settings, dets, ordered[0]["runtime"], [], [], [])
+    out["shards"] = len(ordered)
+    return out
+
+
+def time_models(models: dict[str, Path], images: Sequence[Path], settings: EvalSettings, threads: int | None,
+                rounds: int = 3) -> dict[str, dict[str, Any]]:
+    """Per-image inference latency of several models on the same letterboxed images, in interleaved
+    rounds (model A on every image, then B, ... then A again) so that a slower moment of the machine
+    falls on every model alike; each model warmed up first."""
+    choice = select_providers(settings.providers, strict=settings.strict_providers)
+    sessions = {name: make_session(Path(p), choice, threads) for name, p in models.items()}
+    batches = {}
+    for name, sess in sessions.items():
+        inp = sess.get_inputs()[0]
+        h, w = int(inp.shape[2]), int(inp.shape[3])
+        if (h, w) not in batches:
+            batches[(h, w)] = [letterbox(load_rgb(p), (h, w), settings.preprocess)[0][None].astype(np.float32)
+                               for p in images]
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for name, sess in sessions.items():
+        inp = sess.get_inputs()[0]
+        x = batches[(int(inp.shape[2]), int(inp.shape[3]))][0]
+        for _ in range(settings.warmup):
+            sess.run(None, {inp.name: x})
+    for _ in range(rounds):
+        for name, sess in sessions.items():
+            inp = sess.get_inputs()[0]
+            for x in batches[(int(inp.shape[2]), int(inp.shape[3]))]:
+                t0 = time.perf_counter()
+                sess.run(None, {inp.name: x})
+                times[name].append(time.perf_counter() - t0)
+    rt = runtime_info(choice, threads)
+    return {name: {"latency_ms": latency_stats(t), "images": len(images), "rounds": rounds, "runtime": rt}
+            for name, t in times.items()}
 
 
 def format_table(rows: dict[str, dict[str, Any]]) -> str:

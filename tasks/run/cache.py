@@ -6,6 +6,11 @@ id. An entry is a folder `<root>/<step>/<key>/` whose MANIFEST.json records each
 write time; a read re-checks them, so a truncated or altered entry is detected, set aside and
 recomputed. Entries are built in a temporary folder and renamed into place, so concurrent runs
 never see a half-written entry (the first complete one wins).
+
+Shared storage: the same holds for writers on several machines sharing the folder, as long as a rename
+within one folder is atomic there (local file systems, NFS): an entry appears whole or not at all; a
+second writer of the same key finds the first's entry and uses it. Damage reports travel back in each
+step's result (tasks/pipeline.py), since a worker's StepCache is a copy.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,15 +79,18 @@ class StepCache:
         log.warning("cache entry %s is damaged (%s); recomputing", d, why)
         self.corrupt.append(why)
         try:
-            os.replace(d, d.with_name(f".corrupt-{d.name}-{int(time.time() * 1000)}"))
+            os.replace(d, d.with_name(f".corrupt-{d.name}-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"))
         except OSError:
-            shutil.rmtree(d, ignore_errors=True)
+            # Another reader set it aside first (and a writer may already have put a good entry in its
+            # place): deleting by name here could remove that one, so leave it.
+            pass
 
     def put(self, step: str, key: str, files: dict[str, Path], meta: dict[str, Any]) -> CacheEntry:
         """Store `files` (name -> source path) under the key; returns the entry that ends up there."""
         final = self._dir(step, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".tmp-{key[:16]}-{os.getpid()}-{time.monotonic_ns()}"
+        # host and pid in the name: writers on several machines share this folder (shared storage)
+        tmp = final.parent / f".tmp-{key[:16]}-{socket.gethostname()}-{os.getpid()}-{time.monotonic_ns()}"
         tmp.mkdir()
         try:
             digests = {}

@@ -13,7 +13,7 @@ def _side(m: dict[str, Any]) -> dict[str, Any]:
     return {"map50_95": m["map50_95"], "map50": m["map50"],
             "latency_ms": {"p50": lat["p50"], "p90": lat["p90"], "mean": lat["mean"]},
             "provider": m["provider"], "images": m["images"], "detections": m["detections"],
-            "stats": m["stats"]}
+            "stats": m["stats"], **({"latency_measured": m["latency_measured"]} if "latency_measured" in m else {})}
 
 
 def _quantization_tensorrt(cfg, quant: dict[str, Any]) -> dict[str, Any]:
@@ -283,9 +283,19 @@ def render_markdown(s: dict[str, Any]) -> str:
               "- wall time per step (s): " + ", ".join(f"{k} {v:.1f}" if v is not None else f"{k} -"
                                                          for k, v in s["timings_s"].items()),
               f"- device: {s['runtime']['device']}; ORT {s['runtime']['ort_version']}, {s['runtime']['threads']} threads",
+              f"- runner: {s.get('runner', 'sequential')}"
+              + (f", {s['workers']} worker processes" if s.get("workers", 1) > 1 else ""),
               "- latency is per image on the provider above, inference only (preprocessing and decoding apart)"]
+    measured = f.get("latency_measured")
+    where = s.get("placement", {}).get("latency")
+    if measured:
+        lines.append(f"- latency measured in its own step ({measured['how']}) on {where['host']} (pid {where['pid']})"
+                     if where else f"- latency measured in its own step ({measured['how']})")
+        lines[-1] += f": {measured['images']} images x {measured['rounds']} rounds, {measured['threads']} threads"
+    else:
+        lines.append("- latency measured by each evaluation as it ran, one step at a time (sequential runner)")
     evals = {k: v for k, v in s["cached"].items() if "eval" in k}
-    if len(set(evals.values())) > 1:
+    if not measured and len(set(evals.values())) > 1:
         lines.append("- some evaluations come from the cache (" + ", ".join(k for k, v in evals.items() if v) + "): their "
                      "latency was measured in an earlier run, so latency ratios compare different moments of this "
                      "machine; bench/targets.py times every variant interleaved")
@@ -297,6 +307,9 @@ def render_markdown(s: dict[str, Any]) -> str:
             lines += _guard_lines(name, t["accuracy_guard"])
         if t.get("sensitivity"):
             lines += _sensitivity_lines(name, t["sensitivity"], qdirs.get(name, "quantize-int8"))
+    if s.get("placement"):
+        lines += ["", "## Where each step ran", "", "| step | host | pid | runner |", "|---|---|---:|---|"]
+        lines += [f"| {k} | {v['host']} | {v['pid']} | {v['runner']} |" for k, v in s["placement"].items()]
     gate = s.get("gate")
     if gate:
         lines.insert(2, f"**Regression gate: {gate_verdict(gate)}** - {gate['message']}\n")

@@ -1,0 +1,162 @@
+"""The run on a real Dask cluster on loopback: a `dask scheduler` and two `dask worker` processes, each
+with its own HOME and TMPDIR, driven by the command line as a user runs it (`--runner dask
+--dask-address`), compared with the sequential run; then one worker SIGKILLed in the middle of a step.
+Every process started here is stopped at the end (process groups, terminated then killed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from procs import free_port, stop
+from tasks.run.cache import MANIFEST, StepCache
+
+pytestmark = pytest.mark.slow
+
+
+class Cluster:
+    def __init__(self, tmp: Path, worker_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen] = []
+        self.logs = tmp
+        base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        self._start([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
+                     str(self.port), "--no-dashboard"], base, "scheduler")
+        self.workers = []
+        for i in range(2):
+            home = tmp / f"worker{i}"
+            (home / "tmp").mkdir(parents=True)
+            env = {**base, "HOME": str(home), "TMPDIR": str(home / "tmp"), **(worker_env or {})}
+            # --no-nanny: the pid started here is the worker itself, the one a placement names
+            self.workers.append(self._start([sys.executable, "-m", "distributed.cli.dask_worker", self.address,
+                                             "--nthreads", "1", "--no-nanny", "--no-dashboard", "--name", f"w{i}"],
+                                            env, f"worker{i}"))
+        self._wait_for_workers(2)
+
+    def _start(self, argv, env, name) -> subprocess.Popen:
+        f = open(self.logs / f"{name}.log", "w")
+        p = subprocess.Popen(argv, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=self.logs, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def _wait_for_workers(self, n: int) -> None:
+        from distributed import Client
+
+        deadline = time.time() + 120
+        while True:
+            try:
+                with Client(self.address, timeout=5) as c:
+                    if len(c.scheduler_info()["workers"]) >= n:
+                        return
+            except OSError:
+                pass
+            assert time.time() < deadline, (self.logs / "worker0.log").read_text()[-2000:]
+            time.sleep(1)
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            stop(p)
+
+
+def _cli(args: list[str], tmp: Path, name: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp / f"prefect-{name}"), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    return subprocess.Popen([sys.executable, "flows/int8.py", "--demo", "--no-gate", "--providers", "cpu", *args],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(p: subprocess.Popen, timeout: float = 600) -> str:
+    out, err = p.communicate(timeout=timeout)
+    assert p.returncode == 0, err[-4000:]
+    return out
+
+
+def _keys(cache: Path) -> dict[str, set[str]]:
+    return {step: {e.name for e in (cache / step).iterdir() if not e.name.startswith(".")}
+            for step in ("calibration", "quantize", "refine") if (cache / step).is_dir()}
+
+
+def _no_torn_entries(cache: Path) -> int:
+    """Every entry under its final name is complete (its manifest's sha256s hold); returns the count."""
+    sc, n = StepCache(cache), 0
+    for man in cache.glob(f"*/*/{MANIFEST}"):
+        entry = man.parent
+        if entry.name.startswith("."):
+            continue
+        assert sc.get(entry.parent.name, entry.name) is not None, f"torn cache entry {entry}"
+        n += 1
+    for d in cache.glob("*/*"):
+        if d.is_dir() and not d.name.startswith("."):
+            assert (d / MANIFEST).is_file(), f"cache entry {d} without a manifest"
+    assert not sc.corrupt
+    return n
+
+
+def _same_results(a: dict, b: dict) -> None:
+    assert b["fp32"]["map50_95"] == a["fp32"]["map50_95"] and b["int8"]["map50_95"] == a["int8"]["map50_95"]
+    assert b["fp32"]["map50"] == a["fp32"]["map50"] and b["int8"]["detections"] == a["int8"]["detections"]
+    assert b["quantization"]["sha256"] == a["quantization"]["sha256"]  # same scales, same recovered model
+    assert b["calibration"]["sha256"] == a["calibration"]["sha256"]
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("seq")
+    _finish(_cli(["--run-root", str(tmp / "runs"), "--run-id", "seq"], tmp, "seq"))
+    return tmp / "runs", json.loads((tmp / "runs" / "seq" / "results" / "summary.json").read_text())
+
+
+def test_demo_on_a_dask_cluster_equals_the_sequential_run(sequential, tmp_path):
+    seq_root, seq = sequential
+    cluster = Cluster(tmp_path)
+    try:
+        runs = tmp_path / "runs"
+        _finish(_cli(["--runner", "dask", "--dask-address", cluster.address, "--run-root", str(runs), "--run-id", "d"],
+                     tmp_path, "dask"))
+        s = json.loads((runs / "d" / "results" / "summary.json").read_text())
+        _same_results(seq, s)
+        assert _keys(runs / ".cache") == _keys(seq_root / ".cache")  # the same cache keys
+        pids = {p["pid"] for p in s["placement"].values()}
+        assert pids == {w.pid for w in cluster.workers}, (pids, [w.pid for w in cluster.workers])
+        assert {p["runner"] for p in s["placement"].values()} == {"dask"}
+        assert {"coco-eval-fp32-shard-0", "coco-eval-fp32-shard-1", "latency"} <= set(s["placement"])
+        assert s["fp32"]["latency_measured"]["how"].startswith("latency step")
+        assert _no_torn_entries(runs / ".cache") > 0
+    finally:
+        cluster.close()
+
+
+def test_a_worker_killed_in_the_middle_of_a_step_is_survived(sequential, tmp_path):
+    _, seq = sequential
+    mark = tmp_path / "paused"
+    cluster = Cluster(tmp_path, {"YOLO_LOWBIT_FAULT_PAUSE": "fp32-shard-computed", "YOLO_LOWBIT_FAULT_MARK": str(mark),
+                                 "YOLO_LOWBIT_FAULT_ONCE": "1"})
+    try:
+        runs = tmp_path / "runs"
+        p = _cli(["--runner", "dask", "--dask-address", cluster.address, "--run-root", str(runs), "--run-id", "k"],
+                 tmp_path, "kill")
+        deadline = time.time() + 300
+        while not mark.exists() or not mark.read_text().strip():
+            assert p.poll() is None, p.stderr.read()[-3000:]
+            assert time.time() < deadline, "no worker reached the fault point"
+            time.sleep(0.2)
+        point, pid = mark.read_text().split()
+        assert int(pid) in {w.pid for w in cluster.workers}
+        os.kill(int(pid), signal.SIGKILL)  # detections computed, nothing cached yet: the step dies mid-way
+        _finish(p)
+        s = json.loads((runs / "k" / "results" / "summary.json").read_text())
+        _same_results(seq, s)
+        survivor = ({w.pid for w in cluster.workers} - {int(pid)}).pop()
+        assert s["placement"]["latency"]["pid"] == survivor
+        assert _no_torn_entries(runs / ".cache") > 0
+    finally:
+        cluster.close()
