@@ -43,7 +43,8 @@ from tasks.quantization.entropy import activation_scales  # noqa: E402
 from tasks.quantization.ortcpu import MinMaxSafeReader, build_ort_cpu, symmetric_overrides, with_min_opset  # noqa: E402
 from tasks.evaluation.preprocess import PreprocessSpec  # noqa: E402
 from tasks.quantization.quantize import decode_tail_nodes, ort_cpu_kernels  # noqa: E402
-from tasks.evaluation.runtime import latency_stats, make_session, model_io, select_providers  # noqa: E402
+from tasks.evaluation.runtime import latency_stats, model_io  # noqa: E402
+from tasks.evaluation.sessions import open_session  # noqa: E402
 from tasks.quantization.trt import tensorrt_timing  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
@@ -97,13 +98,50 @@ def peer_quantize(model: Path, reader: CalibReader, out: Path, activations: str 
     return {"wall_s": round(time.perf_counter() - t0, 2), "decode_tail_nodes": len(tail), "activations": activations}
 
 
+def nncf_openvino_peer(model: Path, files: list[Path], shape: tuple, out_xml: Path) -> dict[str, Any]:
+    """The recipe CPU users pick: Ultralytics' `format=openvino, int8=True`, which runs NNCF `quantize`
+    on the OpenVINO model with the MIXED preset (symmetric weights, asymmetric activations) and ignores
+    the detection head's arithmetic (Add, Sub, Mul, Div), its DFL and every Sigmoid. Here from the
+    ONNX export (Ultralytics converts from PyTorch), calibrated on the same images, preprocessed by the
+    evaluator's letterbox."""
+    import re
+
+    import nncf
+    import onnx
+    import openvino as ov
+
+    from tasks.evaluation.preprocess import preprocess_file
+
+    t0 = time.perf_counter()
+    names = [n.name for n in onnx.load(str(model), load_external_data=False).graph.node]
+    heads = sorted({int(m.group(1)) for n in names if (m := re.match(r"/model\.(\d+)/", n))})
+    head = f"model.{heads[-1]}" if heads else None
+    ignored = nncf.IgnoredScope(
+        patterns=[f".*{head}/.*/Add", f".*{head}/.*/Sub*", f".*{head}/.*/Mul*", f".*{head}/.*/Div*",
+                  f".*{head}\\.dfl.*", f".*{head}/dfl.*"] if head else [],
+        types=["Sigmoid"], validate=False)
+    ov_model = ov.convert_model(str(model))
+    hw = (shape[2], shape[3])
+    data = nncf.Dataset(files, lambda p: preprocess_file(p, hw, PreprocessSpec())[0][None].astype(np.float32))
+    q = nncf.quantize(ov_model, data, preset=nncf.QuantizationPreset.MIXED, ignored_scope=ignored,
+                      subset_size=len(files))
+    ov.save_model(q, str(out_xml))
+    return {"tool": f"nncf {nncf.__version__} + openvino {ov.get_version()}", "preset": "MIXED",
+            "ignored": {"head": head, "types": ["Sigmoid"]}, "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+# Variants that run on OpenVINO's CPU plugin (the rest on ONNX Runtime's CPU EP).
+RUNTIME = {"ov-fp32": "openvino", "nncf-ov": "openvino", "ort-cpu@ov": "openvino", "tensorrt@ov": "openvino"}
+
+
 def interleaved_latency(paths: dict[str, Path], x: np.ndarray, input_name: str, rounds: int, iters: int,
                         threads: int | None) -> dict[str, dict[str, dict[str, float]]]:
     """p50/p90 per variant under two session settings, all interleaved in the same rounds:
     `eval` (the evaluator's: worker threads do not spin) and `ort_default` (ORT's defaults, spinning
-    on, as a deployed session runs)."""
-    choice = select_providers(["cpu"])
-    sessions = {(k, mode): make_session(p, choice, threads, spin=(mode == "ort_default"))
+    on, as a deployed session runs). OpenVINO variants run with the same configuration in both (its
+    latency hint, one stream, f32 precision for float layers)."""
+    sessions = {(k, mode): open_session(p, EvalSettings(providers=["cpu"], runtime=RUNTIME.get(k, "onnxruntime")),
+                                        threads, spin=(mode == "ort_default"))[0]
                 for k, p in paths.items() for mode in ("eval", "ort_default")}
     for s in sessions.values():
         for _ in range(5):
@@ -178,8 +216,17 @@ def bench_model(m: dict[str, Any], work: Path, calib_count: int, rounds: int, it
     if "peer-u8" in variants:
         build["peer-u8"] = peer_quantize(model, reader, work / "peer-u8.onnx", activations="uint8")
         paths["peer-u8"] = work / "peer-u8.onnx"
+    if "openvino" in variants:
+        paths["ov-fp32"] = model
+        build["ov-fp32"] = {"runtime": "openvino", "precision": "f32"}
+        build["nncf-ov"] = nncf_openvino_peer(model, files, shape, work / "nncf-ov.xml")
+        paths["nncf-ov"] = work / "nncf-ov.xml"
+        for k in ("ort-cpu", "tensorrt"):
+            if k in paths:  # the project's own artifacts, run by OpenVINO as they are
+                paths[f"{k}@ov"] = paths[k]
     for k in paths:
-        build.setdefault(k, {})["ort_cpu_kernels"] = ort_cpu_kernels(paths[k])
+        if RUNTIME.get(k) != "openvino":
+            build.setdefault(k, {})["ort_cpu_kernels"] = ort_cpu_kernels(paths[k])
     x = reader.get_first()[input_name]
     lat = interleaved_latency(paths, x, input_name, rounds, iters, threads)
     rows = {}
@@ -188,9 +235,11 @@ def bench_model(m: dict[str, Any], work: Path, calib_count: int, rounds: int, it
             "latency": lat[k]["eval"], "latency_ratio": round(lat[k]["eval"]["p50_ms"] / lat["fp32"]["eval"]["p50_ms"], 4),
             "latency_ort_default": lat[k]["ort_default"],
             "latency_ratio_ort_default": round(lat[k]["ort_default"]["p50_ms"] / lat["fp32"]["ort_default"]["p50_ms"], 4),
-            "build": build.get(k, {})}
+            "build": build.get(k, {}), "runtime": RUNTIME.get(k, "onnxruntime")}
         if m["images"] is not None:
-            met = evaluate_model(p, m["images"], m["annotations"], settings=EvalSettings(providers=["cpu"], threads=threads))
+            met = evaluate_model(p, m["images"], m["annotations"], io_model=model,
+                                 settings=EvalSettings(providers=["cpu"], threads=threads,
+                                                       runtime=RUNTIME.get(k, "onnxruntime")))
             row.update({"map50_95": met["map50_95"], "map50": met["map50"], "images": met["images"]})
         rows[k] = row
     if m["images"] is not None:
@@ -245,7 +294,9 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="demo,yolov5n,yolov10m-random")
-    ap.add_argument("--variants", default="tensorrt,ort-cpu,peer,peer-u8", help="besides fp32 (tensorrt needs ModelOpt)")
+    ap.add_argument("--variants", default="tensorrt,ort-cpu,peer,peer-u8,openvino",
+                    help="besides fp32 (tensorrt needs ModelOpt; openvino adds OpenVINO FP32, the NNCF + OpenVINO "
+                         "peer, and the project's models run by OpenVINO)")
     ap.add_argument("--calib-count", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iters", type=int, default=10)
@@ -274,17 +325,26 @@ def main() -> None:
         t = r["tensorrt_engines"]
         print("TensorRT: " + (f"INT8 {t['int8_p50_ms']} ms vs FP16 {t['fp16_p50_ms']} ms" if t.get("ran")
                               else f"skipped: {t['reason']}"))
-    from tasks.evaluation.runtime import runtime_info
     import onnxruntime as ort
 
-    doc = {"ort_version": ort.__version__, "threads": args.threads, "rounds": args.rounds, "iters": args.iters,
-           "cpu": runtime_info(select_providers(["cpu"]), args.threads).get("device"), "results": results}
+    from tasks.evaluation.runtime import cpu_info, cpu_label
+
+    try:
+        import openvino as ov
+
+        ov_version = ov.get_version()
+    except ImportError:
+        ov_version = None
+    doc = {"ort_version": ort.__version__, "openvino_version": ov_version, "threads": args.threads,
+           "rounds": args.rounds, "iters": args.iters, "cpu": cpu_info(), "cpu_label": cpu_label(),
+           "results": results}
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = args.out / ".targets.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2))
     tmp.replace(args.out / "targets.json")
     plot(results, args.out / "targets.png")
-    print(f"\nwrote {args.out / 'targets.json'} and {args.out / 'targets.png'}")
+    print(f"\nCPU: {doc['cpu_label']}; ORT {doc['ort_version']}, OpenVINO {doc['openvino_version']}")
+    print(f"wrote {args.out / 'targets.json'} and {args.out / 'targets.png'}")
 
 
 if __name__ == "__main__":

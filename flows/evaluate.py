@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--class-map", help="comma-separated category id per class index")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--runtime", choices=["onnxruntime", "openvino"], default="onnxruntime",
+                    help="what runs the model (openvino: its CPU plugin, f32 precision for float layers)")
     ap.add_argument("--pad-value", type=int, default=114)
     ap.add_argument("--no-center", action="store_true", help="pad right/bottom only")
     ap.add_argument("--bgr", action="store_true", help="the export expects BGR input")
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             output_format=a.output_format, conf_thres=a.conf, iou_thres=a.iou, max_det=a.max_det,
             class_map=[int(x) for x in a.class_map.split(",")] if a.class_map else None,
             providers=[p for p in a.providers.split(",") if p], strict_providers=a.strict_providers,
+            runtime=a.runtime,
             threads=a.threads, warmup=a.warmup,
             preprocess=PreprocessSpec(pad_value=a.pad_value, center=not a.no_center,
                                       channel_order="BGR" if a.bgr else "RGB"))

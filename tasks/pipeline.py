@@ -146,7 +146,8 @@ def step_latency(ctx: RunContext, models: dict[str, str]) -> dict[str, Any]:
 
 def _measured(t: dict[str, Any]) -> dict[str, Any]:
     return {"how": "latency step: every model alone, after all other steps, interleaved rounds",
-            "images": t["images"], "rounds": t["rounds"], "threads": t["runtime"]["threads"]}
+            "images": t["images"], "rounds": t["rounds"], "threads": t["runtime"]["threads"],
+            "cpu": t["runtime"]["cpu"], "runtime": t["runtime"]["runtime"]}
 
 
 class _Run:
@@ -172,14 +173,17 @@ class _Run:
 
 
 def _evaluate(run: _Run, spawn: _Spawner, ctx: RunContext, which: str, model_path: Path, sha: str,
-              parallel: bool) -> dict[str, Any]:
+              parallel: bool, prefix: str = "") -> dict[str, Any]:
+    """One model's COCO evaluation; with workers, in shards side by side, then merged. A guard's
+    candidates (`prefix`) get step names of their own, model hash included."""
+    tag = f"{prefix}{sha[:8]}-" if prefix else ""
     if not parallel:
-        return run(f"coco-eval-{which}", step_evaluate, ctx, which, model_path, sha)
+        return run(f"{tag}coco-eval-{which}", step_evaluate, ctx, which, model_path, sha)
     bounds = shard_bounds(len(ctx.model["eval_image_files"]), ctx.cfg.workers)
-    futures = [spawn(run, f"coco-eval-{which}-shard-{i}", step_eval_shard, ctx, which, model_path, sha, list(b))
+    futures = [spawn(run, f"{tag}coco-eval-{which}-shard-{i}", step_eval_shard, ctx, which, model_path, sha, list(b))
                for i, b in enumerate(bounds)]
     shards = [f.result() for f in futures]
-    return run(f"coco-eval-{which}", step_eval_merge, ctx, which, model_path, sha, shards)
+    return run(f"{tag}coco-eval-{which}", step_eval_merge, ctx, which, model_path, sha, shards)
 
 
 def _target_chain(run: _Run, spawn: _Spawner, ctx: RunContext, calib_f: Any, fp32_f: Any, target: str,
@@ -201,8 +205,15 @@ def _target_chain(run: _Run, spawn: _Spawner, ctx: RunContext, calib_f: Any, fp3
         fp32_f.result()  # one at a time: FP32 is evaluated before the first INT8 model
     int8 = _evaluate(run, spawn, ctx, which, Path(quant["onnx"]), quant["sha256"], parallel)
     extra: dict[str, Any] = {}
-    if auto:
+    if auto and parallel:
+        # the guard decides here; each candidate's steps run on the workers, its evaluation in shards
+        def evaluate(w: str, path: Path, sha: str, publish: bool = False) -> dict[str, Any]:
+            return _evaluate(run, spawn, ctx, w, path, sha, True, prefix=f"accuracy-guard{sfx}-")
+
+        g = step_accuracy_guard(ctx, calib, raw, quant, fp32_f.result(), int8, call=run, evaluate=evaluate)
+    elif auto:
         g = run(f"accuracy-guard{sfx}", step_accuracy_guard, ctx, calib, raw, quant, fp32_f.result(), int8)
+    if auto:
         quant, int8 = {**g["quant"], "quantize_wall_s": raw.get("step_wall_s")}, g["int8"]
         smoke = run(f"smoke-inference{sfx}", step_smoke, ctx, calib, quant, qdir)
         extra = {"sensitivity": g["sensitivity"], "accuracy_guard": g["guard"]}

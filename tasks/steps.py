@@ -435,8 +435,13 @@ def _candidate_row(name: str, method: str, layers: list[str], quant: dict[str, A
             "qdq_sha256": quant["sha256"], "cached": bool(quant["cached"] and metrics.get("cached"))}
 
 
+def _plain_call(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
 def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, Any], quant: dict[str, Any],
-                        fp32: dict[str, Any], int8: dict[str, Any]) -> dict[str, Any]:
+                        fp32: dict[str, Any], int8: dict[str, Any], call: Callable[..., Any] = _plain_call,
+                        evaluate: Callable[..., Any] | None = None) -> dict[str, Any]:
     """Auto mode for one target: fit INT8 into the mAP budget keeping as much as possible in INT8.
 
     1. the plain result (recovery included) if it fits;
@@ -444,10 +449,20 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, A
     3. per-layer: the most sensitive layers (local NSR on calibration data) put back in float, the
        count found by bisection over the ranking on the evaluated subset, never below
        `guard_min_mac_share` of convolution MACs in INT8.
-    Every candidate is cached; the chosen model is published into the run folder."""
+    Every candidate is cached; the chosen model is published into the run folder.
+
+    `call(name, fn, *args)` runs each candidate's steps and `evaluate(which, path, sha)` evaluates it:
+    plain calls here by default; with a pool of workers the pipeline runs this function in the flow's
+    process and passes its own, so each candidate's steps go to the workers and its evaluation is
+    sharded over them (the candidates themselves stay in order: each probe of the bisection needs the
+    answer of the last)."""
     t0 = time.perf_counter()
     cfg, target = ctx.cfg, raw["target"]
     _, qdir, which = TARGET_LAYOUT[target]
+    sfx = which.removeprefix("int8")
+    if evaluate is None:
+        def evaluate(w: str, path: Path, sha: str, publish: bool = False) -> dict[str, Any]:
+            return step_evaluate(ctx, w, path, sha, publish)
     budget = cfg.accuracy_budget
     fits = (lambda m: (fp32["map50_95"] - m["map50_95"]) * 100 <= budget + 1e-9)  # noqa: E731
     method = raw.get("settings", {}).get("method", "minmax") if target == "tensorrt" else "minmax"
@@ -457,13 +472,13 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, A
     best = "base"
     if not fits(int8) and target == "tensorrt":
         other = cfg.quant.model_copy(update={"method": "entropy" if cfg.quant.method == "max" else "max"})
-        r2 = _raw_quantize(ctx, calib, target, other)
-        q2 = step_refine(ctx, calib, r2, publish=False)
-        e2 = step_evaluate(ctx, which, Path(q2["onnx"]), q2["sha256"], publish=False)
+        r2 = call(f"accuracy-guard{sfx}-{other.method}-quantize", _raw_quantize, ctx, calib, target, other)
+        q2 = call(f"accuracy-guard{sfx}-{other.method}-recover", step_refine, ctx, calib, r2, None, False)
+        e2 = evaluate(which, Path(q2["onnx"]), q2["sha256"])
         results["other"] = (r2, q2, e2, [])
         cands["other"] = _candidate_row(f"plain-{other.method}", other.method, [], q2, e2, fp32)
         best = max(("base", "other"), key=lambda k: results[k][2]["map50_95"])
-    sens = _sensitivity_rows(ctx, calib, results[best][0])
+    sens = call(f"accuracy-guard{sfx}-ranking", _sensitivity_rows, ctx, calib, results[best][0])
     chosen = best if fits(results[best][2]) else None
     if chosen is None:
         braw, bq = results[best][0], results[best][1]
@@ -483,8 +498,8 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, A
             key = f"layers{k}"
             if key not in results:
                 layers = ranked[:k]
-                qk = step_refine(ctx, calib, braw, layers, publish=False)
-                ek = step_evaluate(ctx, which, Path(qk["onnx"]), qk["sha256"], publish=False)
+                qk = call(f"accuracy-guard{sfx}-float-{k}-recover", step_refine, ctx, calib, braw, layers, False)
+                ek = evaluate(which, Path(qk["onnx"]), qk["sha256"])
                 results[key] = (braw, qk, ek, layers)
                 cands[key] = _candidate_row(f"{m_name}-float-{k}", m_name, layers, qk, ek, fp32)
             return fits(results[key][2])
@@ -504,7 +519,7 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, A
     _, cq, ce, layers = results[chosen]
     row = cands[chosen]
     cq = publish_quantized(ctx, cq)
-    step_evaluate(ctx, which, Path(cq["onnx"]), cq["sha256"])  # a cache hit: lays its metrics.json into the run
+    evaluate(which, Path(cq["onnx"]), cq["sha256"], True)  # a cache hit: lays its metrics.json into the run
     reason = (f"fits the budget of {budget:g} points" if met else
               f"no candidate fits the budget of {budget:g} points: tried {len(cands)} candidates, at most "
               f"{cfg.guard_max_exclusions} layers in float and at least {cfg.min_mac_share(target):.0%} of convolution "

@@ -114,3 +114,17 @@ def test_yolov5n_reference_map_on_real_coco():
     assert m["images"] == 79 and m["model"]["output_format"] == "yolov5"
     assert m["map50_95"] == pytest.approx(0.316, abs=0.005)
     assert m["map50"] == pytest.approx(0.510, abs=0.005)
+
+
+def test_openvino_and_onnxruntime_give_the_same_figures_on_an_fp32_model(tiny_model, tiny_data):
+    """The evaluator's OpenVINO path (f32 precision) and its ORT path: same preprocessing, decoding and
+    scoring, so the same COCO figures on an FP32 model; each run names its runtime and CPU."""
+    pytest.importorskip("openvino")
+    ort_m = evaluate_model(tiny_model, tiny_data["images"], tiny_data["annotations"], settings=CPU)
+    ov_m = evaluate_model(tiny_model, tiny_data["images"], tiny_data["annotations"],
+                          settings=EvalSettings(runtime="openvino", warmup=1))
+    assert ov_m["stats"] == pytest.approx(ort_m["stats"], abs=1e-4)
+    assert ov_m["detections"] == ort_m["detections"]
+    assert ov_m["runtime"]["runtime"] == "openvino" and ov_m["runtime"]["openvino_version"]
+    assert ort_m["runtime"]["runtime"] == "onnxruntime" and ov_m["runtime"]["cpu"] == ort_m["runtime"]["cpu"]
+    assert ov_m["provider"] == "OpenVINO CPU"

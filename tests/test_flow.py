@@ -239,3 +239,40 @@ def test_process_runner_runs_steps_side_by_side_with_the_sequential_figures(harn
     assert {p["pid"] for p in seq["placement"].values()} == {os.getpid()}  # sequential: in the flow's process
     report = (tmp_path / "b" / "runs" / "par" / "results" / "report.md").read_text()
     assert "## Where each step ran" in report and "latency measured in its own step" in report
+
+
+def test_auto_mode_on_workers_chooses_what_the_sequential_run_chooses(harness, tmp_path, tiny_data):
+    """--runner process with --accuracy-budget: the guard decides in the flow's process and sends each
+    candidate's steps to the workers, each evaluation in shards; its choice and figures are the
+    sequential run's, and the candidates' steps appear in the placement."""
+    from tiny import fragile_detector
+
+    from flows.int8 import int8_flow
+
+    fragile = fragile_detector(tmp_path / "fragile.onnx")
+    extra = dict(calib_count=8, accuracy_budget=0.5, max_map_drop=None, targets=["tensorrt"],
+                 eval={"providers": ["cpu"], "warmup": 1, "class_map": [7, 7]},
+                 quant={"head_preset": False}, recovery={"float_nsr_above": None}, guard_min_mac_share=0.5)
+    seq = int8_flow(config=_cfg(tmp_path / "a", fragile, tiny_data, run_id="seq", **extra))
+    par = int8_flow(config=_cfg(tmp_path / "b", fragile, tiny_data, run_id="par", runner="process", **extra))
+    gs, gp = seq["accuracy_guard"], par["accuracy_guard"]
+    assert gp["met"] and gp["chosen"]["float_layers"] == gs["chosen"]["float_layers"] == ["/model.24/m/Conv"]
+    assert [c["name"] for c in gp["candidates"]] == [c["name"] for c in gs["candidates"]]
+    assert par["int8"]["map50_95"] == seq["int8"]["map50_95"] and par["quantization"]["sha256"] == seq["quantization"]["sha256"]
+    guard_steps = [k for k in par["placement"] if k.startswith("accuracy-guard")]
+    assert any("shard-1" in k for k in guard_steps) and any(k.endswith("-recover") for k in guard_steps)
+    run = tmp_path / "b" / "runs" / "par"
+    published = json.loads((run / "int8-coco" / "metrics.json").read_text())
+    assert published["map50_95"] == par["int8"]["map50_95"]  # the chosen candidate's, not the last probed
+
+
+def test_cache_damage_found_inside_a_worker_reaches_the_summary(harness, tmp_path, tiny_model, tiny_data):
+    """A worker's StepCache is a copy: the damaged entry it sets aside must still be reported."""
+    from flows.int8 import int8_flow
+
+    int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="one", runner="process"))
+    shard = next(p for p in (tmp_path / "runs" / ".cache" / "eval-shard").iterdir() if not p.name.startswith("."))
+    (shard / "detections.json").write_text("[]")  # bytes changed behind the manifest's back
+    s = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="two", runner="process"))
+    assert any(d.startswith(f"eval-shard/{shard.name[:12]}") for d in s["cache_corrupt_entries"]), s["cache_corrupt_entries"]
+    assert "damaged cache entries recomputed: 1" in (tmp_path / "runs" / "two" / "results" / "report.md").read_text()

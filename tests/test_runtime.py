@@ -103,3 +103,16 @@ def test_tensorrt_timing_says_why_it_was_skipped(tmp_path):
     if not probe_provider("TensorrtExecutionProvider")[0]:  # no GPU here or in CI: the probe's reason is passed on
         real = tensorrt_timing(tmp_path / "a.onnx", tmp_path / "b.onnx", np.zeros((1, 3, 8, 8), np.float32), "images")
         assert real == {"ran": False, "reason": probe_provider("TensorrtExecutionProvider")[1]}
+
+
+def test_cpu_info_names_the_cpu_and_the_flags_that_change_int8_speed():
+    from tasks.evaluation.runtime import cpu_info, cpu_label
+
+    text = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+            "model name\t: AMD EPYC 9B45\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n\n"
+            "processor\t: 1\nmodel name\t: something else\n")
+    c = cpu_info(text)
+    assert c["model_name"] == "AMD EPYC 9B45" and (c["family"], c["model"]) == (26, 2)
+    assert c["flags"] == ["avx2", "avx512f", "avx512_vnni"] and c["vendor"] == "AuthenticAMD"
+    assert "family 26 model 2" in cpu_label(c) and "avx512_vnni" in cpu_label(c)
+    assert cpu_info("")["flags"] == []  # not x86 Linux: nothing guessed

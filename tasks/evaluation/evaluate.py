@@ -17,11 +17,11 @@ from tasks import __version__
 from tasks.evaluation.coco_eval import AnnotationError, category_map, evaluate_detections, load_coco, select_subset
 from tasks.evaluation.decode import DecodeError, decode, detect_format
 from tasks.run.progress import ProgressFn
+from tasks.evaluation.sessions import open_session
 from tasks.evaluation.preprocess import ImageError, PreprocessSpec, load_rgb, letterbox, to_original
 from tasks.run.rundir import sha256_file
 from tasks.evaluation.runtime import (
-    DEFAULT_PROVIDERS, check_model_file, latency_stats, make_session, model_io, model_metadata,
-    runtime_info, select_providers,
+    DEFAULT_PROVIDERS, check_model_file, latency_stats, model_io, model_metadata,
 )
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,9 @@ class EvalSettings(BaseModel):
     max_det: int = Field(300, gt=0, description="detections kept per image")
     class_map: list[int] | None = Field(None, description="category id per class index; default: file's ids in order")
     preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
+    runtime: Literal["onnxruntime", "openvino"] = Field(
+        "onnxruntime", description="what runs the model: onnxruntime (with `providers`) or openvino (its CPU "
+                                   "plugin, f32 precision for float layers)")
     providers: list[str] = Field(default_factory=lambda: list(DEFAULT_PROVIDERS),
                                  description="evaluation execution providers in priority order")
     strict_providers: bool = Field(False, description="fail instead of falling back to the CPU EP")
@@ -105,8 +108,10 @@ class EvalSetup:
 
 
 def prepare_eval(model_path: Path, images_dir: Path, annotations: Path, subset: str | int | None,
-                 settings: EvalSettings, subset_seed: int = 0) -> EvalSetup:
-    model = check_model_file(Path(model_path))
+                 settings: EvalSettings, subset_seed: int = 0, io_model: Path | None = None) -> EvalSetup:
+    """`io_model`: the ONNX model whose input, output and metadata describe `model_path` when that is
+    not an ONNX file itself (an OpenVINO IR made from it)."""
+    model = check_model_file(Path(io_model or model_path))
     input_name, in_shape, _ = model_io(model)
     fmt, nc, fmt_info = resolve_format(model, settings)
     del model  # the session loads its own copy; do not hold two in memory
@@ -200,17 +205,15 @@ def _metrics(model_path: Path, annotations: Path, setup: EvalSetup, settings: Ev
 
 def evaluate_model(model_path: Path, images_dir: Path, annotations: Path, subset: str | int | None = None,
                    settings: EvalSettings | None = None, subset_seed: int = 0,
-                   progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Evaluate one ONNX model; returns the metrics dict that `flows/evaluate.py` writes.
-    `progress(done, total)` is called after each image."""
+                   progress: ProgressFn | None = None, io_model: Path | None = None) -> dict[str, Any]:
+    """Evaluate one model (ONNX, or an OpenVINO IR with `io_model` its ONNX source); returns the
+    metrics dict that `flows/evaluate.py` writes. `progress(done, total)` is called after each image."""
     settings = settings or EvalSettings()
     model_path = Path(model_path)
-    setup = prepare_eval(model_path, images_dir, annotations, subset, settings, subset_seed)
-    choice = select_providers(settings.providers, strict=settings.strict_providers)
-    sess = make_session(model_path, choice, settings.threads)
+    setup = prepare_eval(model_path, images_dir, annotations, subset, settings, subset_seed, io_model)
+    sess, rt = open_session(model_path, settings, settings.threads)
     dets, t_pre, t_inf, t_dec = _detect(sess, setup, setup.items, settings, progress)
-    return _metrics(model_path, Path(annotations), setup, settings, dets, runtime_info(choice, settings.threads),
-                    t_pre, t_inf, t_dec)
+    return _metrics(model_path, Path(annotations), setup, settings, dets, rt, t_pre, t_inf, t_dec)
 
 
 def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
@@ -226,11 +229,10 @@ def detect_shard(model_path: Path, images_dir: Path, annotations: Path, subset: 
     """Detections of one shard of the evaluated images (no latency: shards run side by side)."""
     setup = prepare_eval(Path(model_path), images_dir, annotations, subset, settings, subset_seed)
     items = setup.items[bounds[0]:bounds[1]]
-    choice = select_providers(settings.providers, strict=settings.strict_providers)
-    sess = make_session(Path(model_path), choice, threads)
+    sess, rt = open_session(Path(model_path), settings, threads)
     dets, t_pre, t_inf, t_dec = _detect(sess, setup, items, settings, progress)
     return {"detections": dets, "image_ids": [i for i, _ in items], "bounds": list(bounds),
-            "runtime": runtime_info(choice, threads), "infer_ms_mean": latency_stats(t_inf)["mean"]}
+            "runtime": rt, "infer_ms_mean": latency_stats(t_inf)["mean"]}
 
 
 def score_shards(model_path: Path, images_dir: Path, annotations: Path, subset: str | int | None,
@@ -253,8 +255,8 @@ def time_models(models: dict[str, Path], images: Sequence[Path], settings: EvalS
     """Per-image inference latency of several models on the same letterboxed images, in interleaved
     rounds (model A on every image, then B, ... then A again) so that a slower moment of the machine
     falls on every model alike; each model warmed up first."""
-    choice = select_providers(settings.providers, strict=settings.strict_providers)
-    sessions = {name: make_session(Path(p), choice, threads) for name, p in models.items()}
+    opened = {name: open_session(Path(p), settings, threads) for name, p in models.items()}
+    sessions = {name: s for name, (s, _) in opened.items()}
     batches = {}
     for name, sess in sessions.items():
         inp = sess.get_inputs()[0]
@@ -275,8 +277,7 @@ def time_models(models: dict[str, Path], images: Sequence[Path], settings: EvalS
                 t0 = time.perf_counter()
                 sess.run(None, {inp.name: x})
                 times[name].append(time.perf_counter() - t0)
-    rt = runtime_info(choice, threads)
-    return {name: {"latency_ms": latency_stats(t), "images": len(images), "rounds": rounds, "runtime": rt}
+    return {name: {"latency_ms": latency_stats(t), "images": len(images), "rounds": rounds, "runtime": opened[name][1]}
             for name, t in times.items()}
 
 

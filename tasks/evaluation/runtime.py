@@ -253,8 +253,43 @@ def device_name(provider: str) -> str:
     return platform.processor() or platform.machine()
 
 
+# CPU features that change INT8 and FP32 speed (and so every latency ratio): recorded with each figure.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
+    """The CPU a latency was measured on, in a form a script can compare: model name, vendor, family and
+    model numbers, the flags among CPU_FLAGS it has, logical cores, architecture."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if ":" in line:
+            k, v = (x.strip() for x in line.split(":", 1))
+            fields.setdefault(k, v)
+        elif not line.strip() and fields:
+            break  # the first processor is enough
+    flags = set(fields.get("flags", "").split())
+    family, model = fields.get("cpu family"), fields.get("model")
+    return {"model_name": fields.get("model name") or platform.processor() or platform.machine(),
+            "vendor": fields.get("vendor_id"), "family": int(family) if family and family.isdigit() else None,
+            "model": int(model) if model and model.isdigit() else None,
+            "flags": [f for f in CPU_FLAGS if f in flags], "cores": os.cpu_count(), "arch": platform.machine()}
+
+
+def cpu_label(info: dict[str, Any] | None = None) -> str:
+    """One line: 'Intel(R) Xeon(R) Processor, family 6 model 207, 2 cores, avx2 avx512_vnni amx_int8'."""
+    c = info or cpu_info()
+    fm = f", family {c['family']} model {c['model']}" if c.get("family") is not None else ""
+    return f"{c['model_name']}{fm}, {c['cores']} cores, {' '.join(c['flags']) or 'no listed flags'}"
+
+
 def runtime_info(choice: ProviderChoice, threads: int | None) -> dict[str, Any]:
     import onnxruntime as ort
 
-    return {"provider": choice.primary, "providers": choice.as_dict(), "ort_version": ort.__version__,
-            "threads": threads or os.cpu_count(), "device": device_name(choice.primary)}
+    return {"provider": choice.primary, "providers": choice.as_dict(), "runtime": "onnxruntime",
+            "ort_version": ort.__version__, "threads": threads or os.cpu_count(), "device": device_name(choice.primary),
+            "cpu": cpu_info(), "session": "evaluator: one image at a time, worker threads not spinning"}

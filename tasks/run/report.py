@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tasks.evaluation.runtime import cpu_info, cpu_label
 from tasks.run.rundir import atomic_write_json, atomic_write_text
 
 
@@ -123,7 +124,10 @@ def build_summary(ctx, calib: dict[str, Any], targets: dict[str, dict[str, Any]]
                       **{f"{k}_{n}": v for n, t in per.items() if n != primary for k, v in t["timings_s"].items()}},
         "runtime": {"ort_version": fp32["runtime"]["ort_version"], "threads": fp32["runtime"]["threads"],
                     "device": fp32["runtime"]["device"], "fp32_providers": fp32["runtime"]["providers"],
-                    "int8_providers": p["providers"]},
+                    "int8_providers": p["providers"],
+                    # where the FP32 latency was measured (a cached evaluation may come from another machine)
+                    "cpu": (fp32.get("latency_measured") or {}).get("cpu") or fp32["runtime"].get("cpu"),
+                    "session": fp32["runtime"].get("session")},
         "versions": ctx.versions,
     }
     summary.update({k: p[k] for k in ("accuracy_guard", "sensitivity") if k in p})
@@ -283,6 +287,8 @@ def render_markdown(s: dict[str, Any]) -> str:
               "- wall time per step (s): " + ", ".join(f"{k} {v:.1f}" if v is not None else f"{k} -"
                                                          for k, v in s["timings_s"].items()),
               f"- device: {s['runtime']['device']}; ORT {s['runtime']['ort_version']}, {s['runtime']['threads']} threads",
+              f"- CPU of the latencies: {cpu_label(s['runtime']['cpu']) if s['runtime'].get('cpu') else 'not recorded'}"
+              + (f" (this run: {cpu_label()})" if s["runtime"].get("cpu") and s["runtime"]["cpu"] != cpu_info() else ""),
               f"- runner: {s.get('runner', 'sequential')}"
               + (f", {s['workers']} worker processes" if s.get("workers", 1) > 1 else ""),
               "- latency is per image on the provider above, inference only (preprocessing and decoding apart)"]
