@@ -171,7 +171,8 @@ def recovered(model: Path, raw: Path, reader: CalibReader, input_name: str, targ
     samples = [reader.get_next()[input_name] for _ in range(min(rs.stats_samples, len(reader)))]
     stats = compute_stats(model, raw, samples, input_name)
     out = raw.with_name(raw.stem + ".recovered.onnx")
-    rec = refine(model, raw, stats, out, target, rs)
+    # what the flow ships: the tensorrt artifact with INT8 weights (quant.dq_only, its default)
+    rec = refine(model, raw, stats, out, target, rs, dq_only=(target == "tensorrt" and QuantSettings().dq_only))
     out.replace(raw)
     return {"int8_conv_mac_share": rec["mac"]["int8_conv_mac_share"], "float_layers": len(rec["float_layers"])}
 
