@@ -257,9 +257,10 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     from PIL import Image, ImageDraw
 
     colours = {"fp32": "#2c3e50", "tensorrt": "#c0392b", "ort-cpu": "#27ae60", "ort-cpu-modelopt-scales": "#8e44ad",
-               "peer": "#2980b9", "peer-u8": "#d35400"}
+               "peer": "#2980b9", "peer-u8": "#d35400", "ov-fp32": "#7f8c8d", "nncf-ov": "#16a085",
+               "ort-cpu@ov": "#2ecc71", "tensorrt@ov": "#e74c3c"}
     panels = results
-    w, h, pad = 420, 320, 50
+    w, h, pad = 520, 360, 50
     img = Image.new("RGB", (w * max(len(panels), 1), h + 40), "white")
     d = ImageDraw.Draw(img)
     for j, r in enumerate(panels):
@@ -273,7 +274,9 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         my0, my1 = (min(maps) - 0.02, max(maps) + 0.02) if has_map else (0.0, 1.0)
         d.text((x0 + pad, 8), f"{r['model']} ({'x'.join(map(str, r['input_shape'][2:]))})", fill="black")
         d.rectangle([x0 + pad, 30, x0 + w - 15, h - pad + 30], outline="#999999")
-        d.text((x0 + pad, h - pad + 36), f"latency p50 ms (0 .. {lx1:.0f}), CPU EP, evaluator session", fill="black")
+        d.text((x0 + pad, h - pad + 36), f"latency p50 ms (0 .. {lx1:.0f}), ORT CPU EP or OpenVINO (@ov), evaluator "
+                                         "session", fill="black")
+        placed: list[tuple[float, float, float, float]] = []
         d.text((x0 + 4, 34), f"{my1:.3f}" if has_map else "", fill="black")
         d.text((x0 + 4, 50), "mAP50-95" if has_map else "", fill="#666666")
         d.text((x0 + 4, h - pad + 20), f"{my0:.3f}" if has_map else "timing only", fill="black")
@@ -285,7 +288,14 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
             text = f"{label} x{x['latency_ratio']:.2f}"
             # neighbours' labels apart: peer-u8 sits close to the ort-cpu variants, so its label goes left
             tx = px - 7 - d.textlength(text) if k == "peer-u8" else px + 7
-            d.text((tx, py + (4 if k == "ort-cpu-modelopt-scales" else -6)), text, fill=colours.get(k, "black"))
+            ty = py + (4 if k == "ort-cpu-modelopt-scales" else -6)
+            for _ in range(8):  # move a label down until it clears the ones already drawn
+                box = (tx, ty, tx + d.textlength(text), ty + 11)
+                if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                    break
+                ty += 11
+            placed.append((tx, ty, tx + d.textlength(text), ty + 11))
+            d.text((tx, ty), text, fill=colours.get(k, "black"))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     img.save(tmp, format="PNG")
