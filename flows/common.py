@@ -64,19 +64,9 @@ def prefect_progress_sinks() -> None:
         from prefect.exceptions import MissingContextError
 
         try:
-            logger = get_run_logger()
+            return log_sink(label, unit, get_run_logger())
         except MissingContextError:
             return log_sink(label, unit)
-        spoke = False
-
-        def sink(tick) -> None:
-            nonlocal spoke
-            if tick.final and not spoke:
-                return  # a loop done before its first tick: the step's own lines say so
-            spoke = True
-            logger.info("%s", tick.text())
-
-        return sink
 
     def artifact(label: str, unit: str):
         from prefect.artifacts import create_progress_artifact, update_progress_artifact

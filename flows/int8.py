@@ -21,7 +21,7 @@ from typing import Any, Callable
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.common import (ROOT, api_for_workers, ensure_prefect_home, offline_defaults, prefect_progress_sinks,  # noqa: E402,F401
+from flows.common import (ROOT, api_for_workers, ensure_prefect_home, offline_defaults,  # noqa: E402,F401
                           quiet_library_logs, retry_transient_only, run_step)
 from flows.runners import RUNNERS  # noqa: E402
 
@@ -86,7 +86,6 @@ def int8_flow(config: RunConfig = RunConfig()) -> dict:
     """Quantize a YOLO ONNX export to INT8 with ModelOpt and prove it against FP32 on COCO."""
     logger = get_run_logger()
     quiet_library_logs()
-    prefect_progress_sinks()
     ctx = prepare_task(config)
     logger.info("run folder: %s", ctx.run_dir)
     try:

@@ -72,9 +72,10 @@ def prepare_run(cfg: RunConfig) -> RunContext:
     cfg.run_id = run_dir.name
     atomic_write_json(run_dir / "run-config.json", cfg.model_dump(mode="json"))
     ctx = RunContext(cfg=cfg, run_dir=run_dir, cache=StepCache(cfg.cache_dir), versions=versions())
-    ctx.model = {"path": str(cfg.model), "sha256": sha256_file(cfg.model), "input": inputs.input_name,
-                 "input_shape": list(inputs.input_shape), "output_format": inputs.output_format,
-                 "num_classes": inputs.num_classes, **inputs.format_info,
+    setup = inputs.setup
+    ctx.model = {"path": str(cfg.model), "sha256": sha256_file(cfg.model), "input": setup.input_name,
+                 "input_shape": list(setup.in_shape), "output_format": setup.fmt,
+                 "num_classes": setup.nc, **setup.fmt_info,
                  "eval_image_files": [str(p) for p in eval_files],
                  # hashed once here: both evaluations key their cache entries on these bytes
                  "eval_image_sha256": [sha256_file(p) for p in eval_files],

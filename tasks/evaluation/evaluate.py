@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -79,15 +79,15 @@ def resolve_format(model, settings: EvalSettings) -> tuple[str, int | None, dict
     return fmt, nc, {"output": outs[0][0], "output_shape": list(outs[0][1]), "chosen": settings.output_format == "auto"}
 
 
-def _check_image_sizes(coco, image_ids: Sequence[int], images_dir: Path) -> list[tuple[int, Path]]:
-    items = []
-    for iid in image_ids:
-        info = coco.imgs[iid]
-        p = images_dir / info["file_name"]
-        if not p.is_file():
-            raise FileNotFoundError(f"image {p} (id {iid}) is listed in the annotations but missing; "
-                                    f"check --images points at the folder the annotation file describes")
-        items.append((iid, p))
+def _check_image_files(coco, image_ids: Sequence[int], images_dir: Path) -> list[tuple[int, Path]]:
+    """(id, path) of every evaluated image; all of them must exist (the error counts the missing)."""
+    items = [(iid, images_dir / coco.imgs[iid]["file_name"]) for iid in image_ids]
+    missing = [(iid, p) for iid, p in items if not p.is_file()]
+    if missing:
+        iid, p = missing[0]
+        raise FileNotFoundError(f"image {p} (id {iid}; {len(missing)} of {len(items)} evaluated images missing) is "
+                                f"listed in the annotations but missing; check --images points at the folder the "
+                                f"annotation file describes")
     return items
 
 
@@ -108,20 +108,27 @@ class EvalSetup:
 
 
 def prepare_eval(model_path: Path, images_dir: Path, annotations: Path, subset: str | int | None,
-                 settings: EvalSettings, subset_seed: int = 0, io_model: Path | None = None) -> EvalSetup:
-    """`io_model`: the ONNX model whose input, output and metadata describe `model_path` when that is
-    not an ONNX file itself (an OpenVINO IR made from it)."""
+                 settings: EvalSettings, subset_seed: int = 0, io_model: Path | None = None,
+                 load_annotations: Callable[[Path], Any] = load_coco) -> EvalSetup:
+    """Check and read everything an evaluation needs before its first image (the run's input check,
+    tasks/run/inputs.py, is this too). `io_model`: the ONNX model whose input, output and metadata
+    describe `model_path` when that is not an ONNX file itself (an OpenVINO IR made from it).
+    `load_annotations`: how the annotation file is read (the input check shares one parse)."""
     model = check_model_file(Path(io_model or model_path))
     input_name, in_shape, _ = model_io(model)
     fmt, nc, fmt_info = resolve_format(model, settings)
     del model  # the session loads its own copy; do not hold two in memory
     images_dir = Path(images_dir)
+    if images_dir.exists() and not images_dir.is_dir():
+        raise NotADirectoryError(f"image folder {images_dir} is a file, not a folder; pass --images with the folder "
+                                 f"the annotation file describes")
     if not images_dir.is_dir():
-        raise FileNotFoundError(f"image folder {images_dir} does not exist; pass --images")
-    coco = load_coco(annotations)
+        raise FileNotFoundError(f"image folder {images_dir} does not exist; pass --images with the folder the "
+                                f"annotation file describes")
+    coco = load_annotations(Path(annotations))
     image_ids = select_subset(coco, subset, seed=subset_seed)
     cat_ids = category_map(coco, nc, settings.class_map)
-    items = _check_image_sizes(coco, image_ids, images_dir)
+    items = _check_image_files(coco, image_ids, images_dir)
     return EvalSetup(input_name, in_shape, fmt, nc, fmt_info, coco, image_ids, cat_ids, items)
 
 

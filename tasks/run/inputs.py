@@ -8,14 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnx
-
-from tasks.quantization.calibration import check_calib_shape, open_array
-from tasks.evaluation.coco_eval import load_coco, select_subset
 from tasks.config import RunConfig
-from tasks.evaluation.evaluate import resolve_format
+from tasks.evaluation.coco_eval import load_coco
+from tasks.evaluation.evaluate import EvalSetup, prepare_eval
 from tasks.evaluation.preprocess import list_images
-from tasks.evaluation.runtime import check_model_file, model_io
+from tasks.quantization.calibration import check_calib_shape, open_array
 
 
 @dataclass
@@ -23,15 +20,11 @@ class Inputs:
     """What the checks read, handed on so the run does not read it twice."""
 
     cfg: RunConfig  # resolved: demo paths and defaults filled in
-    model: onnx.ModelProto
-    input_name: str
-    input_shape: tuple[int, int, int, int]
-    output_format: str
-    num_classes: int | None
-    format_info: dict[str, Any]
-    coco: Any
-    image_ids: list[int]
-    eval_files: list[Path]
+    setup: EvalSetup  # the model's input and decoder, the annotations, the evaluated images
+
+    @property
+    def eval_files(self) -> list[Path]:
+        return [p for _, p in self.setup.items]
 
 
 # The annotation file is the slow input to check (val2017's is 450 MB of JSON): the command line's
@@ -54,37 +47,20 @@ def _coco(path: Path) -> Any:
 
 
 def check_inputs(cfg: RunConfig) -> Inputs:
-    """Resolve the settings and check every input the run reads, cheapest first: paths and types,
-    the ONNX model (parsed and checked), the calibration source (header or folder listing), the
-    annotations (parsed) and the subset (it selects images that exist). Raises ConfigError,
+    """Resolve the settings and check every input the run reads: the calibration folder (listed), the
+    ONNX model (parsed and checked), the image folder, the annotations (parsed), the subset (it
+    selects images that exist), the class map, and a calibration tensor's header. Raises ConfigError,
     FileNotFoundError, NotADirectoryError, ModelError, CalibrationError, AnnotationError or SubsetError
     with a message naming the input and the fix."""
     cfg = cfg.resolved()
-    images = Path(cfg.images)  # type: ignore[arg-type]
-    if images.exists() and not images.is_dir():
-        raise NotADirectoryError(f"image folder {images} is a file, not a folder; pass --images with the folder the "
-                                 f"annotation file describes")
-    if not images.is_dir():
-        raise FileNotFoundError(f"image folder {images} does not exist; pass --images with the folder the annotation "
-                                f"file describes")
     if cfg.calib_images is not None:
         list_images(cfg.calib_images, "--calib-images with a folder of images (or --calib with a tensor file)")
-
-    model = check_model_file(cfg.model)
-    input_name, in_shape, _ = model_io(model)
-    fmt, nc, fmt_info = resolve_format(model, cfg.eval)
+    # the evaluation's own checks: model, image folder, annotations, subset, class map, image files
+    setup = prepare_eval(cfg.model, cfg.images, cfg.annotations, cfg.subset, cfg.eval,  # type: ignore[arg-type]
+                         cfg.subset_seed, load_annotations=_coco)
     if cfg.calib is not None:
-        check_calib_shape(open_array(Path(cfg.calib), input_name), in_shape, str(cfg.calib))
-
-    coco = _coco(cfg.annotations)  # type: ignore[arg-type]
-    image_ids = select_subset(coco, cfg.subset, seed=cfg.subset_seed)
-    eval_files = [images / coco.imgs[i]["file_name"] for i in image_ids]
-    missing = [p for p in eval_files if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"image {missing[0]} ({len(missing)} of {len(eval_files)} evaluated images) is listed in "
-                                f"the annotations but missing; check --images points at the folder they describe")
-    return Inputs(cfg=cfg, model=model, input_name=input_name, input_shape=in_shape, output_format=fmt,
-                  num_classes=nc, format_info=fmt_info, coco=coco, image_ids=image_ids, eval_files=eval_files)
+        check_calib_shape(open_array(Path(cfg.calib), setup.input_name), setup.in_shape, str(cfg.calib))
+    return Inputs(cfg=cfg, setup=setup)
 
 
 def input_error_types() -> tuple[type[BaseException], ...]:

@@ -52,8 +52,9 @@ class Sink(Protocol):
 SinkFactory = Callable[[str, str], "Sink | None"]
 
 
-def log_sink(label: str, unit: str) -> Sink:
-    """Logs ticks; a loop that finished before its first tick stays silent (the step reports it)."""
+def log_sink(label: str, unit: str, logger: logging.Logger | logging.LoggerAdapter = log) -> Sink:
+    """Logs ticks to `logger`; a loop that finished before its first tick stays silent (the step
+    reports it)."""
     spoke = False
 
     def sink(tick: Tick) -> None:
@@ -61,7 +62,7 @@ def log_sink(label: str, unit: str) -> Sink:
         if tick.final and not spoke:
             return
         spoke = True
-        log.info("%s", tick.text())
+        logger.info("%s", tick.text())
 
     return sink
 
