@@ -131,7 +131,27 @@ def nncf_openvino_peer(model: Path, files: list[Path], shape: tuple, out_xml: Pa
 
 
 # Variants that run on OpenVINO's CPU plugin (the rest on ONNX Runtime's CPU EP).
-RUNTIME = {"ov-fp32": "openvino", "nncf-ov": "openvino", "ort-cpu@ov": "openvino", "tensorrt@ov": "openvino"}
+RUNTIME = {"ov-fp32": "openvino", "nncf-ov": "openvino", "ort-cpu@ov": "openvino", "tensorrt@ov": "openvino",
+           "openvino": "openvino"}
+
+
+def openvino_target(model: Path, reader: CalibReader, input_name: str, out_xml: Path) -> dict[str, Any]:
+    """The flow's `openvino` target with its default settings (tasks/targets/openvino.py): NNCF on the
+    OpenVINO model, the decode and Sigmoids in float, full bias correction, the same samples."""
+    import onnx
+
+    from tasks.config import OpenVinoSettings
+    from tasks.quantization.openvino import conv_summary, ignored_scope, nncf_quantize
+
+    st = OpenVinoSettings()
+    fp = onnx.load(str(model))
+    reader.rewind()
+    samples = [reader.get_next()[input_name] for _ in range(len(reader))]
+    scope = ignored_scope(fp, [], [], [], st.decode_float, st.sigmoid_float)
+    rec = nncf_quantize(model, samples, len(samples), out_xml, scope, st.preset,
+                        "full" if st.full_bias_correction else "fast", st.overflow_fix)
+    return {**rec, "settings": st.model_dump(), "ignored_names": len(scope["names"]),
+            "openvino_convs": conv_summary(fp, out_xml)}
 
 
 def interleaved_latency(paths: dict[str, Path], x: np.ndarray, input_name: str, rounds: int, iters: int,
@@ -222,12 +242,18 @@ def bench_model(m: dict[str, Any], work: Path, calib_count: int, rounds: int, it
         build["ov-fp32"] = {"runtime": "openvino", "precision": "f32"}
         build["nncf-ov"] = nncf_openvino_peer(model, files, shape, work / "nncf-ov.xml")
         paths["nncf-ov"] = work / "nncf-ov.xml"
+        from tasks.quantization.openvino import conv_summary
+
+        build["nncf-ov"]["openvino_convs"] = conv_summary(onnx.load(str(model)), paths["nncf-ov"])
+        build["openvino"] = openvino_target(model, reader, input_name, work / "openvino.xml")
+        paths["openvino"] = work / "openvino.xml"
         for k in ("ort-cpu", "tensorrt"):
             if k in paths:  # the project's own artifacts, run by OpenVINO as they are
                 paths[f"{k}@ov"] = paths[k]
     for k in paths:
         if RUNTIME.get(k) != "openvino":
             build.setdefault(k, {})["ort_cpu_kernels"] = ort_cpu_kernels(paths[k])
+    reader.rewind()
     x = reader.get_first()[input_name]
     lat = interleaved_latency(paths, x, input_name, rounds, iters, threads)
     rows = {}
@@ -252,13 +278,32 @@ def bench_model(m: dict[str, Any], work: Path, calib_count: int, rounds: int, it
             "variants": rows, "tensorrt_engines": trt}
 
 
+def criteria(r: dict[str, Any]) -> dict[str, Any] | None:
+    """Issue #15's test, on this run's figures: the project's fastest CPU target within 0.5 point of
+    FP32 (ort-cpu on ORT, openvino on OpenVINO), its latency against the peer's (NNCF + OpenVINO) in
+    the same rounds, and against ORT FP32."""
+    v = r["variants"]
+    if "nncf-ov" not in v or "map_delta_points" not in v["fp32"]:
+        return None
+    ok = {k: v[k] for k in ("ort-cpu", "openvino") if k in v and v[k]["map_delta_points"] >= -0.5}
+    if not ok:
+        return {"best": None, "line": "no project CPU target within 0.5 point of FP32"}
+    best = min(ok, key=lambda k: ok[k]["latency"]["p50_ms"])
+    vs_peer = round(ok[best]["latency"]["p50_ms"] / v["nncf-ov"]["latency"]["p50_ms"], 3)
+    return {"best": best, "delta_points": ok[best]["map_delta_points"], "vs_peer": vs_peer,
+            "vs_ort_fp32": ok[best]["latency_ratio"], "peer_delta_points": v["nncf-ov"]["map_delta_points"],
+            "line": f"best CPU target within 0.5 pt: {best} ({ok[best]['map_delta_points']:+.2f} pt), latency "
+                    f"x{vs_peer:.3f} of the peer's (peer {v['nncf-ov']['map_delta_points']:+.2f} pt), "
+                    f"x{ok[best]['latency_ratio']:.3f} of ORT FP32"}
+
+
 def plot(results: list[dict[str, Any]], path: Path) -> None:
     """mAP50-95 against latency (PNG, Pillow); random-weight models get a latency strip instead."""
     from PIL import Image, ImageDraw
 
     colours = {"fp32": "#2c3e50", "tensorrt": "#c0392b", "ort-cpu": "#27ae60", "ort-cpu-modelopt-scales": "#8e44ad",
                "peer": "#2980b9", "peer-u8": "#d35400", "ov-fp32": "#7f8c8d", "nncf-ov": "#16a085",
-               "ort-cpu@ov": "#2ecc71", "tensorrt@ov": "#e74c3c"}
+               "ort-cpu@ov": "#2ecc71", "tensorrt@ov": "#e74c3c", "openvino": "#f39c12"}
     panels = results
     w, h, pad = 520, 360, 50
     img = Image.new("RGB", (w * max(len(panels), 1), h + 40), "white")
@@ -329,10 +374,16 @@ def main() -> None:
               f"  integer convs")
         for k, v in r["variants"].items():
             kern = v["build"].get("ort_cpu_kernels", {})
+            ovc = v["build"].get("openvino_convs")
             print(f"{k:24}{v.get('map50_95', float('nan')):>10.4f}{v.get('map_delta_points', float('nan')):>10.2f}"
                   f"{v['latency']['p50_ms']:>9.2f}{v['latency_ratio']:>9.3f}"
                   f"{v['latency_ort_default']['p50_ms']:>9.2f}{v['latency_ratio_ort_default']:>9.3f}"
-                  f"  {kern.get('QLinearConv', 0)} QLinearConv, {kern.get('Conv', 0)} Conv")
+                  + (f"  {ovc['int8_convs']} of {ovc['convs']} on OpenVINO integer kernels" if ovc else
+                     f"  {kern.get('QLinearConv', 0)} QLinearConv, {kern.get('Conv', 0)} Conv"))
+        verdict = criteria(r)
+        if verdict:
+            print(verdict["line"])
+            r["criteria"] = verdict
         t = r["tensorrt_engines"]
         print("TensorRT: " + (f"INT8 {t['int8_p50_ms']} ms vs FP16 {t['fp16_p50_ms']} ms" if t.get("ran")
                               else f"skipped: {t['reason']}"))

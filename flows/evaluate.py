@@ -27,14 +27,15 @@ from tasks.run.rundir import atomic_write_json  # noqa: E402
 
 
 def evaluate_flow(model: str, images: str, annotations: str, subset: str | None = None,
-                  settings: EvalSettings = EvalSettings(), out: str | None = None) -> dict:
+                  settings: EvalSettings = EvalSettings(), out: str | None = None, io_model: str | None = None) -> dict:
     """Prefect flow wrapper around tasks.evaluation.evaluate.evaluate_model (built lazily: Prefect is only
     imported when asked for)."""
     from prefect import flow, task
 
     @task(name="coco-eval", retries=1)
     def _eval() -> dict:
-        return evaluate_model(Path(model), Path(images), Path(annotations), subset, settings)
+        return evaluate_model(Path(model), Path(images), Path(annotations), subset, settings,
+                              io_model=Path(io_model) if io_model else None)
 
     @flow(name="yolo-evaluate")
     def _flow() -> dict:
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--runtime", choices=["onnxruntime", "openvino"], default="onnxruntime",
                     help="what runs the model (openvino: its CPU plugin, f32 precision for float layers)")
+    ap.add_argument("--io-model", help="an OpenVINO IR (.xml, with --runtime openvino): the ONNX export it was made "
+                                       "from, whose input, output and class names describe it")
     ap.add_argument("--pad-value", type=int, default=114)
     ap.add_argument("--no-center", action="store_true", help="pad right/bottom only")
     ap.add_argument("--bgr", action="store_true", help="the export expects BGR input")
@@ -72,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefect", action="store_true", help="run as a Prefect flow")
     a = ap.parse_args(argv)
     try:
+        if Path(a.model).suffix == ".xml" and (a.runtime != "openvino" or not a.io_model):
+            raise ValueError(f"{a.model} is an OpenVINO IR: evaluate it with --runtime openvino --io-model "
+                             f"THE_ONNX_EXPORT_IT_WAS_MADE_FROM")
         settings = EvalSettings(
             output_format=a.output_format, conf_thres=a.conf, iou_thres=a.iou, max_det=a.max_det,
             class_map=[int(x) for x in a.class_map.split(",")] if a.class_map else None,
@@ -82,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
                                       channel_order="BGR" if a.bgr else "RGB"))
         if a.prefect:
             ensure_prefect_home()
-            metrics = evaluate_flow(a.model, a.images, a.annotations, a.subset, settings, a.out)
+            metrics = evaluate_flow(a.model, a.images, a.annotations, a.subset, settings, a.out, a.io_model)
         else:
             metrics = evaluate_model(Path(a.model), Path(a.images), Path(a.annotations), a.subset, settings,
-                                     a.subset_seed)
+                                     a.subset_seed, io_model=Path(a.io_model) if a.io_model else None)
             if a.out:
                 atomic_write_json(Path(a.out), metrics)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

@@ -3,7 +3,7 @@
     python flows/int8.py --demo                       # the bundled demo, end to end
     python flows/int8.py --model M.onnx --calib-images DIR --images DIR --annotations JSON
     python flows/int8.py --config run.yaml --method entropy
-    python flows/int8.py --demo --target tensorrt,ort-cpu   # both INT8 targets, side by side
+    python flows/int8.py --demo --target tensorrt,ort-cpu,openvino   # every INT8 target, side by side
 
 Each task is a thin wrapper over a plain function in tasks/steps.py.
 """
@@ -38,6 +38,7 @@ from tasks.run.inputs import check_inputs, input_error_types  # noqa: E402
 from tasks.options import add_config_options, nest  # noqa: E402
 from tasks.run.report import console_table, render_markdown, table_rows  # noqa: E402
 from tasks.run.rundir import set_run_state  # noqa: E402
+from tasks.targets import TARGETS  # noqa: E402
 
 # Our own content-hash cache decides reuse (Prefect's default policy keys on the run id and on path
 # strings); Prefect's cache is off so it never serves a stale result for changed file contents.
@@ -69,7 +70,7 @@ def _publish_png(ctx: steps.RunContext) -> None:
     from prefect.artifacts import create_image_artifact
 
     for target in ctx.cfg.targets:
-        png = ctx.run_dir / steps.TARGET_LAYOUT[target][1] / "sensitivity.png"
+        png = ctx.run_dir / TARGETS[target].qdir / "sensitivity.png"
         if png.is_file():
             url = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
             create_image_artifact(image_url=url, key=_artifact_key(f"sensitivity-{Path(ctx.cfg.model).stem}-{target}"),

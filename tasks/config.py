@@ -68,7 +68,37 @@ class QuantSettings(BaseModel):
         return ops
 
 
-Target = Literal["tensorrt", "ort-cpu"]
+Target = Literal["tensorrt", "ort-cpu", "openvino"]
+TARGET_NAMES: tuple[str, ...] = ("tensorrt", "ort-cpu", "openvino")
+
+
+class OpenVinoSettings(BaseModel):
+    """The openvino target: NNCF post-training quantization of the OpenVINO model (tasks/quantization/
+    openvino.py), shipped as an IR for OpenVINO's CPU plugin. The quant section's exclusions apply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: Literal["mixed", "performance"] = Field(
+        "mixed", description="NNCF preset: mixed = symmetric int8 weights, asymmetric uint8 activations "
+                             "(Ultralytics' choice for YOLO: post-SiLU activations are one-sided); performance "
+                             "= symmetric activations too")
+    decode_float: bool = Field(True, description="keep the decode after the head's final convolutions (anchors, "
+                                                 "strides, DFL, TopK) in float")
+    sigmoid_float: bool = Field(True, description="keep every Sigmoid (SiLU's included) in float, as Ultralytics' "
+                                                  "OpenVINO INT8 export does")
+    overflow_fix: Literal["enable", "first_layer_only", "disable"] = Field(
+        "enable", description="NNCF's overflow fix: weights of every layer (enable), of the first (first_layer_only, "
+                              "NNCF's default) or none on 7 bits, so u8 x s8 pairs cannot saturate the 16-bit sums "
+                              "of CPUs without VNNI. enable measured the same on every kernel family "
+                              "(bench/ov_portability.py); first_layer_only lost 0.3 pt more on YOLOv5n on AVX2 kernels")
+    full_bias_correction: bool = Field(
+        True, description="NNCF's bias correction (measured +0.41 pt on YOLOv5n, +0.09 on YOLOv10s over its fast "
+                          "one; builds ~50% slower, no cost at run time); off: its fast bias correction. "
+                          "recovery.bias_correction without openvino turns both off")
+    float_rules: bool = Field(
+        False, description="also keep in float the layers recovery's rules choose (head within float_mac_cap, "
+                           "NSR rule), ranked on ModelOpt's Q/DQ model (one more PTQ run); measured on YOLOv10s: "
+                           "+0.26 pt at 1.05x the latency. Auto mode puts layers back in float either way")
 
 
 class OrtCpuSettings(BaseModel):
@@ -112,9 +142,9 @@ class RecoverySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     bias_correction: list[Target] = Field(
-        default_factory=lambda: ["tensorrt", "ort-cpu"],
+        default_factory=lambda: ["tensorrt", "ort-cpu", "openvino"],
         description="targets whose quantized convolutions get fast bias correction (each bias shifted by the "
-                    "mean FP32-minus-INT8 output per channel over the calibration samples)")
+                    "mean FP32-minus-INT8 output per channel over the calibration samples; openvino: NNCF's own)")
     head_float: bool = Field(True, description="keep the detection head's final convolutions (those that form boxes "
                                                 "and scores) in float when together they fit under float_mac_cap")
     float_nsr_above: float | None = Field(
@@ -143,9 +173,11 @@ class RunConfig(BaseModel):
     subset_seed: int = Field(0, description="seed of subset=random:N")
     targets: list[Target] = Field(default_factory=lambda: ["tensorrt"],
                                   description="tensorrt: ModelOpt Q/DQ for TensorRT engines (default); ort-cpu: "
-                                              "INT8 for ONNX Runtime's CPU EP; several are evaluated side by side")
+                                              "INT8 for ONNX Runtime's CPU EP; openvino: NNCF INT8 IR for "
+                                              "OpenVINO's CPU plugin; several are evaluated side by side")
     quant: QuantSettings = Field(default_factory=QuantSettings)
     ort_cpu: OrtCpuSettings = Field(default_factory=OrtCpuSettings)
+    openvino: OpenVinoSettings = Field(default_factory=OpenVinoSettings)
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     smoke_samples: int = Field(4, ge=1, le=64, description="calibration samples the smoke check runs through "
@@ -166,7 +198,7 @@ class RunConfig(BaseModel):
     sensitivity: bool = Field(False, description="rank layers by quantization sensitivity (on in auto mode)")
     guard_max_exclusions: int = Field(16, ge=1, le=256, description="layers auto mode may keep in float at most")
     guard_min_mac_share: dict[Target, float] = Field(
-        default_factory=lambda: {"tensorrt": 0.97, "ort-cpu": 0.95},
+        default_factory=lambda: {"tensorrt": 0.97, "ort-cpu": 0.95, "openvino": 0.95},
         description="auto mode never lets the share of convolution MACs that run in INT8 fall below this, per "
                     "target (one number sets every target)")
 
@@ -189,7 +221,7 @@ class RunConfig(BaseModel):
     @classmethod
     def _share_per_target(cls, v: Any) -> Any:
         if isinstance(v, (int, float)):
-            v = {"tensorrt": v, "ort-cpu": v}
+            v = {t: v for t in TARGET_NAMES}
         if isinstance(v, dict) and any(not 0 <= float(x) <= 1 for x in v.values()):
             raise ValueError("guard_min_mac_share: a share between 0 and 1")
         return v
@@ -201,7 +233,7 @@ class RunConfig(BaseModel):
     @classmethod
     def _targets(cls, v: list[str]) -> list[str]:
         if not v:
-            raise ValueError("name at least one target: tensorrt, ort-cpu")
+            raise ValueError(f"name at least one target: {', '.join(TARGET_NAMES)}")
         return list(dict.fromkeys(v))  # order kept: the first is the summary's primary target
 
     @model_validator(mode="after")

@@ -19,7 +19,7 @@ from pydantic.fields import FieldInfo
 
 # Section (dotted path from RunConfig) -> flag prefix.
 SECTION_PREFIX: dict[str, str] = {"": "", "quant": "", "recovery": "", "eval": "", "eval.preprocess": "",
-                                  "ort_cpu": "ort-"}
+                                  "ort_cpu": "ort-", "openvino": "openvino-"}
 # Dotted field path -> flag, where the derived name would read worse than the established one.
 _RENAMED: dict[str, str] = {"targets": "--target", "ort_cpu.calibrate_method": "--ort-calibration"}
 # Lists whose items may themselves hold commas (regexes): one item per word, no comma splitting.

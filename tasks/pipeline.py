@@ -27,8 +27,9 @@ from tasks.run.cache import cache_key
 from tasks.run.faults import fault_point
 from tasks.run.progress import Progress
 from tasks.run.rundir import atomic_copy, atomic_write_json
-from tasks.steps import (TARGET_LAYOUT, RunContext, _raw_quantize, _timed, step_accuracy_guard,
-                         step_calibration, step_evaluate, step_refine, step_report, step_sensitivity, step_smoke)
+from tasks.steps import (RunContext, _finish, _raw_quantize, _timed, eval_settings, step_accuracy_guard,
+                         step_calibration, step_evaluate, step_report, step_sensitivity, step_smoke)
+from tasks.targets import target
 
 # Keys a step's result may carry back from the process it ran in (see `placed`); `execute` takes
 # them off before the result is used.
@@ -85,22 +86,24 @@ class _Spawner:
             self.pool.shutdown(wait=True)
 
 
-def step_eval_shard(ctx: RunContext, which: str, model_path: Path, model_sha: str, bounds: list[int]) -> dict[str, Any]:
-    """Detections of one shard of the evaluated images, cached by the model's bytes, the shard's
-    image bytes and the settings that change detections (threads and warm-up do not)."""
+def step_eval_shard(ctx: RunContext, which: str, model_path: Path, model_sha: str, bounds: list[int],
+                    runtime: str | None = None) -> dict[str, Any]:
+    """Detections of one shard of the evaluated images on `runtime`, cached by the model's bytes, the
+    shard's image bytes and the settings that change detections (threads and warm-up do not)."""
     t0 = time.perf_counter()
     cfg = ctx.cfg
+    settings = eval_settings(ctx, runtime)
     lo, hi = bounds
     key = cache_key("eval-shard", {
         "model": model_sha, "annotations": ctx.model["annotations_sha256"], "images": ctx.model["eval_image_sha256"][lo:hi],
         "bounds": [lo, hi], "subset": cfg.subset, "subset_seed": cfg.subset_seed,
-        "settings": cfg.eval.model_dump(exclude={"threads", "warmup"}), "versions": ctx.key_versions})
+        "settings": settings.model_dump(exclude={"threads", "warmup"}), "versions": ctx.key_versions})
     entry = ctx.cache.get("eval-shard", key)
     cached = entry is not None
     if entry is None:
         with Progress(f"evaluate {which} [{lo}:{hi}]") as progress:
-            res = detect_shard(model_path, cfg.images, cfg.annotations, cfg.subset, cfg.eval, cfg.subset_seed,
-                               (lo, hi), cfg.worker_threads(), progress)
+            res = detect_shard(model_path, cfg.images, cfg.annotations, cfg.subset, settings, cfg.subset_seed,
+                               (lo, hi), cfg.worker_threads(), progress, io_model=Path(cfg.model))
         fault_point(f"{which}-shard-computed")  # detections in memory, nothing in the cache yet
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
             atomic_write_json(Path(td) / "detections.json", res)
@@ -109,7 +112,7 @@ def step_eval_shard(ctx: RunContext, which: str, model_path: Path, model_sha: st
 
 
 def step_eval_merge(ctx: RunContext, which: str, model_path: Path, model_sha: str,
-                    shards: list[dict[str, Any]]) -> dict[str, Any]:
+                    shards: list[dict[str, Any]], runtime: str | None = None) -> dict[str, Any]:
     """The shards' detections merged and scored once with pycocotools (cached by the shard keys);
     latency is the latency step's."""
     t0 = time.perf_counter()
@@ -119,7 +122,8 @@ def step_eval_merge(ctx: RunContext, which: str, model_path: Path, model_sha: st
     cached = entry is not None
     if entry is None:
         parts = [json.loads((Path(s["entry"]) / "detections.json").read_text()) for s in shards]
-        metrics = score_shards(model_path, cfg.images, cfg.annotations, cfg.subset, cfg.eval, cfg.subset_seed, parts)
+        metrics = score_shards(model_path, cfg.images, cfg.annotations, cfg.subset, eval_settings(ctx, runtime),
+                               cfg.subset_seed, parts, io_model=Path(cfg.model))
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
             atomic_write_json(Path(td) / "metrics.json", metrics)
             entry = ctx.cache.put("eval-merge", key, {"metrics.json": Path(td) / "metrics.json"}, {})
@@ -129,19 +133,25 @@ def step_eval_merge(ctx: RunContext, which: str, model_path: Path, model_sha: st
     return _timed(t0, metrics)
 
 
-def step_latency(ctx: RunContext, models: dict[str, str]) -> dict[str, Any]:
-    """Every model timed in one step, in interleaved rounds, when no other step of the run is running;
-    each `<which>-coco/metrics.json` of the run gets the figures."""
+def step_latency(ctx: RunContext, models: dict[str, str], runtimes: dict[str, str] | None = None) -> dict[str, Any]:
+    """Every model timed in one step (each on its runtime), in interleaved rounds, when no other step
+    of the run is running; each `<which>-coco/metrics.json` of the run gets the figures."""
     t0 = time.perf_counter()
     cfg = ctx.cfg
     images = [Path(p) for p in ctx.model["eval_image_files"][:cfg.latency_images]]
-    timed = time_models({w: Path(p) for w, p in models.items()}, images, cfg.eval, cfg.eval.threads)
+    timed = time_models({w: Path(p) for w, p in models.items()}, images, cfg.eval, cfg.eval.threads,
+                        runtimes=runtimes)
     for which, t in timed.items():
         path = ctx.run_dir / f"{which}-coco" / "metrics.json"
         if path.is_file():
-            atomic_write_json(path, {**json.loads(path.read_text()), "latency_ms": t["latency_ms"],
-                                     "latency_measured": _measured(t)})
+            atomic_write_json(path, {**json.loads(path.read_text()), **_latency_fields(t)})
     return _timed(t0, {"models": timed})
+
+
+def _latency_fields(t: dict[str, Any]) -> dict[str, Any]:
+    """What a model's metrics take from the latency step."""
+    return {"latency_ms": t["latency_ms"], "latency_measured": _measured(t),
+            **{k: t[k] for k in ("latency_deployed_ms", "latency_deployed_session") if k in t}}
 
 
 def _measured(t: dict[str, Any]) -> dict[str, Any]:
@@ -173,49 +183,50 @@ class _Run:
 
 
 def _evaluate(run: _Run, spawn: _Spawner, ctx: RunContext, which: str, model_path: Path, sha: str,
-              parallel: bool, prefix: str = "") -> dict[str, Any]:
-    """One model's COCO evaluation; with workers, in shards side by side, then merged. A guard's
-    candidates (`prefix`) get step names of their own, model hash included."""
+              parallel: bool, prefix: str = "", runtime: str | None = None) -> dict[str, Any]:
+    """One model's COCO evaluation on `runtime`; with workers, in shards side by side, then merged. A
+    guard's candidates (`prefix`) get step names of their own, model hash included."""
     tag = f"{prefix}{sha[:8]}-" if prefix else ""
     if not parallel:
-        return run(f"{tag}coco-eval-{which}", step_evaluate, ctx, which, model_path, sha)
+        return run(f"{tag}coco-eval-{which}", step_evaluate, ctx, which, model_path, sha, True, runtime)
     bounds = shard_bounds(len(ctx.model["eval_image_files"]), ctx.cfg.workers)
-    futures = [spawn(run, f"{tag}coco-eval-{which}-shard-{i}", step_eval_shard, ctx, which, model_path, sha, list(b))
-               for i, b in enumerate(bounds)]
+    futures = [spawn(run, f"{tag}coco-eval-{which}-shard-{i}", step_eval_shard, ctx, which, model_path, sha, list(b),
+                     runtime) for i, b in enumerate(bounds)]
     shards = [f.result() for f in futures]
-    return run(f"{tag}coco-eval-{which}", step_eval_merge, ctx, which, model_path, sha, shards)
+    return run(f"{tag}coco-eval-{which}", step_eval_merge, ctx, which, model_path, sha, shards, runtime)
 
 
-def _target_chain(run: _Run, spawn: _Spawner, ctx: RunContext, calib_f: Any, fp32_f: Any, target: str,
+def _target_chain(run: _Run, spawn: _Spawner, ctx: RunContext, calib_f: Any, fp32_f: Any, name: str,
                   parallel: bool) -> dict[str, Any]:
     """One target: quantize, recover, evaluate, then (auto mode) guard or (--sensitivity) rank."""
     cfg = ctx.cfg
     # task names follow the target's folders: quantize-int8, coco-eval-int8 (tensorrt, as the INT8
-    # flow named them) and quantize-int8-ort-cpu, coco-eval-int8-ort-cpu
-    _, qdir, which = TARGET_LAYOUT[target]
+    # flow named them), quantize-int8-ort-cpu, coco-eval-int8-ort-cpu, and so on
+    t = target(name)
+    qdir, which, rt = t.qdir, t.which, t.runtime
     sfx = which.removeprefix("int8")
     calib = calib_f.result()
-    raw = run(qdir, _raw_quantize, ctx, calib, target)
-    quant = run(f"recover{sfx}", step_refine, ctx, calib, raw)
+    raw = run(qdir, _raw_quantize, ctx, calib, name)
+    quant = run(f"recover{sfx}", _finish, ctx, calib, raw)
     quant = {**quant, "quantize_wall_s": raw.get("step_wall_s")}
     auto = cfg.accuracy_budget is not None
     # in auto mode the smoke check judges the chosen model (a collapsed candidate is for the guard to reject)
-    smoke = None if auto else run(f"smoke-inference{sfx}", step_smoke, ctx, calib, quant, qdir)
+    smoke = None if auto else run(f"smoke-inference{sfx}", step_smoke, ctx, calib, quant)
     if not parallel:
         fp32_f.result()  # one at a time: FP32 is evaluated before the first INT8 model
-    int8 = _evaluate(run, spawn, ctx, which, Path(quant["onnx"]), quant["sha256"], parallel)
+    int8 = _evaluate(run, spawn, ctx, which, Path(quant["artifact"]), quant["sha256"], parallel, runtime=rt)
     extra: dict[str, Any] = {}
     if auto and parallel:
         # the guard decides here; each candidate's steps run on the workers, its evaluation in shards
         def evaluate(w: str, path: Path, sha: str, publish: bool = False) -> dict[str, Any]:
-            return _evaluate(run, spawn, ctx, w, path, sha, True, prefix=f"accuracy-guard{sfx}-")
+            return _evaluate(run, spawn, ctx, w, path, sha, True, prefix=f"accuracy-guard{sfx}-", runtime=rt)
 
         g = step_accuracy_guard(ctx, calib, raw, quant, fp32_f.result(), int8, call=run, evaluate=evaluate)
     elif auto:
         g = run(f"accuracy-guard{sfx}", step_accuracy_guard, ctx, calib, raw, quant, fp32_f.result(), int8)
     if auto:
         quant, int8 = {**g["quant"], "quantize_wall_s": raw.get("step_wall_s")}, g["int8"]
-        smoke = run(f"smoke-inference{sfx}", step_smoke, ctx, calib, quant, qdir)
+        smoke = run(f"smoke-inference{sfx}", step_smoke, ctx, calib, quant)
         extra = {"sensitivity": g["sensitivity"], "accuracy_guard": g["guard"]}
     elif cfg.sensitivity:
         extra = {"sensitivity": run(f"sensitivity{sfx}", step_sensitivity, ctx, calib, raw, quant)}
@@ -241,13 +252,13 @@ def execute(ctx: RunContext, call: Callable[..., Any] = _direct, parallel: bool 
     finally:
         spawn.close()
     if parallel:
-        models = {"fp32": str(cfg.model), **{TARGET_LAYOUT[t][2]: t_res["quant"]["onnx"] for t, t_res in targets.items()}}
-        lat = run("latency", step_latency, ctx, models)["models"]
-        fp32 = {**fp32, "latency_ms": lat["fp32"]["latency_ms"], "latency_measured": _measured(lat["fp32"])}
+        models = {"fp32": str(cfg.model), **{target(t).which: r["quant"]["artifact"] for t, r in targets.items()}}
+        runtimes = {target(t).which: target(t).runtime for t in targets}
+        lat = run("latency", step_latency, ctx, models, runtimes)["models"]
+        fp32 = {**fp32, **_latency_fields(lat["fp32"])}
         for t, t_res in targets.items():
-            which = TARGET_LAYOUT[t][2]
-            t_res["int8"] = {**t_res["int8"], "latency_ms": lat[which]["latency_ms"],
-                             "latency_measured": _measured(lat[which])}
+            which = target(t).which
+            t_res["int8"] = {**t_res["int8"], **_latency_fields(lat[which])}
     extra = {"runner": cfg.runner, "workers": cfg.workers if parallel else 1, "placement": run.placement}
     summary = run("report", step_report, ctx, calib, targets, fp32, extra)
     return summary

@@ -37,7 +37,7 @@ class RegressionGateError(RuntimeError):
 def versions() -> dict[str, str]:
     out = {"yolo_lowbit": __version__}
     for dist in ("nvidia-modelopt", "onnxruntime-gpu", "onnxruntime", "onnx", "numpy", "pycocotools",
-                 "opencv-python-headless", "prefect"):
+                 "opencv-python-headless", "openvino", "nncf", "prefect"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -48,7 +48,7 @@ def versions() -> dict[str, str]:
 def _compute_versions(v: dict[str, str]) -> dict[str, str]:
     """Versions that can change a result (prefect cannot): these enter cache keys."""
     return {k: v[k] for k in ("yolo_lowbit", "nvidia-modelopt", "onnxruntime-gpu", "onnxruntime", "onnx",
-                              "numpy", "opencv-python-headless") if k in v}
+                              "numpy", "opencv-python-headless", "openvino", "nncf") if k in v}
 
 
 @dataclass
@@ -172,12 +172,6 @@ def step_quantize(ctx: RunContext, calib: dict[str, Any], settings: QuantSetting
     return _timed(t0, res)
 
 
-# Where each target's artifacts go: (quantized model name suffix, quantize folder, evaluation name).
-# The tensorrt target keeps the INT8 flow's original names.
-TARGET_LAYOUT = {"tensorrt": ("int8-qdq", "quantize-int8", "int8"),
-                 "ort-cpu": ("int8-ort-cpu", "quantize-int8-ort-cpu", "int8-ort-cpu")}
-
-
 def _cache_quantized(ctx: RunContext, stage: str, key: str, calib: dict[str, Any], tdir: Path, log_name: str,
                      snapshot: dict[str, Any], rec: dict[str, Any]) -> Any:
     """Store a quantize step's output in the cache: the model and log its quantizer wrote into `tdir`,
@@ -193,25 +187,49 @@ def _cache_quantized(ctx: RunContext, stage: str, key: str, calib: dict[str, Any
     return ctx.cache.put(stage, key, {n: tdir / n for n in names}, {"wall_s": rec["wall_s"]})
 
 
-def _quant_result(entry: Any, cached: bool, target: str, **extra: Any) -> dict[str, Any]:
-    """A quantize step's result from its cache entry (model still in the cache until published)."""
-    return {"onnx": str(entry.file("model.onnx")), "entry": str(entry.path), "sha256": entry.files["model.onnx"],
-            "cached": cached, "config": json.loads(entry.file("config.json").read_text()),
-            "qdq": json.loads(entry.file("qdq-summary.json").read_text()), "target": target,
+def model_sha256(files: dict[str, str], names: tuple[str, ...]) -> str:
+    """The identity of a model kept in several files (an OpenVINO IR: .xml and .bin): one file's own
+    sha256, else the sha256 of the files' hashes in order."""
+    if len(names) == 1:
+        return files[names[0]]
+    import hashlib
+
+    return hashlib.sha256("".join(files[n] for n in names).encode()).hexdigest()
+
+
+def _quant_result(entry: Any, cached: bool, target_name: str, **extra: Any) -> dict[str, Any]:
+    """A quantize step's result from its cache entry (model still in the cache until published).
+    `artifact`: the file the target's runtime loads; `onnx`: the same where that is an ONNX model."""
+    from tasks.targets import target
+
+    t = target(target_name)
+    main = t.model_files[-1]  # the file a runtime is pointed at (an IR's .bin comes first, then its .xml)
+    path = str(entry.file(main))
+    return {"artifact": path, "onnx": path if main.endswith(".onnx") else None, "entry": str(entry.path),
+            "sha256": model_sha256(entry.files, t.model_files), "cached": cached,
+            "config": json.loads(entry.file("config.json").read_text()),
+            "qdq": json.loads(entry.file("qdq-summary.json").read_text()), "target": target_name,
             "files": sorted(entry.files), **extra}
 
 
 def publish_quantized(ctx: RunContext, quant: dict[str, Any]) -> dict[str, Any]:
-    """Copy a (cached) quantization result into the run folder under its target's final names:
-    the model into onnx/, every other file of the entry (config, summary, log, cache) beside it."""
-    suffix, qdir, _ = TARGET_LAYOUT[quant["target"]]
+    """Copy a (cached) quantization result into the run folder under its target's final names: the
+    model into the target's folder (an IR's .bin before its .xml, so an .xml is never there without
+    its weights), every other file of the entry (config, summary, log, cache) into its quantize folder."""
+    from tasks.targets import target
+
+    t = target(quant["target"])
     entry = Path(quant["entry"])
-    onnx_out = ctx.run_dir / "onnx" / f"{Path(ctx.cfg.model).stem}-{suffix}.onnx"
-    atomic_copy(entry / "model.onnx", onnx_out)
+    stem = f"{Path(ctx.cfg.model).stem}-{t.suffix}"
+    out = {}
+    for name in t.model_files:
+        out[name] = ctx.run_dir / t.folder / (stem + Path(name).suffix)
+        atomic_copy(entry / name, out[name])
     for name in quant["files"]:
-        if name != "model.onnx":
-            atomic_copy(entry / name, ctx.run_dir / qdir / name)
-    return {**quant, "onnx": str(onnx_out)}
+        if name not in t.model_files:
+            atomic_copy(entry / name, ctx.run_dir / t.qdir / name)
+    artifact = str(out[t.model_files[-1]])
+    return {**quant, "artifact": artifact, "onnx": artifact if artifact.endswith(".onnx") else None}
 
 
 def step_quantize_ort_cpu(ctx: RunContext, calib: dict[str, Any], publish: bool = True) -> dict[str, Any]:
@@ -243,33 +261,45 @@ def step_quantize_ort_cpu(ctx: RunContext, calib: dict[str, Any], publish: bool 
     return _timed(t0, publish_quantized(ctx, res) if publish else res)
 
 
-def step_smoke(ctx: RunContext, calib: dict[str, Any], quant: dict[str, Any], qdir: str = "quantize-int8") -> dict[str, Any]:
-    """FP32 vs INT8 on the first few calibration samples; raises SmokeError on a broken INT8 model."""
+def step_smoke(ctx: RunContext, calib: dict[str, Any], quant: dict[str, Any]) -> dict[str, Any]:
+    """FP32 vs INT8 on the first few calibration samples, both on the target's runtime; raises
+    SmokeError on a broken INT8 model."""
+    from tasks.targets import target
+
     t0 = time.perf_counter()
     cfg, m = ctx.cfg, ctx.model
+    t = target(quant["target"])
     arr = _calib_array(ctx, calib)
     samples = np.asarray(arr[: cfg.smoke_samples], dtype=np.float32)
-    res = smoke_compare(Path(cfg.model), Path(quant["onnx"]), m["input"], samples, m["output_format"],
-                        cfg.eval.providers, conf=cfg.smoke_conf, strict=cfg.eval.strict_providers,
+    res = smoke_compare(Path(cfg.model), Path(quant["artifact"]), m["input"], samples, m["output_format"],
+                        cfg.eval.model_copy(update={"runtime": t.runtime}), conf=cfg.smoke_conf,
                         threads=cfg.eval.threads)
-    atomic_write_json(ctx.run_dir / qdir / "smoke.json", res)
+    atomic_write_json(ctx.run_dir / t.qdir / "smoke.json", res)
     return _timed(t0, res)
 
 
+def eval_settings(ctx: RunContext, runtime: str | None) -> Any:
+    """The run's evaluation settings on `runtime` (a target's; None: the run's own)."""
+    return ctx.cfg.eval if runtime is None else ctx.cfg.eval.model_copy(update={"runtime": runtime})
+
+
 def step_evaluate(ctx: RunContext, which: str, model_path: Path, model_sha: str,
-                  publish: bool = True) -> dict[str, Any]:
-    """COCO evaluation of one model, cached by model bytes, image bytes, annotations and settings."""
+                  publish: bool = True, runtime: str | None = None) -> dict[str, Any]:
+    """COCO evaluation of one model on `runtime`, cached by model bytes, image bytes, annotations and
+    settings (the runtime among them). The FP32 ONNX model describes inputs and outputs of a model
+    that is not ONNX itself (an OpenVINO IR)."""
     t0 = time.perf_counter()
     cfg = ctx.cfg
+    settings = eval_settings(ctx, runtime)
     key = cache_key("evaluate", {"model": model_sha, "annotations": ctx.model["annotations_sha256"],
                                  "images": ctx.model["eval_image_sha256"], "subset": cfg.subset, "subset_seed": cfg.subset_seed,
-                                 "settings": cfg.eval.model_dump(), "versions": ctx.key_versions})
+                                 "settings": settings.model_dump(), "versions": ctx.key_versions})
     entry = ctx.cache.get("evaluate", key)
     cached = entry is not None
     if entry is None:
         with Progress(f"evaluate {which}") as progress:
-            metrics = evaluate_model(model_path, cfg.images, cfg.annotations, cfg.subset, cfg.eval, cfg.subset_seed,
-                                     progress)
+            metrics = evaluate_model(model_path, cfg.images, cfg.annotations, cfg.subset, settings, cfg.subset_seed,
+                                     progress, io_model=Path(cfg.model))
         fault_point(f"{which}-eval-computed")  # metrics in memory, nothing published yet
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
             atomic_write_json(Path(td) / "metrics.json", metrics)
@@ -300,12 +330,20 @@ def step_report(ctx: RunContext, calib: dict[str, Any], targets: dict[str, dict[
     return summary
 
 
-def _raw_quantize(ctx: RunContext, calib: dict[str, Any], target: str,
-                  settings: QuantSettings | None = None) -> dict[str, Any]:
-    """The quantizer's own output for a target (cached, not published): step_refine finishes it."""
-    if target == "tensorrt":
-        return step_quantize(ctx, calib, settings, publish=False)
-    return step_quantize_ort_cpu(ctx, calib, publish=False)
+def _raw_quantize(ctx: RunContext, calib: dict[str, Any], target_name: str, settings: Any = None) -> dict[str, Any]:
+    """The quantizer's own output for a target (cached, not published): the target's finish step
+    (`_finish`) makes the model it ships."""
+    from tasks.targets import target
+
+    return target(target_name).build(ctx, calib, settings)
+
+
+def _finish(ctx: RunContext, calib: dict[str, Any], raw: dict[str, Any], extra_float: list[str] | None = None,
+            publish: bool = True) -> dict[str, Any]:
+    """A target's quantizer output -> the model it ships (recovery; `extra_float` layers in float)."""
+    from tasks.targets import target
+
+    return target(raw["target"]).finish(ctx, calib, raw, extra_float, publish)
 
 
 def run_int8(cfg: RunConfig) -> dict[str, Any]:
@@ -419,7 +457,9 @@ def step_sensitivity(ctx: RunContext, calib: dict[str, Any], raw: dict[str, Any]
     from tasks.quantization.sensitivity import plot_sensitivity
 
     sens = _sensitivity_rows(ctx, calib, raw)
-    qdir = ctx.run_dir / TARGET_LAYOUT[quant["target"]][1]
+    from tasks.targets import target
+
+    qdir = ctx.run_dir / target(quant["target"]).qdir
     atomic_write_json(qdir / "sensitivity.json", sens)
     plot_sensitivity(sens["blocks"], qdir / "sensitivity.png")
     return sens
@@ -457,29 +497,34 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, A
     process and passes its own, so each candidate's steps go to the workers and its evaluation is
     sharded over them (the candidates themselves stay in order: each probe of the bisection needs the
     answer of the last)."""
+    from tasks.targets import target as target_of
+
     t0 = time.perf_counter()
     cfg, target = ctx.cfg, raw["target"]
-    _, qdir, which = TARGET_LAYOUT[target]
+    tgt = target_of(target)
+    qdir, which = tgt.qdir, tgt.which
     sfx = which.removeprefix("int8")
     if evaluate is None:
         def evaluate(w: str, path: Path, sha: str, publish: bool = False) -> dict[str, Any]:
-            return step_evaluate(ctx, w, path, sha, publish)
+            return step_evaluate(ctx, w, path, sha, publish, tgt.runtime)
     budget = cfg.accuracy_budget
     fits = (lambda m: (fp32["map50_95"] - m["map50_95"]) * 100 <= budget + 1e-9)  # noqa: E731
-    method = raw.get("settings", {}).get("method", "minmax") if target == "tensorrt" else "minmax"
+    method = tgt.method(raw)
     results: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str]]] = {
         "base": (raw, quant, int8, [])}
     cands = {"base": _candidate_row(f"plain-{method}", method, [], quant, int8, fp32)}
     best = "base"
-    if not fits(int8) and target == "tensorrt":
-        other = cfg.quant.model_copy(update={"method": "entropy" if cfg.quant.method == "max" else "max"})
+    for i, other in enumerate(tgt.alternatives(cfg) if not fits(int8) else []):
         r2 = call(f"accuracy-guard{sfx}-{other.method}-quantize", _raw_quantize, ctx, calib, target, other)
-        q2 = call(f"accuracy-guard{sfx}-{other.method}-recover", step_refine, ctx, calib, r2, None, False)
-        e2 = evaluate(which, Path(q2["onnx"]), q2["sha256"])
-        results["other"] = (r2, q2, e2, [])
-        cands["other"] = _candidate_row(f"plain-{other.method}", other.method, [], q2, e2, fp32)
-        best = max(("base", "other"), key=lambda k: results[k][2]["map50_95"])
-    sens = call(f"accuracy-guard{sfx}-ranking", _sensitivity_rows, ctx, calib, results[best][0])
+        q2 = call(f"accuracy-guard{sfx}-{other.method}-recover", _finish, ctx, calib, r2, None, False)
+        e2 = evaluate(which, Path(q2["artifact"]), q2["sha256"])
+        results[f"other{i}"] = (r2, q2, e2, [])
+        cands[f"other{i}"] = _candidate_row(f"plain-{other.method}", other.method, [], q2, e2, fp32)
+    best = max(results, key=lambda k: results[k][2]["map50_95"])
+    # layers are ranked on a Q/DQ ONNX model: the target's own, or (openvino) ModelOpt's of the same model
+    ranked_on = results[best][0] if tgt.ranking_from is None else \
+        call(f"accuracy-guard{sfx}-ranking-quantize", _raw_quantize, ctx, calib, tgt.ranking_from)
+    sens = call(f"accuracy-guard{sfx}-ranking", _sensitivity_rows, ctx, calib, ranked_on)
     chosen = best if fits(results[best][2]) else None
     if chosen is None:
         braw, bq = results[best][0], results[best][1]
@@ -499,8 +544,8 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, A
             key = f"layers{k}"
             if key not in results:
                 layers = ranked[:k]
-                qk = call(f"accuracy-guard{sfx}-float-{k}-recover", step_refine, ctx, calib, braw, layers, False)
-                ek = evaluate(which, Path(qk["onnx"]), qk["sha256"])
+                qk = call(f"accuracy-guard{sfx}-float-{k}-recover", _finish, ctx, calib, braw, layers, False)
+                ek = evaluate(which, Path(qk["artifact"]), qk["sha256"])
                 results[key] = (braw, qk, ek, layers)
                 cands[key] = _candidate_row(f"{m_name}-float-{k}", m_name, layers, qk, ek, fp32)
             return fits(results[key][2])
@@ -520,7 +565,7 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, A
     _, cq, ce, layers = results[chosen]
     row = cands[chosen]
     cq = publish_quantized(ctx, cq)
-    evaluate(which, Path(cq["onnx"]), cq["sha256"], True)  # a cache hit: lays its metrics.json into the run
+    evaluate(which, Path(cq["artifact"]), cq["sha256"], True)  # a cache hit: lays its metrics.json into the run
     reason = (f"fits the budget of {budget:g} points" if met else
               f"no candidate fits the budget of {budget:g} points: tried {len(cands)} candidates, at most "
               f"{cfg.guard_max_exclusions} layers in float and at least {cfg.min_mac_share(target):.0%} of convolution "

@@ -45,10 +45,11 @@ def test_cli_options_fill_the_one_config_model(tmp_path):
     ({"run_id": "../escape"}, "run_id"),
     ({"calib": "a.npy", "calib_images": "dir"}, "either calib"),
     ({"unknown_option": 1}, "unknown_option"),
-    ({"targets": ["tensorrt", "openvino"]}, "targets"),
+    ({"targets": ["tensorrt", "tflite"]}, "targets"),
     ({"targets": []}, "at least one target"),
     ({"quant": {"entropy_impl": "fast"}}, "entropy_impl"),
-    ({"recovery": {"bias_correction": ["openvino"]}}, "recovery.bias_correction"),
+    ({"recovery": {"bias_correction": ["tflite"]}}, "recovery.bias_correction"),
+    ({"openvino": {"preset": "fast"}}, "openvino.preset"),
 ])
 def test_invalid_settings_name_the_setting(values, match):
     with pytest.raises(ConfigError, match=match):

@@ -128,3 +128,38 @@ def test_openvino_and_onnxruntime_give_the_same_figures_on_an_fp32_model(tiny_mo
     assert ov_m["runtime"]["runtime"] == "openvino" and ov_m["runtime"]["openvino_version"]
     assert ort_m["runtime"]["runtime"] == "onnxruntime" and ov_m["runtime"]["cpu"] == ort_m["runtime"]["cpu"]
     assert ov_m["provider"] == "OpenVINO CPU"
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_every_latency_says_its_session_style_and_the_deployed_one_is_measured_too(tiny_model, tiny_data, runtime):
+    from tasks.evaluation.evaluate import time_models
+
+    settings = EvalSettings(providers=["cpu"], warmup=1, runtime=runtime, deployed_runs=7)
+    m = evaluate_model(tiny_model, tiny_data["images"], tiny_data["annotations"], settings=settings)
+    assert m["runtime"]["session"].startswith("evaluator:") and m["latency_ms"]["n"] == 6
+    assert m["latency_deployed_session"].startswith("deployed:") and m["latency_deployed_ms"]["n"] == 7
+    timed = time_models({"a": tiny_model}, [p for p in sorted(tiny_data["images"].iterdir())][:2], settings, 1, rounds=2)
+    a = timed["a"]
+    assert a["latency_ms"]["n"] == 4 and a["latency_deployed_ms"]["n"] == 8  # 7 runs rounded up to 4 per round
+    assert a["latency_deployed_session"].startswith("deployed:") and a["runtime"]["cpu"]["model_name"]
+    off = evaluate_model(tiny_model, tiny_data["images"], tiny_data["annotations"],
+                         settings=settings.model_copy(update={"deployed_runs": 0}))
+    assert "latency_deployed_ms" not in off
+
+
+def test_cli_evaluates_an_openvino_ir_described_by_its_onnx_export(tmp_path, tiny_model, tiny_data):
+    import openvino as ov
+
+    xml = tmp_path / "tiny.xml"
+    ov.save_model(ov.convert_model(str(tiny_model)), str(xml), compress_to_fp16=False)
+    args = [sys.executable, str(ROOT / "flows" / "evaluate.py"), "--model", str(xml), "--images",
+            str(tiny_data["images"]), "--annotations", str(tiny_data["annotations"]), "--warmup", "1"]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--runtime openvino --io-model" in r.stderr and "Traceback" not in r.stderr
+    out = tmp_path / "m.json"
+    r = subprocess.run(args + ["--runtime", "openvino", "--io-model", str(tiny_model), "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(out.read_text())
+    ref = evaluate_model(tiny_model, tiny_data["images"], tiny_data["annotations"], settings=CPU)
+    assert m["provider"] == "OpenVINO CPU" and m["stats"] == pytest.approx(ref["stats"], abs=1e-4)

@@ -179,22 +179,34 @@ def test_flow_targets_side_by_side_and_alone(harness, tmp_path, tiny_model, tiny
 
     # the tiny detector's only convolutions are its stem and its head: keep neither in float here
     ort = {"stem_float": False, "head_preset": False}
-    s = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="both", targets=["tensorrt", "ort-cpu"],
-                              ort_cpu=ort))
+    every = ["tensorrt", "ort-cpu", "openvino"]
+    s = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="both", targets=every, ort_cpu=ort))
     run = Path(s["run_dir"])
     for rel in ("onnx/tiny-int8-qdq.onnx", "onnx/tiny-int8-ort-cpu.onnx", "quantize-int8-ort-cpu/config.json",
-                "quantize-int8-ort-cpu/smoke.json", "int8-ort-cpu-coco/metrics.json", "int8-coco/metrics.json"):
+                "quantize-int8-ort-cpu/smoke.json", "int8-ort-cpu-coco/metrics.json", "int8-coco/metrics.json",
+                "openvino/tiny-int8-openvino.xml", "openvino/tiny-int8-openvino.bin",
+                "quantize-int8-openvino/config.json", "quantize-int8-openvino/smoke.json",
+                "int8-openvino-coco/metrics.json"):
         assert (run / rel).is_file(), rel
-    assert list(s["targets"]) == ["tensorrt", "ort-cpu"]
+    assert list(s["targets"]) == every
+    ov = s["targets"]["openvino"]
+    assert ov["quantization"]["artifact"] == str(run / "openvino" / "tiny-int8-openvino.xml")
+    assert ov["int8"]["provider"] == "OpenVINO CPU" and ov["int8"]["images"] == 6
+    ov_metrics = json.loads((run / "int8-openvino-coco" / "metrics.json").read_text())
+    assert ov_metrics["runtime"]["runtime"] == "openvino" and ov_metrics["model"]["path"].endswith(".xml")
+    assert json.loads((run / "quantize-int8-openvino" / "smoke.json").read_text())["runtime"] == "openvino"
     assert s["quantization"]["target"] == "tensorrt" and s["int8"] == s["targets"]["tensorrt"]["int8"]
     oc = s["targets"]["ort-cpu"]
     assert oc["quantization"]["tool"] == "onnxruntime.quantization.quantize_static"
     assert oc["quantization"]["ort_cpu_kernels"]["QLinearConv"] >= 1 and oc["int8"]["images"] == 6
-    assert oc["delta"]["latency_ratio"] > 0 and set(s["gate"]["drop_points_by_target"]) == {"tensorrt", "ort-cpu"}
+    assert oc["delta"]["latency_ratio"] > 0 and set(s["gate"]["drop_points_by_target"]) == set(every)
     md = (run / "results" / "report.md").read_text()
-    assert "INT8 ort-cpu" in md and "QLinearConv" in md
-    again = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="both-again",
-                                  targets=["tensorrt", "ort-cpu"], ort_cpu=ort))
+    assert "INT8 ort-cpu" in md and "QLinearConv" in md and "INT8 openvino" in md and "OpenVINO's CPU plugin" in md
+    # every latency twice: the evaluator's session and a deployed one, each saying which it is
+    assert "latency p50, deployed session" in md and s["fp32"]["latency_deployed_ms"]["n"] > 0
+    assert ov["int8"]["latency_deployed_session"].startswith("deployed:") and ov["int8"]["runtime"]["name"] == "openvino"
+    assert ov["int8"]["runtime"]["version"] and ov["int8"]["runtime"]["cpu"]
+    again = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="both-again", targets=every, ort_cpu=ort))
     assert all(again["cached"].values()), again["cached"]
 
     alone = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="alone", targets=["ort-cpu"], ort_cpu=ort))

@@ -63,3 +63,11 @@ def test_prefect_yaml_points_at_the_flows():
     sweep = next(d for d in doc["deployments"] if d["name"] == "demo-sweep")["parameters"]["sweep"]
     children = child_configs(SweepConfig.model_validate(sweep), "s1")
     assert len(children) >= 2 and len({c["run_id"] for c in children.values()}) == len(children)
+
+
+def test_every_package_folder_is_installed():
+    """A subpackage missing from pyproject's list works from the checkout and is absent when installed."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for top in ("tasks", "flows")
+             for p in (ROOT / top).rglob("__init__.py")}
+    assert found <= listed, f"not in pyproject's packages: {sorted(found - listed)}"

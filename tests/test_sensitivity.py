@@ -44,10 +44,11 @@ def test_ranking_puts_the_fragile_layer_first(tmp_path, fragile, tiny_data):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["tensorrt", "ort-cpu"])
+@pytest.mark.parametrize("target", ["tensorrt", "ort-cpu", "openvino"])
 def test_auto_mode_keeps_the_fragile_layer_in_float(tmp_path, fragile, tiny_data, target):
     from tasks.quantization.layers import convs_of, layer_macs
-    from tasks.steps import TARGET_LAYOUT, run_int8
+    from tasks.steps import run_int8
+    from tasks.targets import target as target_of
 
     cfg = RunConfig.model_validate({
         "model": str(fragile), "images": str(tiny_data["images"]), "annotations": str(tiny_data["annotations"]),
@@ -72,7 +73,8 @@ def test_auto_mode_keeps_the_fragile_layer_in_float(tmp_path, fragile, tiny_data
         1 - sum(macs[n] for n in g["chosen"]["float_layers"]) / total, abs=1e-4)
     assert s["quantization"]["int8_conv_mac_share"] == g["int8_conv_mac_share"]
     run = tmp_path / "runs" / "auto"
-    qdir, which, suffix = TARGET_LAYOUT[target][1], TARGET_LAYOUT[target][2], TARGET_LAYOUT[target][0]
+    t = target_of(target)
+    qdir, which, suffix = t.qdir, t.which, t.suffix
     if target == "tensorrt":  # ranked first by its local noise ratio, and enough alone
         assert g["chosen"]["float_layers"] == ["/model.24/m/Conv"]
         assert s["sensitivity"]["layers"][0]["layer"] == "/model.24/m/Conv"
@@ -83,6 +85,12 @@ def test_auto_mode_keeps_the_fragile_layer_in_float(tmp_path, fragile, tiny_data
     assert json.loads((run / f"{which}-coco" / "metrics.json").read_text())["map50_95"] == s["int8"]["map50_95"]
     assert f"Accuracy guard, {target}" in (run / "results" / "report.md").read_text()
     # the published model is the chosen one, with the head's conv in float
+    if target == "openvino":  # as OpenVINO compiles the published IR: that convolution on a float kernel
+        from tasks.quantization.openvino import conv_summary
+
+        s_ov = conv_summary(fp, run / "openvino" / f"fragile-{suffix}.xml")
+        assert "/model.24/m/Conv" in [f["layer"] for f in s_ov["float_convs"]] and s_ov["int8_convs"] >= 1
+        return
     q = onnx.load(str(run / "onnx" / f"fragile-{suffix}.onnx"))
     prod = {o: n for n in q.graph.node for o in n.output}
     head = next(n for n in q.graph.node if n.name == "/model.24/m/Conv")

@@ -1,4 +1,4 @@
-"""COCO mAP and latency of a YOLO ONNX on ONNX Runtime: preprocessing -> inference -> decoding ->
+"""COCO mAP and latency of a YOLO model on ONNX Runtime or OpenVINO: preprocessing -> inference -> decoding ->
 pycocotools, with each phase timed apart."""
 
 from __future__ import annotations
@@ -45,6 +45,10 @@ class EvalSettings(BaseModel):
     strict_providers: bool = Field(False, description="fail instead of falling back to the CPU EP")
     threads: int | None = Field(None, ge=1, description="ORT intra-op threads (default: all cores)")
     warmup: int = Field(10, ge=0, description="untimed runs before latency is measured")
+    deployed_runs: int = Field(20, ge=0, le=1000, description="then one image run this many times back to back "
+                                                             "on a deployed-style session (ORT's worker threads "
+                                                             "spinning, its default): the latency a service "
+                                                             "sees, up to 1.5x below the evaluator's; 0: skip")
 
 
 def _metadata_names(meta: dict[str, str]) -> dict[int, str] | None:
@@ -210,6 +214,27 @@ def _metrics(model_path: Path, annotations: Path, setup: EvalSetup, settings: Ev
     }
 
 
+def deployed_latency(model_path: Path, settings: EvalSettings, threads: int | None, x: np.ndarray,
+                     runs: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """p50/p90 of `runs` back-to-back runs of one input on a session set up as a deployment would be
+    (ORT: worker threads spinning between runs), after a short warm-up; and that session's record."""
+    sess, rt = open_session(Path(model_path), settings, threads, spin=True)
+    name = sess.get_inputs()[0].name
+    for _ in range(min(settings.warmup, 5) or 1):
+        sess.run(None, {name: x})
+    t = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, {name: x})
+        t.append(time.perf_counter() - t0)
+    return latency_stats(t), rt
+
+
+def _first_input(setup: EvalSetup, settings: EvalSettings) -> np.ndarray:
+    size_hw = (setup.in_shape[2], setup.in_shape[3])
+    return letterbox(load_rgb(setup.items[0][1]), size_hw, settings.preprocess)[0][None].astype(np.float32)
+
+
 def evaluate_model(model_path: Path, images_dir: Path, annotations: Path, subset: str | int | None = None,
                    settings: EvalSettings | None = None, subset_seed: int = 0,
                    progress: ProgressFn | None = None, io_model: Path | None = None) -> dict[str, Any]:
@@ -220,7 +245,14 @@ def evaluate_model(model_path: Path, images_dir: Path, annotations: Path, subset
     setup = prepare_eval(model_path, images_dir, annotations, subset, settings, subset_seed, io_model)
     sess, rt = open_session(model_path, settings, settings.threads)
     dets, t_pre, t_inf, t_dec = _detect(sess, setup, setup.items, settings, progress)
-    return _metrics(model_path, Path(annotations), setup, settings, dets, rt, t_pre, t_inf, t_dec)
+    out = _metrics(model_path, Path(annotations), setup, settings, dets, rt, t_pre, t_inf, t_dec)
+    del sess  # one session at a time: the deployed one gets the cores alone
+    if settings.deployed_runs and setup.items:
+        lat, drt = deployed_latency(model_path, settings, settings.threads, _first_input(setup, settings),
+                                    settings.deployed_runs)
+        out["latency_deployed_ms"] = lat
+        out["latency_deployed_session"] = drt["session"]
+    return out
 
 
 def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
@@ -232,9 +264,9 @@ def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
 
 def detect_shard(model_path: Path, images_dir: Path, annotations: Path, subset: str | int | None,
                  settings: EvalSettings, subset_seed: int, bounds: tuple[int, int], threads: int | None,
-                 progress: ProgressFn | None = None) -> dict[str, Any]:
+                 progress: ProgressFn | None = None, io_model: Path | None = None) -> dict[str, Any]:
     """Detections of one shard of the evaluated images (no latency: shards run side by side)."""
-    setup = prepare_eval(Path(model_path), images_dir, annotations, subset, settings, subset_seed)
+    setup = prepare_eval(Path(model_path), images_dir, annotations, subset, settings, subset_seed, io_model)
     items = setup.items[bounds[0]:bounds[1]]
     sess, rt = open_session(Path(model_path), settings, threads)
     dets, t_pre, t_inf, t_dec = _detect(sess, setup, items, settings, progress)
@@ -243,10 +275,11 @@ def detect_shard(model_path: Path, images_dir: Path, annotations: Path, subset: 
 
 
 def score_shards(model_path: Path, images_dir: Path, annotations: Path, subset: str | int | None,
-                 settings: EvalSettings, subset_seed: int, shards: Sequence[dict[str, Any]]) -> dict[str, Any]:
+                 settings: EvalSettings, subset_seed: int, shards: Sequence[dict[str, Any]],
+                 io_model: Path | None = None) -> dict[str, Any]:
     """The shards' detections merged in image order and scored once with pycocotools: the metrics of
     `evaluate_model` but for latency, which `time_models` measures apart."""
-    setup = prepare_eval(Path(model_path), images_dir, annotations, subset, settings, subset_seed)
+    setup = prepare_eval(Path(model_path), images_dir, annotations, subset, settings, subset_seed, io_model)
     ordered = sorted(shards, key=lambda sh: sh["bounds"][0])
     got = [i for sh in ordered for i in sh["image_ids"]]
     if got != setup.image_ids:
@@ -258,11 +291,14 @@ def score_shards(model_path: Path, images_dir: Path, annotations: Path, subset: 
 
 
 def time_models(models: dict[str, Path], images: Sequence[Path], settings: EvalSettings, threads: int | None,
-                rounds: int = 3) -> dict[str, dict[str, Any]]:
+                rounds: int = 3, runtimes: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """Per-image inference latency of several models on the same letterboxed images, in interleaved
     rounds (model A on every image, then B, ... then A again) so that a slower moment of the machine
-    falls on every model alike; each model warmed up first."""
-    opened = {name: open_session(Path(p), settings, threads) for name, p in models.items()}
+    falls on every model alike; each model warmed up first. `runtimes`: a model's runtime where it is
+    not the settings' own."""
+    runtimes = runtimes or {}
+    opened = {name: open_session(Path(p), settings.model_copy(update={"runtime": runtimes.get(name, settings.runtime)}),
+                                 threads) for name, p in models.items()}
     sessions = {name: s for name, (s, _) in opened.items()}
     batches = {}
     for name, sess in sessions.items():
@@ -271,12 +307,17 @@ def time_models(models: dict[str, Path], images: Sequence[Path], settings: EvalS
         if (h, w) not in batches:
             batches[(h, w)] = [letterbox(load_rgb(p), (h, w), settings.preprocess)[0][None].astype(np.float32)
                                for p in images]
+    # the deployed style beside each: the same model, threads spinning, one image back to back
+    deployed = {name: open_session(Path(p), settings.model_copy(update={"runtime": runtimes.get(name, settings.runtime)}),
+                                   threads, spin=True) for name, p in models.items()} if settings.deployed_runs else {}
     times: dict[str, list[float]] = {name: [] for name in sessions}
-    for name, sess in sessions.items():
+    dtimes: dict[str, list[float]] = {name: [] for name in deployed}
+    for name, sess in [*sessions.items(), *((n, s) for n, (s, _) in deployed.items())]:
         inp = sess.get_inputs()[0]
         x = batches[(int(inp.shape[2]), int(inp.shape[3]))][0]
         for _ in range(settings.warmup):
             sess.run(None, {inp.name: x})
+    per_round = -(-settings.deployed_runs // rounds)
     for _ in range(rounds):
         for name, sess in sessions.items():
             inp = sess.get_inputs()[0]
@@ -284,7 +325,16 @@ def time_models(models: dict[str, Path], images: Sequence[Path], settings: EvalS
                 t0 = time.perf_counter()
                 sess.run(None, {inp.name: x})
                 times[name].append(time.perf_counter() - t0)
-    return {name: {"latency_ms": latency_stats(t), "images": len(images), "rounds": rounds, "runtime": opened[name][1]}
+        for name, (sess, _) in deployed.items():
+            inp = sess.get_inputs()[0]
+            x = batches[(int(inp.shape[2]), int(inp.shape[3]))][0]
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                sess.run(None, {inp.name: x})
+                dtimes[name].append(time.perf_counter() - t0)
+    return {name: {"latency_ms": latency_stats(t), "images": len(images), "rounds": rounds, "runtime": opened[name][1],
+                   **({"latency_deployed_ms": latency_stats(dtimes[name]),
+                       "latency_deployed_session": deployed[name][1]["session"]} if name in deployed else {})}
             for name, t in times.items()}
 
 

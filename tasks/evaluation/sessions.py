@@ -65,7 +65,8 @@ def _openvino(path: Path, settings: Any, threads: int | None, spin: bool) -> tup
           "runtime": "openvino", "openvino_version": ov.get_version(), "ort_version": None,
           "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")) or threads or os.cpu_count(),
           "device": cpu_info()["model_name"], "cpu": cpu_info(),
-          "session": "evaluator: one image at a time, latency hint, one stream, f32 precision"}
+          "session": ("deployed: back to back" if spin else "evaluator: one image at a time")
+          + ", latency hint, one stream, f32 precision"}
     return OpenVinoSession(compiled), rt
 
 

@@ -4,12 +4,12 @@ any time is spent on a full evaluation."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from tasks.evaluation.decode import Detections, decode
-from tasks.evaluation.runtime import ProviderChoice, make_session, select_providers
+from tasks.evaluation.sessions import open_session
 
 
 class SmokeError(RuntimeError):
@@ -49,17 +49,16 @@ def agreement(ref: Detections, test: Detections, conf: float) -> tuple[int, int,
 
 
 def smoke_compare(fp32_path: Path, int8_path: Path, input_name: str, samples: np.ndarray, fmt: str,
-                  providers: Sequence[str], conf: float = 0.25, strict: bool = False,
-                  threads: int | None = None) -> dict[str, Any]:
-    """Run both models on `samples` (N x C x H x W); raise SmokeError if INT8 is unusable."""
-    results: dict[str, Any] = {}
+                  settings: Any, conf: float = 0.25, threads: int | None = None) -> dict[str, Any]:
+    """Run both models on `samples` (N x C x H x W) on the runtime of `settings` (EvalSettings: the
+    INT8 model's runtime runs the FP32 one too); raise SmokeError if INT8 is unusable."""
+    results: dict[str, Any] = {"runtime": settings.runtime}
     outs: dict[str, list[np.ndarray]] = {}
     for name, path in (("fp32", fp32_path), ("int8", int8_path)):
-        choice: ProviderChoice = select_providers(providers, strict=strict)
-        sess = make_session(Path(path), choice, threads)
+        sess, rt = open_session(Path(path), settings, threads)
         outs[name] = [sess.run(None, {input_name: np.ascontiguousarray(samples[i:i + 1])})[0]
                       for i in range(len(samples))]
-        results[f"{name}_providers"] = choice.as_dict()
+        results[f"{name}_providers"] = rt["providers"]
     shapes = {k: [list(o.shape) for o in v] for k, v in outs.items()}
     if shapes["fp32"] != shapes["int8"]:
         raise SmokeError(f"INT8 output shapes {shapes['int8'][0]} differ from FP32 {shapes['fp32'][0]}")

@@ -118,6 +118,19 @@ def head_rule(fp: onnx.ModelProto, stats: dict[str, dict[str, Any]], macs: dict[
     return (finals, share) if finals and share <= mac_cap + 1e-12 else ([], 0.0)
 
 
+def float_by_rules(fp: onnx.ModelProto, stats: dict[str, dict[str, Any]],
+                   settings: RecoverySettings) -> dict[str, Any]:
+    """The layers recovery keeps in float (steps 3): the head's final convolutions when they fit
+    under the MAC cap, then the NSR rule within what is left of it."""
+    cap = settings.float_mac_cap
+    macs, conv_names = layer_macs(fp), convs_of(fp)
+    rank = ranking(stats, macs, conv_names)
+    head, head_share = head_rule(fp, stats, macs, conv_names, cap) if settings.head_float else ([], 0.0)
+    by_rule = nsr_rule([r for r in rank if r["layer"] not in head], settings.float_nsr_above, cap - head_share)
+    return {"head": head, "head_share": head_share, "by_rule": by_rule, "rank": rank, "macs": macs,
+            "conv_names": conv_names}
+
+
 def refine(fp32_path: Path, qdq_path: Path, stats: dict[str, dict[str, Any]], out_path: Path, target: str,
            settings: RecoverySettings, extra_float: Sequence[str] = (), dq_only: bool = False) -> dict[str, Any]:
     """Write the refined model to `out_path` (the caller renames it into place) and return its record.
@@ -127,10 +140,9 @@ def refine(fp32_path: Path, qdq_path: Path, stats: dict[str, dict[str, Any]], ou
     fp = fp32_at_opset_of(fp32_path, q)
     half = half_float_layers(q)
     q = exclude_layers(q, fp, half)
-    macs, conv_names = layer_macs(fp), convs_of(fp)
-    rank = ranking(stats, macs, conv_names)
-    head, head_share = head_rule(fp, stats, macs, conv_names, cap) if head_float else ([], 0.0)
-    by_rule = nsr_rule([r for r in rank if r["layer"] not in head], above, cap - head_share)
+    rules = float_by_rules(fp, stats, settings)
+    macs, conv_names, rank = rules["macs"], rules["conv_names"], rules["rank"]
+    head, head_share, by_rule = rules["head"], rules["head_share"], rules["by_rule"]
     chosen = list(dict.fromkeys(head + by_rule + [x for x in extra_float if x in stats]))
     if chosen:
         q = exclude_layers(q, fp, chosen)

@@ -53,6 +53,7 @@ def check_inputs(cfg: RunConfig) -> Inputs:
     FileNotFoundError, NotADirectoryError, ModelError, CalibrationError, AnnotationError or SubsetError
     with a message naming the input and the fix."""
     cfg = cfg.resolved()
+    _check_targets_and_patterns(cfg)
     if cfg.calib_images is not None:
         list_images(cfg.calib_images, "--calib-images with a folder of images (or --calib with a tensor file)")
     # the evaluation's own checks: model, image folder, annotations, subset, class map, image files
@@ -61,6 +62,25 @@ def check_inputs(cfg: RunConfig) -> Inputs:
     if cfg.calib is not None:
         check_calib_shape(open_array(Path(cfg.calib), setup.input_name), setup.in_shape, str(cfg.calib))
     return Inputs(cfg=cfg, setup=setup)
+
+
+def _check_targets_and_patterns(cfg: RunConfig) -> None:
+    """Every target's packages importable, every --exclude-nodes pattern a valid regex."""
+    import re
+
+    from tasks.config import ConfigError
+    from tasks.targets import missing_modules
+
+    for t in cfg.targets:
+        missing = missing_modules(t)
+        if missing:
+            raise ConfigError(f"target {t} needs the Python package(s) {', '.join(missing)}, which this environment "
+                              f"cannot import; install the project's dependencies (make install, or pip install -e .)")
+    for pat in cfg.quant.exclude_nodes:
+        try:
+            re.compile(pat)
+        except re.error as e:
+            raise ConfigError(f"--exclude-nodes pattern {pat!r} is not a valid regex ({e})") from None
 
 
 def input_error_types() -> tuple[type[BaseException], ...]:

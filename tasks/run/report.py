@@ -7,6 +7,14 @@ from typing import Any
 
 from tasks.evaluation.runtime import cpu_info, cpu_label
 from tasks.run.rundir import atomic_write_json, atomic_write_text
+from tasks.targets import TARGETS, target
+
+
+def _runtime(rt: dict[str, Any]) -> dict[str, Any]:
+    """How and where a model ran: runtime, version, threads, session style, CPU."""
+    name = rt.get("runtime", "onnxruntime")
+    return {"name": name, "version": rt.get("openvino_version") if name == "openvino" else rt.get("ort_version"),
+            "threads": rt.get("threads"), "session": rt.get("session"), "cpu": (rt.get("cpu") or {}).get("model_name")}
 
 
 def _side(m: dict[str, Any]) -> dict[str, Any]:
@@ -14,50 +22,8 @@ def _side(m: dict[str, Any]) -> dict[str, Any]:
     return {"map50_95": m["map50_95"], "map50": m["map50"],
             "latency_ms": {"p50": lat["p50"], "p90": lat["p90"], "mean": lat["mean"]},
             "provider": m["provider"], "images": m["images"], "detections": m["detections"],
-            "stats": m["stats"], **({"latency_measured": m["latency_measured"]} if "latency_measured" in m else {})}
-
-
-def _quantization_tensorrt(cfg, quant: dict[str, Any]) -> dict[str, Any]:
-    cfgq = quant["config"]
-    qs = quant.get("settings") or cfg.quant.model_dump()
-    return {
-        "tool": "modelopt.onnx.quantization.quantize", "quantize_mode": "int8", "target": "tensorrt",
-        "method": qs["method"],
-        "calibration_ep_used": cfgq["calibration_eps"]["calibration_ep_used"],
-        "calibration_eps_requested": cfgq["calibration_eps"]["calibration_eps_requested"],
-        "calibration_ep_reasons": cfgq["calibration_eps"]["calibration_eps_reasons"],
-        "high_precision_dtype": qs["high_precision_dtype"],
-        "excluded_nodes": list(qs["exclude_nodes"]),
-        "excluded_op_types": cfgq["op_types_excluded"],
-        "topk_kept_float": cfgq["topk_kept_float"],
-        "head_preset_nodes": cfgq.get("head_preset_nodes", []),
-        "qdq_nodes": quant["qdq"]["qdq_nodes"],
-        "quantized_share": quant["qdq"]["quantized_share"],
-        "quantized_conv_share": quant["qdq"].get("conv_quantized_share"),
-        "left_in_float": quant["qdq"]["left_in_float"],
-        "onnx": quant["onnx"], "sha256": quant["sha256"], "size_bytes": Path(quant["onnx"]).stat().st_size,
-        "wall_s": cfgq["wall_s"], "peak_rss_mib": cfgq["peak_rss_mib"],
-    }
-
-
-def _quantization_ort_cpu(cfg, quant: dict[str, Any]) -> dict[str, Any]:
-    c = quant["config"]
-    return {
-        "tool": c["tool"], "quantize_mode": "int8", "target": "ort-cpu",
-        "method": (c.get("settings") or {}).get("calibrate_method", "minmax"),
-        "calibration_ep_used": "CPUExecutionProvider",
-        "activation_type": c["activation_type"], "weight_type": c["weight_type"], "per_channel": c["per_channel"],
-        "reduce_range": c["reduce_range"], "reduce_range_reason": c["reduce_range_reason"],
-        "decode_tail_nodes_float": len(c["decode_tail_nodes"]),
-        "excluded_nodes": list(cfg.quant.exclude_nodes), "excluded_op_types": list(cfg.quant.exclude_op_types),
-        "head_preset_nodes": c.get("head_preset_nodes", []), "stem_nodes": c.get("stem_nodes", []),
-        "ort_cpu_kernels": c.get("ort_cpu_kernels", {}),
-        "qdq_nodes": quant["qdq"]["qdq_nodes"], "quantized_share": quant["qdq"]["quantized_share"],
-        "quantized_conv_share": quant["qdq"].get("conv_quantized_share"),
-        "left_in_float": quant["qdq"]["left_in_float"],
-        "onnx": quant["onnx"], "sha256": quant["sha256"], "size_bytes": Path(quant["onnx"]).stat().st_size,
-        "wall_s": c["wall_s"], "peak_rss_mib": c["peak_rss_mib"], "note": c.get("method_note"),
-    }
+            "stats": m["stats"], "runtime": _runtime(m["runtime"]),
+            **{k: m[k] for k in ("latency_measured", "latency_deployed_ms", "latency_deployed_session") if k in m}}
 
 
 def _recovery(quant: dict[str, Any]) -> dict[str, Any]:
@@ -90,7 +56,7 @@ def build_summary(ctx, calib: dict[str, Any], targets: dict[str, dict[str, Any]]
     cfg = ctx.cfg
     per: dict[str, dict[str, Any]] = {}
     for name, r in targets.items():
-        q = _quantization_tensorrt(cfg, r["quant"]) if name == "tensorrt" else _quantization_ort_cpu(cfg, r["quant"])
+        q = target(name).describe(cfg, r["quant"])
         q.update(_recovery(r["quant"]))
         per[name] = {"quantization": q, **{k: r[k] for k in ("accuracy_guard", "sensitivity") if k in r}, "smoke": _smoke(r["smoke"]), "int8": _side(r["int8"]),
                      "delta": _delta(fp32, r["int8"]),
@@ -165,35 +131,7 @@ def regression_gate(s: dict[str, Any], budget_points: float | None) -> dict[str,
 
 
 def _quant_lines(q: dict[str, Any], calib: dict[str, Any]) -> list[str]:
-    if q["target"] == "ort-cpu":
-        k = q.get("ort_cpu_kernels", {})
-        return [
-            f"- **ort-cpu**: ONNX Runtime `quantize_static`, QDQ, {q['activation_type']} activations ({q['method']} "
-            f"calibration on {calib['count']} samples), int8 {'per-channel' if q['per_channel'] else 'per-tensor'} weights; "
-            f"{q['reduce_range_reason']}",
-            f"- ort-cpu: kept in float: {q['decode_tail_nodes_float']} decode nodes after the head, "
-            f"{len(q.get('head_preset_nodes', []))} final head convolutions (preset), "
-            f"{'the stem convolution' if q.get('stem_nodes') else 'no stem'}; as quantized, before recovery, the CPU EP "
-            f"ran {k.get('QLinearConv', 0)} convolutions as integer kernels (QLinearConv), "
-            f"{k.get('Conv', 0) + k.get('FusedConv', 0)} in float",
-            f"- ort-cpu excluded nodes: {', '.join(q['excluded_nodes']) or 'none'}"
-            + (f"; {q['note']}" if q.get("note") else ""),
-        ]
-    lines = [
-        f"- **tensorrt**: ModelOpt ONNX PTQ, int8, calibration **{q['method']}** on {calib['count']} samples "
-        f"({calib['source']}), calibration EP used: `{q['calibration_ep_used']}`",
-        f"- high-precision dtype: {q['high_precision_dtype']}; Q/DQ nodes: {q['qdq_nodes']}; "
-        f"quantizable nodes quantized: {q['quantized_share'] * 100:.1f}%",
-        f"- excluded op types: {', '.join(q['excluded_op_types']) or 'none'}"
-        + (" (TopK kept in float by default: quantizing its inputs coarsens the output scores to a few levels)"
-           if q["topk_kept_float"] else ""),
-        f"- excluded nodes: {', '.join(q['excluded_nodes']) or 'none'}",
-        f"- head preset: {len(q['head_preset_nodes'])} final head convolutions kept in float"
-        + (f" ({', '.join(q['head_preset_nodes'])})" if q["head_preset_nodes"] else
-           " by ModelOpt (preset off: recovery decides, below)"),
-    ]
-    lines += [f"- {r}" for r in q["calibration_ep_reasons"]]
-    return lines
+    return target(q["target"]).report_lines(q, calib)
 
 
 def _mac_lines(name: str, q: dict[str, Any]) -> list[str]:
@@ -204,7 +142,8 @@ def _mac_lines(name: str, q: dict[str, Any]) -> list[str]:
     floats = [f for f in q.get("float_convs", []) if f["mac_share"] > 0]
     lines = [f"- {name}, after recovery: **{q['int8_conv_mac_share'] * 100:.1f}% of convolution MACs in INT8** "
              f"({q.get('int8_convs')} convolutions); bias correction: "
-             + (f"{bc['layers']} convolutions (largest shift {bc['largest_shift']:.4g})" if bc else "off")
+             + (f"{bc['layers']} convolutions (largest shift {bc['largest_shift']:.4g})" if bc and "layers" in bc
+                else bc.get("method", "on") if bc else "off")
              + (f"; layers kept in float by the NSR rule: {len(rec['float_by_nsr_rule'])}" if rec.get("float_by_nsr_rule")
                 else "")]
     if floats:
@@ -238,6 +177,11 @@ def _sensitivity_lines(name: str, sens: dict[str, Any], qdir: str) -> list[str]:
     return lines
 
 
+def _deployed(m: dict[str, Any]) -> str:
+    d = m.get("latency_deployed_ms")
+    return f"{d['p50']:.2f}" if d else "-"
+
+
 def render_markdown(s: dict[str, Any]) -> str:
     f = s["fp32"]
     ts = per_target(s)
@@ -264,6 +208,9 @@ def render_markdown(s: dict[str, Any]) -> str:
         row("latency p50 (ms)", f"{f['latency_ms']['p50']:.2f}", lambda t: f"{t['int8']['latency_ms']['p50']:.2f}",
             lambda t: f"x{t['delta']['latency_ratio']:.2f}" if t["delta"]["latency_ratio"] else "n/a"),
         row("latency p90 (ms)", f"{f['latency_ms']['p90']:.2f}", lambda t: f"{t['int8']['latency_ms']['p90']:.2f}", empty),
+        row("latency p50, deployed session (ms)", _deployed(f), lambda t: _deployed(t["int8"]),
+            lambda t: f"x{t['int8']['latency_deployed_ms']['p50'] / f['latency_deployed_ms']['p50']:.2f}"
+            if "latency_deployed_ms" in t["int8"] and "latency_deployed_ms" in f else ""),
         row("model size (MiB)", f"{s['model']['size_bytes'] / mib:.2f}",
             lambda t: f"{t['quantization']['size_bytes'] / mib:.2f}", empty),
         row("provider", f["provider"], lambda t: t["int8"]["provider"], empty),
@@ -291,7 +238,10 @@ def render_markdown(s: dict[str, Any]) -> str:
               + (f" (this run: {cpu_label()})" if s["runtime"].get("cpu") and s["runtime"]["cpu"] != cpu_info() else ""),
               f"- runner: {s.get('runner', 'sequential')}"
               + (f", {s['workers']} worker processes" if s.get("workers", 1) > 1 else ""),
-              "- latency is per image on the provider above, inference only (preprocessing and decoding apart)"]
+              "- latency is per image on the provider above, inference only (preprocessing and decoding apart); the "
+              "evaluator's session runs one image at a time with ORT's worker threads not spinning, the deployed "
+              "session one image back to back with them spinning (ORT's default; OpenVINO: the same latency-hint "
+              "session)"]
     measured = f.get("latency_measured")
     where = s.get("placement", {}).get("latency")
     if measured:
@@ -305,9 +255,7 @@ def render_markdown(s: dict[str, Any]) -> str:
         lines.append("- some evaluations come from the cache (" + ", ".join(k for k, v in evals.items() if v) + "): their "
                      "latency was measured in an earlier run, so latency ratios compare different moments of this "
                      "machine; bench/targets.py times every variant interleaved")
-    from tasks.steps import TARGET_LAYOUT
-
-    qdirs = {n: v[1] for n, v in TARGET_LAYOUT.items()}
+    qdirs = {n: t.qdir for n, t in TARGETS.items()}
     for name, t in ts.items():
         if t.get("accuracy_guard"):
             lines += _guard_lines(name, t["accuracy_guard"])

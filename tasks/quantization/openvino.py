@@ -1,0 +1,148 @@
+"""The openvino target: an INT8 model for OpenVINO's CPU plugin, made by NNCF on the OpenVINO model.
+
+Why NNCF and not the project's own Q/DQ (bench/ov_portability.py: 79 COCO images, OpenVINO's oneDNN
+kernels capped with ONEDNN_MAX_CPU_ISA to each family this project's CPUs have): OpenVINO runs
+ModelOpt's signed activations (int8, zero point 0) correctly only on AMX kernels; on AVX512-VNNI,
+AVX2-VNNI and AVX2 kernels its convolutions report u8 inputs and the model collapses (YOLOv10s mAP
+0.0066, YOLOv5n 0.029; issue #15 saw 0.008 on a Zen 5). The equivalent uint8 zero points (+128)
+fix the VNNI kernels but not plain AVX2, where u8 x s8 pairs saturate 16-bit sums when every
+activation sits near code 128 (0.06 and 0.05). NNCF's model (asymmetric uint8 activations,
+symmetric int8 weights, 7-bit weights where its overflow fix says) holds on all four.
+
+It is Ultralytics' `format=openvino, int8=True` recipe; the project adds its calibration samples, its
+exclusions, the decode kept in float by graph structure (not by PyTorch module names, which an ONNX
+export does not carry), full bias correction, the overflow fix on every layer, and its accuracy
+guard (layers put back in float).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import onnx
+
+from tasks.quantization.quantize import PeakRSS, decode_tail_nodes, expand_exclusions
+
+log = logging.getLogger(__name__)
+
+# Part of the openvino step's cache key: raised whenever the same inputs start giving another model.
+BUILD_VERSION = 1
+
+# OpenVINO names a convolution with a bias `<onnx node>/WithoutBiases` (the bias is an Add that keeps
+# the ONNX name): NNCF sees the former.
+_CONV_SUFFIX = "/WithoutBiases"
+
+
+def ignored_scope(model: onnx.ModelProto, exclude_nodes: Sequence[str], exclude_op_types: Sequence[str],
+                  float_layers: Sequence[str], decode_float: bool, sigmoid_float: bool,
+                  model_name: str = "the model") -> dict[str, list[str]]:
+    """Node names and op types NNCF leaves in float, named as OpenVINO names them.
+
+    - the decode after the head's final convolutions (anchors, strides, DFL, TopK): integer
+      arithmetic there coarsens boxes and scores for no speed;
+    - Sigmoid (Ultralytics' recipe): SiLU's sigmoid and its multiply stay float, convolutions
+      still get INT8 inputs;
+    - the user's exclusions, and the layers the accuracy guard or recovery keeps in float."""
+    convs = {n.name for n in model.graph.node if n.op_type == "Conv"}
+    names = list(decode_tail_nodes(model)) if decode_float else []
+    names += expand_exclusions(model, exclude_nodes, model_name)
+    names += list(float_layers)
+    out = []
+    for n in dict.fromkeys(names):
+        out.append(n)
+        if n in convs:
+            out.append(n + _CONV_SUFFIX)
+    ov_types = {"Sigmoid": "Sigmoid", "Conv": "Convolution", "MatMul": "MatMul", "Add": "Add", "Mul": "Multiply",
+                "Concat": "Concat", "TopK": "TopK", "MaxPool": "MaxPool", "Resize": "Interpolate"}
+    types = [ov_types.get(t, t) for t in exclude_op_types]
+    if sigmoid_float and "Sigmoid" not in types:
+        types.append("Sigmoid")
+    return {"names": out, "types": types}
+
+
+def nncf_quantize(model_path: Path, samples: Iterable[np.ndarray], count: int, out_xml: Path,
+                  scope: dict[str, list[str]], preset: str, bias_correction: str | None,
+                  overflow_fix: str = "enable") -> dict[str, Any]:
+    """NNCF post-training quantization of the OpenVINO model read from the ONNX export; the IR is
+    written with FP32 weights kept (OpenVINO's save_model would compress them to FP16 by default).
+    `bias_correction`: "full" (NNCF's BiasCorrection), "fast" or None. `overflow_fix`: which layers
+    get 7-bit weights (enable: all; first_layer_only; disable), so that CPUs without VNNI, whose u8 x s8
+    multiply-add sums pairs in 16 bits, cannot saturate: the same IR then computes the same on every
+    x86 kernel family."""
+    import nncf
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    t0 = time.perf_counter()
+    with PeakRSS() as rss:
+        ov_model = ov.convert_model(str(model_path))
+        q = nncf.quantize(
+            ov_model, nncf.Dataset(list(samples)),
+            preset=nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+            ignored_scope=nncf.IgnoredScope(names=scope["names"], types=scope["types"], validate=False),
+            subset_size=count, fast_bias_correction=bias_correction != "full",
+            advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=bias_correction is None,
+                                                               overflow_fix=OverflowFix(overflow_fix)))
+        ov.save_model(q, str(out_xml), compress_to_fp16=False)
+    return {"tool": f"nncf {nncf.__version__} quantize on the OpenVINO model (openvino {ov.get_version()})",
+            "wall_s": round(time.perf_counter() - t0, 2), "peak_rss_mib": round(rss.peak / 2**20, 1),
+            "rss_growth_mib": round((rss.peak - rss.start) / 2**20, 1)}
+
+
+def runtime_convolutions(model_file: Path, threads: int | None = None) -> dict[str, Any]:
+    """How OpenVINO's CPU plugin runs each convolution on this CPU, read from the compiled model's
+    runtime graph: its precision (i8/u8 = an integer kernel) and oneDNN primitive."""
+    import openvino as ov
+
+    from tasks.evaluation.runtime import cpu_info
+    from tasks.evaluation.sessions import openvino_config
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(model_file)), "CPU", openvino_config(threads))
+    int8, flt, prims = [], [], {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        if "layerType" not in rt or rt["layerType"].astype(str) != "Convolution":
+            continue
+        prec, prim = rt["runtimePrecision"].astype(str), rt["primitiveType"].astype(str)
+        names = rt["originalLayersNames"].astype(str).split(",") if "originalLayersNames" in rt else [op.get_friendly_name()]
+        # an integer kernel: 8-bit input precision and an integer primitive (a "_f32" primitive
+        # with i8 precision dequantizes its weights and computes in float)
+        integer = prec in ("i8", "u8") and not prim.lower().endswith("f32")
+        (int8 if integer else flt).append(names)
+        prims[f"{prec} {prim}"] = prims.get(f"{prec} {prim}", 0) + 1
+    return {"int8": int8, "float": flt, "primitives": prims, "cpu": cpu_info()["model_name"],
+            "openvino_version": ov.get_version()}
+
+
+def conv_summary(fp32: onnx.ModelProto, model_file: Path, threads: int | None = None) -> dict[str, Any]:
+    """INT8 convolutions as OpenVINO runs them, and their share of the FP32 model's convolution MACs
+    (each runtime convolution matched to its ONNX Conv by the names OpenVINO keeps)."""
+    from tasks.quantization.layers import layer_macs
+
+    rc = runtime_convolutions(model_file, threads)
+    macs = layer_macs(fp32)
+    convs = [n.name for n in fp32.graph.node if n.op_type == "Conv"]
+
+    def onnx_name(names: list[str]) -> str | None:
+        for n in names:
+            base = n.removesuffix(_CONV_SUFFIX)
+            if base in macs:
+                return base
+        return None
+
+    total = sum(macs.get(c, 0) for c in convs) or 1
+    int8_names = [onnx_name(n) for n in rc["int8"]]
+    floats = [{"layer": (b := onnx_name(n)) or n[0], "mac_share": round(macs.get(b, 0) / total, 6) if b else 0.0}
+              for n in rc["float"]]
+    floats.sort(key=lambda r: -r["mac_share"])
+    int8_macs = sum(macs.get(n, 0) for n in int8_names if n)
+    return {"int8_convs": len(rc["int8"]), "convs": len(rc["int8"]) + len(rc["float"]),
+            "float_convs": floats, "int8_conv_mac_share": round(int8_macs / total, 4),
+            "conv_quantized_share": round(len(rc["int8"]) / max(1, len(rc["int8"]) + len(rc["float"])), 4),
+            "runtime_primitives": rc["primitives"], "read_on_cpu": rc["cpu"],
+            "read_with": f"openvino {rc['openvino_version']}: compiled model's runtime graph"}

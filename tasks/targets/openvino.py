@@ -1,0 +1,149 @@
+"""openvino: INT8 for OpenVINO's CPU plugin, NNCF on the OpenVINO model (tasks/quantization/openvino.py
+says why NNCF and not the project's Q/DQ). Shipped as an IR (.xml + .bin), smoke-checked and
+COCO-evaluated on OpenVINO."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tasks.targets import Result, Target
+
+NAME = "openvino"
+
+
+def step_quantize_openvino(ctx: Any, calib: Result, floats: dict[str, list[str]] | None = None,
+                           publish: bool = True) -> Result:
+    """NNCF quantize of the OpenVINO model on the run's calibration samples, cached by the model and
+    calibration bytes, the settings, the exclusions, the layers kept in float and the versions.
+    `floats`: layers kept in float by recovery's rules ("head", "nsr") and on request ("requested")."""
+    import numpy as np
+    import onnx
+
+    from tasks.quantization.openvino import BUILD_VERSION, conv_summary, ignored_scope, nncf_quantize
+    from tasks.run.cache import cache_key
+    from tasks.run.progress import Progress
+    from tasks.run.rundir import atomic_write_json
+    from tasks.steps import _calib_array, _quant_result, _timed, publish_quantized
+
+    t0 = time.perf_counter()
+    cfg, m = ctx.cfg, ctx.model
+    settings = cfg.openvino
+    floats = {k: list(v) for k, v in (floats or {}).items() if v}
+    extra = list(dict.fromkeys(x for v in floats.values() for x in v))
+    bias = ("full" if settings.full_bias_correction else "fast") if NAME in cfg.recovery.bias_correction else None
+    key = cache_key("quantize-openvino", {
+        "model": m["sha256"], "calib": calib["sha256"], "settings": settings.model_dump(),
+        "exclude_nodes": cfg.quant.exclude_nodes, "exclude_op_types": cfg.quant.exclude_op_types,
+        "float": floats, "bias_correction": bias, "build_version": BUILD_VERSION,
+        "versions": ctx.key_versions})
+    entry = ctx.cache.get("quantize-openvino", key)
+    cached = entry is not None
+    if entry is None:
+        fp32 = onnx.load(str(cfg.model))
+        scope = ignored_scope(fp32, cfg.quant.exclude_nodes, cfg.quant.exclude_op_types, extra,
+                              settings.decode_float, settings.sigmoid_float, Path(cfg.model).name)
+        arr = _calib_array(ctx, calib)
+        n = calib["count"]
+        with Progress("read calibration samples (openvino)", unit="samples") as progress:
+            def samples():
+                for i in range(n):
+                    progress(i + 1, n)
+                    yield np.asarray(arr[i:i + 1], dtype=np.float32)
+            with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
+                tdir = Path(td)
+                rec = nncf_quantize(Path(cfg.model), samples(), n, tdir / "model.xml", scope, settings.preset, bias,
+                                    settings.overflow_fix)
+                convs = conv_summary(fp32, tdir / "model.xml", cfg.eval.threads)
+                conf = {**rec, "target": NAME, "settings": settings.model_dump(), "ignored_scope": scope,
+                        "bias_correction": bias,
+                        "recovery": {"float_layers": extra, "float_head": floats.get("head", []),
+                                     "float_by_nsr_rule": floats.get("nsr", []),
+                                     "float_requested": floats.get("requested", []),
+                                     "bias_correction": {"method": f"NNCF {bias} bias correction"} if bias else None},
+                        "inputs": {"model": {"path": str(cfg.model), "sha256": m["sha256"]},
+                                   "calibration": {"sha256": calib["sha256"], "count": n}},
+                        "versions": ctx.versions, "cache_key": key}
+                atomic_write_json(tdir / "config.json", conf)
+                atomic_write_json(tdir / "qdq-summary.json", convs)
+                entry = ctx.cache.put("quantize-openvino", key, {n_: tdir / n_ for n_ in
+                                      ("model.bin", "model.xml", "config.json", "qdq-summary.json")},
+                                      {"wall_s": rec["wall_s"]})
+    res = _quant_result(entry, cached, NAME)
+    return _timed(t0, publish_quantized(ctx, res) if publish else res)
+
+
+def _build(ctx: Any, calib: Result, settings: Any = None) -> Result:
+    return step_quantize_openvino(ctx, calib, None, publish=False)
+
+
+def recovery_floats(ctx: Any, calib: Result) -> dict[str, list[str]]:
+    """The layers recovery's rules keep in float (tasks/quantization/recovery.py: the head's final
+    convolutions within the MAC cap, then the NSR rule), ranked as for every target on ModelOpt's
+    Q/DQ model of the same FP32 model and calibration (cached, and shared with the tensorrt target)."""
+    import onnx
+
+    from tasks.quantization.recovery import float_by_rules
+    from tasks.steps import _raw_quantize, step_layer_stats
+
+    rs = ctx.cfg.recovery
+    if not ctx.cfg.openvino.float_rules or (not rs.head_float and rs.float_nsr_above is None):
+        return {}
+    stats = step_layer_stats(ctx, calib, _raw_quantize(ctx, calib, "tensorrt"))
+    rules = float_by_rules(onnx.load(str(ctx.cfg.model)), stats, rs)
+    return {"head": rules["head"], "nsr": rules["by_rule"]}
+
+
+def _finish(ctx: Any, calib: Result, raw: Result, extra_float: list[str] | None = None, publish: bool = True) -> Result:
+    """Recovery for NNCF's output: the layers recovery's rules and the accuracy guard keep in float
+    go into NNCF's ignored scope (another NNCF run); bias correction is NNCF's own, inside it."""
+    from tasks.steps import publish_quantized
+
+    floats = {**recovery_floats(ctx, calib), "requested": sorted(extra_float or [])}
+    if any(floats.values()):
+        return step_quantize_openvino(ctx, calib, floats, publish)
+    return publish_quantized(ctx, raw) if publish else raw
+
+
+def describe(cfg: Any, quant: Result) -> Result:
+    c, q = quant["config"], quant["qdq"]
+    xml = Path(quant["artifact"])
+    files = [xml.with_suffix(".bin"), xml]
+    return {
+        "tool": c["tool"], "quantize_mode": "int8", "target": NAME, "method": f"nncf-{c['settings']['preset']}",
+        "calibration_ep_used": "OpenVINO CPU (NNCF statistics)", "preset": c["settings"]["preset"],
+        "ignored_scope": {"names": len(c["ignored_scope"]["names"]), "types": c["ignored_scope"]["types"]},
+        "decode_float": c["settings"]["decode_float"], "sigmoid_float": c["settings"]["sigmoid_float"],
+        "bias_correction": c["bias_correction"], "overflow_fix": c["settings"]["overflow_fix"],
+        "excluded_nodes": list(cfg.quant.exclude_nodes), "excluded_op_types": list(cfg.quant.exclude_op_types),
+        "quantized_conv_share": q.get("conv_quantized_share"), "runtime_primitives": q.get("runtime_primitives"),
+        "read_on_cpu": q.get("read_on_cpu"),
+        "onnx": None, "artifact": str(xml), "artifact_files": [str(f) for f in files], "runtime": "openvino",
+        "sha256": quant["sha256"], "size_bytes": sum(f.stat().st_size for f in files),
+        "wall_s": c["wall_s"], "peak_rss_mib": c["peak_rss_mib"],
+    }
+
+
+def report_lines(q: Result, calib: Result) -> list[str]:
+    prims = ", ".join(f"{v} {k}" for k, v in (q.get("runtime_primitives") or {}).items())
+    return [
+        f"- **openvino**: {q['tool']}, preset {q['preset']} (symmetric int8 weights, asymmetric uint8 activations), "
+        f"{calib['count']} calibration samples, {q['bias_correction'] or 'no'} bias correction, overflow fix "
+        f"{q['overflow_fix']} (7-bit weights: no 16-bit saturation on CPUs without VNNI); "
+        f"artifact `{q['artifact']}` (+ .bin)",
+        f"- openvino: kept in float: {q['ignored_scope']['names']} named nodes ("
+        + ", ".join(w for w, on in (("the decode after the head", q["decode_float"]),
+                                    ("the excluded nodes", q["excluded_nodes"]),
+                                    ("layers put back by the accuracy guard", q["recovery"]["float_layers"])) if on)
+        + f") and op types {', '.join(q['ignored_scope']['types']) or 'none'}",
+        f"- openvino: convolutions as OpenVINO's CPU plugin compiled them on {q.get('read_on_cpu')}: {prims}",
+    ]
+
+
+TARGET = Target(name=NAME, suffix="int8-openvino", qdir="quantize-int8-openvino", which="int8-openvino",
+                runtime="openvino", folder="openvino", model_files=("model.bin", "model.xml"), build=_build,
+                finish=_finish, describe=describe, report_lines=report_lines,
+                method=lambda raw: f"nncf-{raw['config']['settings']['preset']}", ranking_from="tensorrt",
+                requires=("openvino", "nncf"))
