@@ -93,7 +93,8 @@ class OpenVinoSettings(BaseModel):
                               "(bench/ov_portability.py); first_layer_only lost 0.3 pt more on YOLOv5n on AVX2 kernels")
     full_bias_correction: bool = Field(
         True, description="NNCF's bias correction (measured +0.41 pt on YOLOv5n, +0.09 on YOLOv10s over its fast "
-                          "one; builds ~50% slower, no cost at run time); off: its fast bias correction. "
+                          "one, with the overflow fix on the first layer only; builds ~50% slower, no cost at run "
+                          "time); off: its fast bias correction. "
                           "recovery.bias_correction without openvino turns both off")
     float_rules: bool = Field(
         False, description="also keep in float the layers recovery's rules choose (head within float_mac_cap, "
