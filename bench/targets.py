@@ -140,18 +140,16 @@ def openvino_target(model: Path, reader: CalibReader, input_name: str, out_xml: 
     OpenVINO model, the decode and Sigmoids in float, full bias correction, the same samples."""
     import onnx
 
-    from tasks.config import OpenVinoSettings
-    from tasks.quantization.openvino import conv_summary, ignored_scope, nncf_quantize
+    from tasks.config import OpenVinoSettings, RecoverySettings
+    from tasks.quantization.openvino import build_openvino, conv_summary
 
     st = OpenVinoSettings()
-    fp = onnx.load(str(model))
     reader.rewind()
     samples = [reader.get_next()[input_name] for _ in range(len(reader))]
-    scope = ignored_scope(fp, [], [], [], st.decode_float, st.sigmoid_float)
-    rec = nncf_quantize(model, samples, len(samples), out_xml, scope, st.preset,
-                        "full" if st.full_bias_correction else "fast", st.overflow_fix)
-    return {**rec, "settings": st.model_dump(), "ignored_names": len(scope["names"]),
-            "openvino_convs": conv_summary(fp, out_xml)}
+    rec = build_openvino(model, samples, len(samples), out_xml, st, [], [], [],
+                         "openvino" in RecoverySettings().bias_correction)
+    return {**{k: v for k, v in rec.items() if k != "ignored_scope"}, "settings": st.model_dump(),
+            "ignored_names": len(rec["ignored_scope"]["names"]), "openvino_convs": conv_summary(onnx.load(str(model)), out_xml)}
 
 
 def interleaved_latency(paths: dict[str, Path], x: np.ndarray, input_name: str, rounds: int, iters: int,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -69,7 +69,7 @@ class QuantSettings(BaseModel):
 
 
 Target = Literal["tensorrt", "ort-cpu", "openvino"]
-TARGET_NAMES: tuple[str, ...] = ("tensorrt", "ort-cpu", "openvino")
+TARGET_NAMES: tuple[str, ...] = get_args(Target)
 
 
 class OpenVinoSettings(BaseModel):

@@ -203,9 +203,8 @@ def _quant_result(entry: Any, cached: bool, target_name: str, **extra: Any) -> d
     from tasks.targets import target
 
     t = target(target_name)
-    main = t.model_files[-1]  # the file a runtime is pointed at (an IR's .bin comes first, then its .xml)
-    path = str(entry.file(main))
-    return {"artifact": path, "onnx": path if main.endswith(".onnx") else None, "entry": str(entry.path),
+    path = str(entry.file(t.artifact_file))
+    return {"artifact": path, "onnx": path if path.endswith(".onnx") else None, "entry": str(entry.path),
             "sha256": model_sha256(entry.files, t.model_files), "cached": cached,
             "config": json.loads(entry.file("config.json").read_text()),
             "qdq": json.loads(entry.file("qdq-summary.json").read_text()), "target": target_name,
@@ -228,7 +227,7 @@ def publish_quantized(ctx: RunContext, quant: dict[str, Any]) -> dict[str, Any]:
     for name in quant["files"]:
         if name not in t.model_files:
             atomic_copy(entry / name, ctx.run_dir / t.qdir / name)
-    artifact = str(out[t.model_files[-1]])
+    artifact = str(out[t.artifact_file])
     return {**quant, "artifact": artifact, "onnx": artifact if artifact.endswith(".onnx") else None}
 
 
@@ -272,7 +271,7 @@ def step_smoke(ctx: RunContext, calib: dict[str, Any], quant: dict[str, Any]) ->
     arr = _calib_array(ctx, calib)
     samples = np.asarray(arr[: cfg.smoke_samples], dtype=np.float32)
     res = smoke_compare(Path(cfg.model), Path(quant["artifact"]), m["input"], samples, m["output_format"],
-                        cfg.eval.model_copy(update={"runtime": t.runtime}), conf=cfg.smoke_conf,
+                        eval_settings(ctx, t.runtime), conf=cfg.smoke_conf,
                         threads=cfg.eval.threads)
     atomic_write_json(ctx.run_dir / t.qdir / "smoke.json", res)
     return _timed(t0, res)

@@ -214,20 +214,24 @@ def _metrics(model_path: Path, annotations: Path, setup: EvalSetup, settings: Ev
     }
 
 
+def _run_times(sess: Any, x: np.ndarray, runs: int) -> list[float]:
+    """Seconds of each of `runs` back-to-back runs of `sess` on `x`."""
+    feed = {sess.get_inputs()[0].name: x}
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 def deployed_latency(model_path: Path, settings: EvalSettings, threads: int | None, x: np.ndarray,
                      runs: int) -> tuple[dict[str, float], dict[str, Any]]:
     """p50/p90 of `runs` back-to-back runs of one input on a session set up as a deployment would be
     (ORT: worker threads spinning between runs), after a short warm-up; and that session's record."""
     sess, rt = open_session(Path(model_path), settings, threads, spin=True)
-    name = sess.get_inputs()[0].name
-    for _ in range(min(settings.warmup, 5) or 1):
-        sess.run(None, {name: x})
-    t = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, {name: x})
-        t.append(time.perf_counter() - t0)
-    return latency_stats(t), rt
+    _run_times(sess, x, min(settings.warmup, 5) or 1)
+    return latency_stats(_run_times(sess, x, runs)), rt
 
 
 def _first_input(setup: EvalSetup, settings: EvalSettings) -> np.ndarray:
@@ -297,8 +301,8 @@ def time_models(models: dict[str, Path], images: Sequence[Path], settings: EvalS
     falls on every model alike; each model warmed up first. `runtimes`: a model's runtime where it is
     not the settings' own."""
     runtimes = runtimes or {}
-    opened = {name: open_session(Path(p), settings.model_copy(update={"runtime": runtimes.get(name, settings.runtime)}),
-                                 threads) for name, p in models.items()}
+    own = {name: settings.model_copy(update={"runtime": runtimes.get(name, settings.runtime)}) for name in models}
+    opened = {name: open_session(Path(p), own[name], threads) for name, p in models.items()}
     sessions = {name: s for name, (s, _) in opened.items()}
     batches = {}
     for name, sess in sessions.items():
@@ -308,30 +312,24 @@ def time_models(models: dict[str, Path], images: Sequence[Path], settings: EvalS
             batches[(h, w)] = [letterbox(load_rgb(p), (h, w), settings.preprocess)[0][None].astype(np.float32)
                                for p in images]
     # the deployed style beside each: the same model, threads spinning, one image back to back
-    deployed = {name: open_session(Path(p), settings.model_copy(update={"runtime": runtimes.get(name, settings.runtime)}),
-                                   threads, spin=True) for name, p in models.items()} if settings.deployed_runs else {}
+    deployed = {name: open_session(Path(p), own[name], threads, spin=True)
+                for name, p in models.items()} if settings.deployed_runs else {}
     times: dict[str, list[float]] = {name: [] for name in sessions}
     dtimes: dict[str, list[float]] = {name: [] for name in deployed}
-    for name, sess in [*sessions.items(), *((n, s) for n, (s, _) in deployed.items())]:
-        inp = sess.get_inputs()[0]
-        x = batches[(int(inp.shape[2]), int(inp.shape[3]))][0]
-        for _ in range(settings.warmup):
-            sess.run(None, {inp.name: x})
+
+    def inputs(sess: Any) -> list[np.ndarray]:
+        shape = sess.get_inputs()[0].shape
+        return batches[(int(shape[2]), int(shape[3]))]
+
+    for sess in [*sessions.values(), *(s for s, _ in deployed.values())]:
+        _run_times(sess, inputs(sess)[0], settings.warmup)
     per_round = -(-settings.deployed_runs // rounds)
     for _ in range(rounds):
         for name, sess in sessions.items():
-            inp = sess.get_inputs()[0]
-            for x in batches[(int(inp.shape[2]), int(inp.shape[3]))]:
-                t0 = time.perf_counter()
-                sess.run(None, {inp.name: x})
-                times[name].append(time.perf_counter() - t0)
+            for x in inputs(sess):
+                times[name] += _run_times(sess, x, 1)
         for name, (sess, _) in deployed.items():
-            inp = sess.get_inputs()[0]
-            x = batches[(int(inp.shape[2]), int(inp.shape[3]))][0]
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                sess.run(None, {inp.name: x})
-                dtimes[name].append(time.perf_counter() - t0)
+            dtimes[name] += _run_times(sess, inputs(sess)[0], per_round)
     return {name: {"latency_ms": latency_stats(t), "images": len(images), "rounds": rounds, "runtime": opened[name][1],
                    **({"latency_deployed_ms": latency_stats(dtimes[name]),
                        "latency_deployed_session": deployed[name][1]["session"]} if name in deployed else {})}

@@ -291,5 +291,5 @@ def runtime_info(choice: ProviderChoice, threads: int | None) -> dict[str, Any]:
     import onnxruntime as ort
 
     return {"provider": choice.primary, "providers": choice.as_dict(), "runtime": "onnxruntime",
-            "ort_version": ort.__version__, "threads": threads or os.cpu_count(), "device": device_name(choice.primary),
+            "version": ort.__version__, "ort_version": ort.__version__, "threads": threads or os.cpu_count(), "device": device_name(choice.primary),
             "cpu": cpu_info(), "session": "evaluator: one image at a time, worker threads not spinning"}

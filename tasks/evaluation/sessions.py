@@ -62,7 +62,7 @@ def _openvino(path: Path, settings: Any, threads: int | None, spin: bool) -> tup
     core = ov.Core()
     compiled = core.compile_model(core.read_model(str(path)), "CPU", openvino_config(threads, spin))
     rt = {"provider": "OpenVINO CPU", "providers": {"requested": ["openvino:CPU"], "used": ["openvino:CPU"]},
-          "runtime": "openvino", "openvino_version": ov.get_version(), "ort_version": None,
+          "runtime": "openvino", "version": ov.get_version(), "openvino_version": ov.get_version(), "ort_version": None,
           "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")) or threads or os.cpu_count(),
           "device": cpu_info()["model_name"], "cpu": cpu_info(),
           "session": ("deployed: back to back" if spin else "evaluator: one image at a time")

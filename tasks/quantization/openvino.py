@@ -93,6 +93,20 @@ def nncf_quantize(model_path: Path, samples: Iterable[np.ndarray], count: int, o
             "rss_growth_mib": round((rss.peak - rss.start) / 2**20, 1)}
 
 
+def build_openvino(model_path: Path, samples: Iterable[np.ndarray], count: int, out_xml: Path, settings: Any,
+                   exclude_nodes: Sequence[str], exclude_op_types: Sequence[str], float_layers: Sequence[str],
+                   bias_correction: bool) -> dict[str, Any]:
+    """The openvino target's model from `settings` (OpenVinoSettings): its ignored scope, then NNCF;
+    the flow's step and bench/targets.py both build it here. `bias_correction`: the target is among
+    recovery.bias_correction (full or fast then, as the settings say)."""
+    fp32 = onnx.load(str(model_path))
+    scope = ignored_scope(fp32, exclude_nodes, exclude_op_types, float_layers, settings.decode_float,
+                          settings.sigmoid_float, Path(model_path).name)
+    bias = ("full" if settings.full_bias_correction else "fast") if bias_correction else None
+    rec = nncf_quantize(model_path, samples, count, out_xml, scope, settings.preset, bias, settings.overflow_fix)
+    return {**rec, "ignored_scope": scope, "bias_correction": bias}
+
+
 def runtime_convolutions(model_file: Path, threads: int | None = None) -> dict[str, Any]:
     """How OpenVINO's CPU plugin runs each convolution on this CPU, read from the compiled model's
     runtime graph: its precision (i8/u8 = an integer kernel) and oneDNN primitive."""

@@ -203,15 +203,25 @@ def ort_cpu_kernels(model_path: Path) -> dict[str, int]:
     return {k: counts[k] for k in keep if counts[k]}
 
 
+def compile_exclusions(patterns: Sequence[str]) -> list[re.Pattern[str]]:
+    """The user's --exclude-nodes regexes, compiled; a bad one is a ConfigError naming it (the run's
+    input check calls this before any work)."""
+    from tasks.config import ConfigError
+
+    out = []
+    for pat in patterns:
+        try:
+            out.append(re.compile(pat))
+        except re.error as e:
+            raise ConfigError(f"--exclude-nodes pattern {pat!r} is not a valid regex ({e})") from None
+    return out
+
+
 def expand_exclusions(model: onnx.ModelProto, patterns: Sequence[str], model_name: str = "the model") -> list[str]:
     """Node names matched from their start by the user's --exclude-nodes regexes (ORT wants exact
     names; ModelOpt takes the patterns but says nothing of a bad or unmatched one)."""
     out = []
-    for pat in patterns:
-        try:
-            rx = re.compile(pat)
-        except re.error as e:
-            raise ValueError(f"--exclude-nodes pattern {pat!r} is not a valid regex ({e})") from e
+    for pat, rx in zip(patterns, compile_exclusions(patterns)):
         hits = [n.name for n in model.graph.node if rx.match(n.name)]
         if not hits:
             log.warning("exclude-nodes pattern %r matches no node of %s", pat, model_name)

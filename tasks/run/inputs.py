@@ -66,9 +66,8 @@ def check_inputs(cfg: RunConfig) -> Inputs:
 
 def _check_targets_and_patterns(cfg: RunConfig) -> None:
     """Every target's packages importable, every --exclude-nodes pattern a valid regex."""
-    import re
-
     from tasks.config import ConfigError
+    from tasks.quantization.quantize import compile_exclusions
     from tasks.targets import missing_modules
 
     for t in cfg.targets:
@@ -76,11 +75,7 @@ def _check_targets_and_patterns(cfg: RunConfig) -> None:
         if missing:
             raise ConfigError(f"target {t} needs the Python package(s) {', '.join(missing)}, which this environment "
                               f"cannot import; install the project's dependencies (make install, or pip install -e .)")
-    for pat in cfg.quant.exclude_nodes:
-        try:
-            re.compile(pat)
-        except re.error as e:
-            raise ConfigError(f"--exclude-nodes pattern {pat!r} is not a valid regex ({e})") from None
+    compile_exclusions(cfg.quant.exclude_nodes)
 
 
 def input_error_types() -> tuple[type[BaseException], ...]:

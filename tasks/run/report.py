@@ -12,8 +12,7 @@ from tasks.targets import TARGETS, target
 
 def _runtime(rt: dict[str, Any]) -> dict[str, Any]:
     """How and where a model ran: runtime, version, threads, session style, CPU."""
-    name = rt.get("runtime", "onnxruntime")
-    return {"name": name, "version": rt.get("openvino_version") if name == "openvino" else rt.get("ort_version"),
+    return {"name": rt.get("runtime", "onnxruntime"), "version": rt.get("version") or rt.get("ort_version"),
             "threads": rt.get("threads"), "session": rt.get("session"), "cpu": (rt.get("cpu") or {}).get("model_name")}
 
 

@@ -41,6 +41,11 @@ class Target:
     # Python modules its build and its runtime import (checked before any work)
     requires: tuple[str, ...] = ()
 
+    @property
+    def artifact_file(self) -> str:
+        """The model file a runtime is pointed at (an IR's .bin comes first, then its .xml)."""
+        return self.model_files[-1]
+
 
 def _table() -> dict[str, Target]:
     from tasks.targets import openvino, ort_cpu, tensorrt

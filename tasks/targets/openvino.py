@@ -22,7 +22,7 @@ def step_quantize_openvino(ctx: Any, calib: Result, floats: dict[str, list[str]]
     import numpy as np
     import onnx
 
-    from tasks.quantization.openvino import BUILD_VERSION, conv_summary, ignored_scope, nncf_quantize
+    from tasks.quantization.openvino import BUILD_VERSION, build_openvino, conv_summary
     from tasks.run.cache import cache_key
     from tasks.run.progress import Progress
     from tasks.run.rundir import atomic_write_json
@@ -33,7 +33,7 @@ def step_quantize_openvino(ctx: Any, calib: Result, floats: dict[str, list[str]]
     settings = cfg.openvino
     floats = {k: list(v) for k, v in (floats or {}).items() if v}
     extra = list(dict.fromkeys(x for v in floats.values() for x in v))
-    bias = ("full" if settings.full_bias_correction else "fast") if NAME in cfg.recovery.bias_correction else None
+    bias = NAME in cfg.recovery.bias_correction
     key = cache_key("quantize-openvino", {
         "model": m["sha256"], "calib": calib["sha256"], "settings": settings.model_dump(),
         "exclude_nodes": cfg.quant.exclude_nodes, "exclude_op_types": cfg.quant.exclude_op_types,
@@ -42,9 +42,6 @@ def step_quantize_openvino(ctx: Any, calib: Result, floats: dict[str, list[str]]
     entry = ctx.cache.get("quantize-openvino", key)
     cached = entry is not None
     if entry is None:
-        fp32 = onnx.load(str(cfg.model))
-        scope = ignored_scope(fp32, cfg.quant.exclude_nodes, cfg.quant.exclude_op_types, extra,
-                              settings.decode_float, settings.sigmoid_float, Path(cfg.model).name)
         arr = _calib_array(ctx, calib)
         n = calib["count"]
         with Progress("read calibration samples (openvino)", unit="samples") as progress:
@@ -54,15 +51,16 @@ def step_quantize_openvino(ctx: Any, calib: Result, floats: dict[str, list[str]]
                     yield np.asarray(arr[i:i + 1], dtype=np.float32)
             with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
                 tdir = Path(td)
-                rec = nncf_quantize(Path(cfg.model), samples(), n, tdir / "model.xml", scope, settings.preset, bias,
-                                    settings.overflow_fix)
-                convs = conv_summary(fp32, tdir / "model.xml", cfg.eval.threads)
-                conf = {**rec, "target": NAME, "settings": settings.model_dump(), "ignored_scope": scope,
-                        "bias_correction": bias,
+                rec = build_openvino(Path(cfg.model), samples(), n, tdir / "model.xml", settings,
+                                     cfg.quant.exclude_nodes, cfg.quant.exclude_op_types, extra, bias)
+                convs = conv_summary(onnx.load(str(cfg.model)), tdir / "model.xml", cfg.eval.threads)
+                bias_done = rec["bias_correction"]
+                conf = {**rec, "target": NAME, "settings": settings.model_dump(),
                         "recovery": {"float_layers": extra, "float_head": floats.get("head", []),
                                      "float_by_nsr_rule": floats.get("nsr", []),
                                      "float_requested": floats.get("requested", []),
-                                     "bias_correction": {"method": f"NNCF {bias} bias correction"} if bias else None},
+                                     "bias_correction": {"method": f"NNCF {bias_done} bias correction"}
+                                     if bias_done else None},
                         "inputs": {"model": {"path": str(cfg.model), "sha256": m["sha256"]},
                                    "calibration": {"sha256": calib["sha256"], "count": n}},
                         "versions": ctx.versions, "cache_key": key}
