@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                                      a.subset_seed, io_model=Path(a.io_model) if a.io_model else None)
             if a.out:
                 atomic_write_json(Path(a.out), metrics)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # OSError: a folder given for a file, and the reverse, too
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table({Path(a.model).stem[:10]: metrics}))

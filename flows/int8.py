@@ -122,6 +122,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path | None, dict[str, An
     return ns.pop("config", None), nest(ns, dests)
 
 
+def _one_line(e: BaseException) -> str:
+    # Some messages carry the library's own line breaks (YAML's, pydantic's): a refusal is one line.
+    return " ".join(str(e).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     config_file, values = parse_args(argv)
     try:
@@ -130,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         # start, and leaves no run folder (the flow's first step checks again for deployments).
         check_inputs(cfg)
     except input_error_types() as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a check failed in a way no check foresaw: still a refusal, not a traceback
+        print(f"error: could not check the inputs: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
         return 2
     ensure_prefect_home()
     try:

@@ -156,6 +156,14 @@ class RecoverySettings(BaseModel):
     stats_samples: int = Field(32, ge=1, le=1024, description="calibration samples for the per-layer statistics")
 
 
+def _is_share(x: Any) -> bool:
+    # A validator's TypeError is not turned into a ValidationError by pydantic: test the type here.
+    try:
+        return 0 <= float(x) <= 1
+    except (TypeError, ValueError):
+        return False
+
+
 class RunConfig(BaseModel):
     """A whole INT8 run: inputs, calibration, PTQ, evaluation and where artifacts go."""
 
@@ -223,7 +231,7 @@ class RunConfig(BaseModel):
     def _share_per_target(cls, v: Any) -> Any:
         if isinstance(v, (int, float)):
             v = {t: v for t in TARGET_NAMES}
-        if isinstance(v, dict) and any(not 0 <= float(x) <= 1 for x in v.values()):
+        if isinstance(v, dict) and any(not _is_share(x) for x in v.values()):
             raise ValueError("guard_min_mac_share: a share between 0 and 1")
         return v
 
@@ -301,11 +309,13 @@ def load_demo_config(generate: bool = True) -> dict[str, Any]:
 
 def load_yaml_config(path: Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; pass --config with a YAML file of settings")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of settings")

@@ -97,7 +97,8 @@ def step_eval_shard(ctx: RunContext, which: str, model_path: Path, model_sha: st
     key = cache_key("eval-shard", {
         "model": model_sha, "annotations": ctx.model["annotations_sha256"], "images": ctx.model["eval_image_sha256"][lo:hi],
         "bounds": [lo, hi], "subset": cfg.subset, "subset_seed": cfg.subset_seed,
-        "settings": settings.model_dump(exclude={"threads", "warmup"}), "versions": ctx.key_versions})
+        "settings": settings.model_dump(exclude={"threads", "warmup", "bootstrap_resamples", "bootstrap_seed"}),
+        "versions": ctx.key_versions})
     entry = ctx.cache.get("eval-shard", key)
     cached = entry is not None
     if entry is None:
@@ -117,12 +118,14 @@ def step_eval_merge(ctx: RunContext, which: str, model_path: Path, model_sha: st
     latency is the latency step's."""
     t0 = time.perf_counter()
     cfg = ctx.cfg
-    key = cache_key("eval-merge", {"shards": [s["key"] for s in shards], "versions": ctx.key_versions})
+    settings = eval_settings(ctx, runtime)
+    key = cache_key("eval-merge", {"shards": [s["key"] for s in shards], "versions": ctx.key_versions,
+                                   "bootstrap": [settings.bootstrap_resamples, settings.bootstrap_seed]})
     entry = ctx.cache.get("eval-merge", key)
     cached = entry is not None
     if entry is None:
         parts = [json.loads((Path(s["entry"]) / "detections.json").read_text()) for s in shards]
-        metrics = score_shards(model_path, cfg.images, cfg.annotations, cfg.subset, eval_settings(ctx, runtime),
+        metrics = score_shards(model_path, cfg.images, cfg.annotations, cfg.subset, settings,
                                cfg.subset_seed, parts, io_model=Path(cfg.model))
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
             atomic_write_json(Path(td) / "metrics.json", metrics)

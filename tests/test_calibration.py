@@ -1,4 +1,5 @@
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -119,7 +120,40 @@ def test_images_are_sampled_with_seed_and_preprocessed_like_inference(tmp_path, 
     assert len(set(a)) == 5
     x = build_calib_tensor(a, SHAPE, SPEC)
     assert x.shape == (5, 3, 64, 64) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
-    assert len(pick_calib_images(tiny_data["calib_images"], 100, seed=0)) == 8  # capped at what exists
+    assert len(pick_calib_images(tiny_data["calib_images"], 8, seed=0)) == 8
+
+
+def test_asking_for_more_calibration_images_than_the_folder_holds_is_refused(tiny_data):
+    """Deployments reach the calibration step without the command line's check: it refuses too,
+    rather than calibrating on fewer images than asked."""
+    folder = tiny_data["calib_images"]
+    with pytest.raises(CalibrationError, match=re.escape(f"--calib-count 100 asks for more images than calibration "
+                                                         f"folder {folder} holds (8); pass --calib-count 8 or fewer")):
+        pick_calib_images(folder, 100, seed=0)
+
+
+def test_demo_calibration_count_fits_its_calibration_images():
+    from tasks.config import load_demo_config
+
+    demo = load_demo_config(generate=False)
+    assert 1 <= demo["calib_count"] <= demo["data"]["calib_images"]
+
+
+@pytest.mark.parametrize("kind", ["not-a-zip", "truncated", "member-not-npy"])
+def test_damaged_archives_are_refused_by_name(tmp_path, kind):
+    import zipfile
+
+    p = tmp_path / "c.npz"
+    if kind == "not-a-zip":
+        p.write_bytes(b"PK\x03\x04 not really a zip")
+    elif kind == "truncated":
+        np.savez(p, images=np.zeros((2, 3, 64, 64), np.float32))
+        p.write_bytes(p.read_bytes()[:300])
+    else:
+        with zipfile.ZipFile(p, "w") as z:
+            z.writestr("images.npy", b"not an array")
+    with pytest.raises(CalibrationError, match=re.escape(str(p))):
+        load_calib_tensor(p, "images", SHAPE, SPEC)
 
 
 def test_overlap_with_evaluated_images_is_refused(tmp_path, tiny_data):

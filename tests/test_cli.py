@@ -1,3 +1,6 @@
+import json
+
+import onnx
 import pytest
 
 from flows.int8 import main, parse_args
@@ -65,8 +68,8 @@ def test_missing_eval_data_and_unwritable_run_root(tmp_path, tiny_model, tiny_da
     blocker.write_text("not a folder")
     # A run root below a regular file cannot be created, whoever runs the test (root included).
     cfg = build_config(None, {"model": str(tiny_model), "images": str(tiny_data["images"]),
-                              "annotations": str(tiny_data["annotations"]),
-                              "calib_images": str(tiny_data["calib_images"]), "run_root": str(blocker / "runs")})
+                              "annotations": str(tiny_data["annotations"]), "calib_images": str(tiny_data["calib_images"]),
+                              "calib_count": 8, "run_root": str(blocker / "runs")})
     with pytest.raises(PermissionError, match="--run-root"):
         prepare_run(cfg)
 
@@ -76,8 +79,8 @@ def test_missing_eval_image_is_refused_before_any_run_folder(tmp_path, tiny_mode
 
     (tiny_data["images"] / "val0002.png").unlink()
     cfg = build_config(None, {"model": str(tiny_model), "images": str(tiny_data["images"]),
-                              "annotations": str(tiny_data["annotations"]),
-                              "calib_images": str(tiny_data["calib_images"]), "run_root": str(tmp_path / "runs")})
+                              "annotations": str(tiny_data["annotations"]), "calib_images": str(tiny_data["calib_images"]),
+                              "calib_count": 8, "run_root": str(tmp_path / "runs")})
     with pytest.raises(FileNotFoundError, match="val0002.png"):
         prepare_run(cfg)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
@@ -85,8 +88,11 @@ def test_missing_eval_image_is_refused_before_any_run_folder(tmp_path, tiny_mode
 
 def _bad_input(kind, tmp_path, tiny_model, tiny_data):
     """(values, message) for one kind of bad input a new user makes."""
-    base = {"--model": str(tiny_model), "--images": str(tiny_data["images"]),
-            "--annotations": str(tiny_data["annotations"]), "--calib-images": str(tiny_data["calib_images"])}
+    from tiny import odd_model
+
+    ann = tiny_data["annotations"]
+    base = {"--model": str(tiny_model), "--images": str(tiny_data["images"]), "--annotations": str(ann),
+            "--calib-images": str(tiny_data["calib_images"]), "--calib-count": "8"}  # the folder holds 8 images
     if kind == "corrupt-model":
         bad = tmp_path / "cut.onnx"
         bad.write_bytes(tiny_model.read_bytes()[:200])
@@ -101,11 +107,66 @@ def _bad_input(kind, tmp_path, tiny_model, tiny_data):
         ids = tmp_path / "ids.txt"
         ids.write_text("# nothing chosen\n")
         return {**base, "--subset": str(ids)}, "selects no image"
+    # Over-asks: more images than there are is refused, never cut to what there is.
+    if kind == "subset-over-ask":
+        return {**base, "--subset": "7"}, (f"subset 7 asks for more images than annotation file {ann} lists (6); "
+                                           f"pass --subset 6 or fewer, or omit --subset to evaluate all")
+    if kind == "random-subset-over-ask":
+        return {**base, "--subset": "random:7"}, (f"subset random:7 asks for more images than annotation file {ann} "
+                                                  f"lists (6); pass --subset random:6 or fewer, or omit --subset")
+    if kind == "calib-count-over-ask":
+        return {**base, "--calib-count": "9"}, (f"--calib-count 9 asks for more images than calibration folder "
+                                                f"{tiny_data['calib_images']} holds (8); pass --calib-count 8 or fewer")
+    if kind == "output-not-yolo":
+        bad = odd_model(tmp_path / "flat.onnx", [1, 10])
+        return {**base, "--model": str(bad)}, f"model {bad}: output shape [1, 10] is not a YOLO detection output"
+    # Inputs whose checks used to end in a traceback (an exception no check expected).
+    if kind == "output-rank-4":
+        bad = odd_model(tmp_path / "map.onnx", [1, 5, 5, 5])
+        return {**base, "--model": str(bad)}, "output shape [1, 5, 5, 5] is not a YOLO detection output"
+    if kind == "int64-input":
+        bad = odd_model(tmp_path / "int.onnx", [1, 2, 6], in_type=onnx.TensorProto.INT64)
+        return {**base, "--model": str(bad)}, "input 'images' is int64; the run feeds float32 images"
+    if kind == "bbox-not-a-list":
+        data = json.loads(ann.read_text())
+        data["annotations"][2]["bbox"] = 5
+        del data["annotations"][2]["area"]
+        bad = tmp_path / "bbox.json"
+        bad.write_text(json.dumps(data))
+        return {**base, "--annotations": str(bad)}, f"annotation file {bad}: annotations entry 2 has bbox 5"
+    if kind == "width-a-string":
+        data = json.loads(ann.read_text())
+        data["images"][0]["width"] = "64"
+        bad = tmp_path / "width.json"
+        bad.write_text(json.dumps(data))
+        return {**base, "--annotations": str(bad)}, "images entry 0 has width '64'; image sizes are positive integers"
+    if kind == "subset-not-text":
+        ids = tmp_path / "ids.bin"
+        ids.write_bytes(b"\xff\xfe\x81")
+        return {**base, "--subset": str(ids)}, f"subset file {ids} is not text"
+    if kind == "subset-random-not-a-number":
+        return {**base, "--subset": "random:ten"}, "subset 'random:ten' is not random:N with a whole number N"
+    if kind == "config-not-utf8":
+        cfg = tmp_path / "run.yaml"
+        cfg.write_bytes(b"calib_count: 8\n\xff\xfe")
+        return {**base, "--config": str(cfg)}, f"config file {cfg} is not valid YAML"
+    if kind == "config-share-a-list":
+        cfg = tmp_path / "run.yaml"
+        cfg.write_text("guard_min_mac_share: {tensorrt: [0.9]}\n")
+        return {**base, "--config": str(cfg)}, "guard_min_mac_share: a share between 0 and 1"
+    if kind == "calib-archive-not-a-zip":
+        npz = tmp_path / "calib.npz"
+        npz.write_bytes(b"PK\x03\x04 not a zip")
+        base.pop("--calib-images")
+        return {**base, "--calib": str(npz)}, f"calibration tensor {npz} is truncated or corrupt"
     raise AssertionError(kind)
 
 
 @pytest.mark.parametrize("kind", ["corrupt-model", "calib-images-is-a-file", "annotations-not-json",
-                                  "subset-selects-nothing"])
+                                  "subset-selects-nothing", "subset-over-ask", "random-subset-over-ask",
+                                  "calib-count-over-ask", "output-not-yolo", "output-rank-4", "int64-input",
+                                  "bbox-not-a-list", "width-a-string", "subset-not-text", "subset-random-not-a-number",
+                                  "config-not-utf8", "config-share-a-list", "calib-archive-not-a-zip"])
 def test_bad_input_is_refused_before_a_prefect_server_starts(kind, tmp_path, tiny_model, tiny_data):
     """As a user runs it: the one-line error, in seconds, with no Prefect database (no server ever
     started) and no run folder."""
@@ -127,11 +188,30 @@ def test_bad_input_is_refused_before_a_prefect_server_starts(kind, tmp_path, tin
     r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     wall = time.perf_counter() - t0
     assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, r.stderr[-2000:]
     assert wall < 8, f"refused after {wall:.1f} s"
     assert not list(home.rglob("*.db")), "a Prefect server started before the input was checked"
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_an_unforeseen_failure_while_checking_is_still_a_one_line_refusal(tmp_path, monkeypatch, capsys,
+                                                                         tiny_model, tiny_data):
+    """A check that breaks in a way nobody foresaw: exit 2, one line naming the exception, no run folder."""
+    import flows.int8 as cli
+
+    def broken(cfg):
+        raise KeyError("width")
+
+    monkeypatch.setattr(cli, "check_inputs", broken)
+    runs = tmp_path / "runs"
+    argv = ["--model", str(tiny_model), "--images", str(tiny_data["images"]), "--annotations",
+            str(tiny_data["annotations"]), "--calib-images", str(tiny_data["calib_images"]), "--run-root", str(runs)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "error: could not check the inputs: KeyError: 'width'", err
+    assert not runs.exists()
 
 
 def _field_value(cfg, path):

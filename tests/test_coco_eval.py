@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -18,6 +19,16 @@ def _coco(n=5, cats=(3, 9, 1)):
             "annotations": [{"id": i + 1, "image_id": 10 + i, "category_id": cats[0], "bbox": [1, 1, 10, 10]}
                             for i in range(n)],
             "categories": [{"id": c, "name": f"c{c}"} for c in cats]}
+
+
+def _entry(data, key, i, **fields):
+    data[key][i].update(fields)
+    return data
+
+
+def _lacking(data, key, i, field):
+    del data[key][i][field]
+    return data
 
 
 def test_category_map_default_is_sorted_ids_and_checks_count(tmp_path):
@@ -61,6 +72,25 @@ def test_empty_and_unknown_subsets_fail(tmp_path):
         select_subset(coco, str(bad))
     with pytest.raises(SubsetError):
         select_subset(coco, "not-a-file.txt")
+    with pytest.raises(SubsetError, match="is a folder"):
+        select_subset(coco, str(tmp_path))
+    binary = tmp_path / "ids.bin"
+    binary.write_bytes(b"\xff\xfe\x81")
+    with pytest.raises(SubsetError, match="is not text"):
+        select_subset(coco, str(binary))
+    with pytest.raises(SubsetError, match="whole number"):
+        select_subset(coco, "random:ten")
+
+
+@pytest.mark.parametrize("subset,fix", [(6, "--subset 5 or fewer"), ("6", "--subset 5 or fewer"),
+                                        ("random:6", "--subset random:5 or fewer")])
+def test_a_subset_larger_than_the_annotation_file_is_refused_not_cut(tmp_path, subset, fix):
+    path = _write(tmp_path, _coco(n=5))
+    coco = load_coco(path)
+    with pytest.raises(SubsetError, match=re.escape(f"subset {subset} asks for more images than annotation file "
+                                                    f"{path} lists (5); pass {fix}, or omit --subset to evaluate all")):
+        select_subset(coco, subset, source=path)
+    assert len(select_subset(coco, str(subset).replace("6", "5"), source=path)) == 5  # all of them is fine
 
 
 @pytest.mark.parametrize("content,match", [
@@ -68,6 +98,15 @@ def test_empty_and_unknown_subsets_fail(tmp_path):
     ("[1, 2]", "not a COCO"),
     (json.dumps({"images": []}), "missing annotations, categories"),
     (json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}), "lists no images"),
+    (json.dumps({**_coco(), "images": {"a": 1}}), "images is not a list"),
+    (json.dumps({**_coco(), "images": [1, 2]}), "images entry 0 is 1, not an object"),
+    (json.dumps(_entry(_coco(), "images", 2, width="50")), "images entry 2 has width '50'"),
+    (json.dumps(_entry(_coco(), "images", 1, id=[11])), "images entry 1 has id \\[11\\]"),
+    (json.dumps(_entry(_coco(), "images", 4, file_name=None)), "images entry 4 has file_name None"),
+    (json.dumps(_entry(_coco(), "annotations", 3, bbox=5)), "annotations entry 3 has bbox 5"),
+    (json.dumps(_entry(_coco(), "annotations", 1, bbox=[1, 2, "3", 4])), "annotations entry 1 has bbox"),
+    (json.dumps(_entry(_coco(), "annotations", 2, image_id="12")), "annotations entry 2 has image_id '12'"),
+    (json.dumps(_lacking(_coco(), "annotations", 2, "category_id")), "annotations entry 2 lacks category_id"),
 ])
 def test_non_coco_annotation_files(tmp_path, content, match):
     with pytest.raises(AnnotationError, match=match):

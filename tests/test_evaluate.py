@@ -84,6 +84,18 @@ def test_unknown_output_shape(tmp_path, tiny_data):
         evaluate_model(p, tiny_data["images"], tiny_data["annotations"], settings=CPU)
 
 
+def test_an_explicit_format_does_not_let_a_feature_map_through(tmp_path, tiny_data):
+    """--output-format skips the shape's detection, not the decoders' need for a (1 x) rows x columns table:
+    refused before the first image, naming the model."""
+    from tasks.evaluation.evaluate import prepare_eval
+    from tiny import odd_model
+
+    p = odd_model(tmp_path / "map.onnx", [1, 5, 5, 5])
+    with pytest.raises(DecodeError, match=rf"model .*map.onnx: output shape \[1, 5, 5, 5\].*--output-format yolov8 "
+                                          rf"cannot decode it"):
+        prepare_eval(p, tiny_data["images"], tiny_data["annotations"], None, EvalSettings(output_format="yolov8"))
+
+
 def test_cli_writes_metrics_and_prints_table(tmp_path, tiny_model, tiny_data):
     out = tmp_path / "m.json"
     r = subprocess.run([sys.executable, str(ROOT / "flows" / "evaluate.py"), "--model", str(tiny_model),

@@ -212,7 +212,9 @@ def test_flow_targets_side_by_side_and_alone(harness, tmp_path, tiny_model, tiny
     alone = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="alone", targets=["ort-cpu"], ort_cpu=ort))
     assert "targets" not in alone and alone["quantization"]["target"] == "ort-cpu"
     assert alone["int8"]["map50_95"] == oc["int8"]["map50_95"] and alone["cached"]["quantize"]
-    assert set(alone["delta"]) == {"map50_95", "map50", "latency_ratio"}
+    assert set(alone["delta"]) == {"map50_95", "map50", "latency_ratio", "map50_95_ci", "map50_ci", "bootstrap"}
+    lo, hi = alone["delta"]["map50_95_ci"]  # paired with FP32 on the same resamples
+    assert lo <= alone["delta"]["map50_95"] <= hi and alone["delta"]["bootstrap"]["resamples"] == 1000
 
 
 def test_gate_off_says_so_in_the_report_and_the_console():

@@ -108,3 +108,31 @@ def test_a_bad_exclusion_pattern_is_refused_before_any_work(tmp_path, tiny_model
     with pytest.raises(ConfigError, match=r"--exclude-nodes pattern '\(' is not a valid regex"):
         prepare_run(_cfg(tmp_path, tiny_model, tiny_data, quant={"exclude_nodes": ["("]}))
     assert not (tmp_path / "runs").exists()
+
+
+def test_nncf_collects_statistics_and_corrects_biases_in_f32_on_every_cpu(tmp_path, monkeypatch):
+    """OpenVINO's CPU plugin computes in bf16 by default on CPUs with AVX512_BF16 or AMX: statistics or
+    bias shifts taken that way would make the same build differ by CPU. NNCF 3.4 passes f32 to every
+    model it compiles (nncf/openvino/engine.py); this holds it to that, whatever the CPU running it."""
+    import openvino as ov
+
+    seen, compile_model = [], ov.Core.compile_model
+
+    def spy(self, *a, **k):
+        seen.append(dict(k.get("config") or (a[2] if len(a) > 2 else {}) or {}))
+        return compile_model(self, *a, **k)
+
+    def unexpected(*a, **k):
+        raise AssertionError("NNCF compiled a model through ov.compile_model, whose precision this test cannot see")
+
+    monkeypatch.setattr(ov.Core, "compile_model", spy)
+    monkeypatch.setattr(ov, "compile_model", unexpected)
+    net = tiny_silu_net(tmp_path / "silu.onnx")
+    from tasks.quantization.openvino import ignored_scope, nncf_quantize
+
+    m = onnx.load(str(net))
+    nncf_quantize(net, _samples(m), 8, tmp_path / "q.xml", ignored_scope(m, [], [], [], True, True), "mixed", "full")
+    assert len(seen) >= 2  # statistics, then full bias correction
+    for cfg in seen:
+        hint = cfg.get("INFERENCE_PRECISION_HINT")
+        assert hint == ov.Type.f32 or str(hint).lower() in ("f32", "float32"), cfg

@@ -197,3 +197,20 @@ def tiny_silu_net(path: Path, seed: int = 0, opset: int = 17) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def odd_model(path: Path, out_shape: list[int], in_type: int = TensorProto.FLOAT) -> Path:
+    """A valid ONNX model that is no usable YOLO export: a constant output of `out_shape` (float) beside an
+    input `images` 1x3x64x64 of `in_type`. For the input checks, which must refuse it by name."""
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["output0"], name="const")]
+    graph = helper.make_graph(
+        nodes, "odd", [helper.make_tensor_value_info("images", in_type, [1, 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, out_shape)],
+        [_init("shape", np.array(out_shape, np.int64))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

@@ -49,6 +49,10 @@ class EvalSettings(BaseModel):
                                                              "on a deployed-style session (ORT's worker threads "
                                                              "spinning, its default): the latency a service "
                                                              "sees, up to 1.5x below the evaluator's; 0: skip")
+    bootstrap_resamples: int = Field(1000, ge=0, le=10000, description=(
+        "image resamples of the paired bootstrap that puts a 95% interval on every mAP delta (the same "
+        "resamples for every model on the same images); 0: no intervals"))
+    bootstrap_seed: int = Field(0, description="seed of the bootstrap's resamples")
 
 
 def _metadata_names(meta: dict[str, str]) -> dict[int, str] | None:
@@ -72,6 +76,11 @@ def resolve_format(model, settings: EvalSettings) -> tuple[str, int | None, dict
         fmt, nc = detect_format(outs[0][1], end2end=end2end)
     else:
         fmt = settings.output_format
+        # The decoders read a (1 x) rows x columns table, whatever the layout. No dims at all may be a
+        # shape the export did not record, which an explicit format is the way around: not refused.
+        if len(outs[0][1]) == 1 or len(outs[0][1]) > 3:
+            raise DecodeError(f"output shape {list(outs[0][1])} is not a YOLO detection output (a 1xRxC table); "
+                              f"--output-format {fmt} cannot decode it; pass a YOLO detection export")
         try:
             _, nc = detect_format(outs[0][1], end2end=(fmt == "yolov10"))
         except DecodeError:
@@ -120,7 +129,10 @@ def prepare_eval(model_path: Path, images_dir: Path, annotations: Path, subset: 
     `load_annotations`: how the annotation file is read (the input check shares one parse)."""
     model = check_model_file(Path(io_model or model_path))
     input_name, in_shape, _ = model_io(model)
-    fmt, nc, fmt_info = resolve_format(model, settings)
+    try:
+        fmt, nc, fmt_info = resolve_format(model, settings)
+    except DecodeError as e:  # say which model, like every other model check
+        raise DecodeError(f"model {io_model or model_path}: {e}") from e
     del model  # the session loads its own copy; do not hold two in memory
     images_dir = Path(images_dir)
     if images_dir.exists() and not images_dir.is_dir():
@@ -130,7 +142,7 @@ def prepare_eval(model_path: Path, images_dir: Path, annotations: Path, subset: 
         raise FileNotFoundError(f"image folder {images_dir} does not exist; pass --images with the folder the "
                                 f"annotation file describes")
     coco = load_annotations(Path(annotations))
-    image_ids = select_subset(coco, subset, seed=subset_seed)
+    image_ids = select_subset(coco, subset, seed=subset_seed, source=annotations)
     cat_ids = category_map(coco, nc, settings.class_map)
     items = _check_image_files(coco, image_ids, images_dir)
     return EvalSetup(input_name, in_shape, fmt, nc, fmt_info, coco, image_ids, cat_ids, items)
@@ -186,7 +198,8 @@ def _detect(sess: Any, setup: EvalSetup, items: Sequence[tuple[int, Path]], sett
 
 def _metrics(model_path: Path, annotations: Path, setup: EvalSetup, settings: EvalSettings, dets: list[dict],
              rt: dict[str, Any], t_pre: list[float], t_inf: list[float], t_dec: list[float]) -> dict[str, Any]:
-    ev = evaluate_detections(setup.coco, dets, setup.image_ids)
+    ev = evaluate_detections(setup.coco, dets, setup.image_ids,
+                             bootstrap=(settings.bootstrap_resamples, settings.bootstrap_seed))
     if len(dets) == 0:
         log.warning("model %s returned no detections above %.3g on %d images", model_path, settings.conf_thres,
                     len(setup.items))
@@ -203,6 +216,7 @@ def _metrics(model_path: Path, annotations: Path, setup: EvalSetup, settings: Ev
         "detections": ev["detections"],
         "gt_boxes": ev["gt_boxes"],
         "image_ids": setup.image_ids,
+        **({"bootstrap": ev["bootstrap"]} if "bootstrap" in ev else {}),
         "model": {"path": str(model_path), "sha256": sha256_file(Path(model_path)), "input": setup.input_name,
                   "input_shape": list(setup.in_shape), "output_format": setup.fmt, "num_classes": setup.nc,
                   **setup.fmt_info},

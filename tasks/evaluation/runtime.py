@@ -173,10 +173,17 @@ def model_io(model: onnx.ModelProto) -> tuple[str, tuple[int, int, int, int], li
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in inp.type.tensor_type.shape.dim]
     if len(dims) != 4:
         raise ModelError(f"input {inp.name!r} has rank {len(dims)}; expected NCHW (1x3xHxW)")
-    if any(not isinstance(d, int) for d in dims[1:]) or dims[1] != 3:
+    if any(not isinstance(d, int) for d in dims[1:]) or dims[1] != 3 or min(dims[2:]) <= 0:
         raise ModelError(f"input {inp.name!r} has shape {dims}; the run needs a static 1x3xHxW input "
                          f"(re-export with dynamic=False and a fixed imgsz)")
+    elem = inp.type.tensor_type.elem_type
+    if elem != onnx.TensorProto.FLOAT:  # the evaluator and the calibration feed float32 pixels
+        kind = onnx.TensorProto.DataType.Name(elem).lower() if elem else "not a tensor of known type"
+        raise ModelError(f"input {inp.name!r} is {kind}; the run feeds float32 images: re-export with a float32 "
+                         f"input (without half=True)")
     shape = (1, 3, int(dims[2]), int(dims[3]))
+    if not model.graph.output:
+        raise ModelError("model has no outputs; a YOLO export has one detection output: re-export it")
     outs = []
     for o in model.graph.output:
         od = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)

@@ -3,7 +3,7 @@ evaluator's exact letterbox preprocessing."""
 
 from __future__ import annotations
 
-import logging
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -12,8 +12,6 @@ import numpy as np
 from tasks.evaluation.preprocess import PreprocessSpec, list_images, preprocess_file
 from tasks.run.progress import ProgressFn
 from tasks.run.rundir import atomic_writer, sha256_file
-
-log = logging.getLogger(__name__)
 
 _CHUNK = 8  # samples checked at a time, so a memory-mapped tensor is never read whole
 
@@ -47,7 +45,11 @@ def open_array(path: Path, input_name: str) -> np.ndarray:
                 if key is None:
                     raise CalibrationError(f"calibration archive {path} holds arrays {keys}; name one "
                                            f"{input_name!r} (the model input) or keep a single array")
-                return z[key]
+                arr = z[key]
+            if not isinstance(arr, np.ndarray):  # numpy hands back a member that is no .npy as raw bytes
+                raise CalibrationError(f"calibration archive {path}: member {key!r} is not a numpy array; save the "
+                                       f"archive with np.savez")
+            return arr
     except CalibrationError:
         raise
     except ValueError as e:
@@ -56,7 +58,7 @@ def open_array(path: Path, input_name: str) -> np.ndarray:
                                    f"safety; save a plain float32 array with np.save(path, array)") from e
         raise CalibrationError(f"calibration tensor {path} cannot be read as a numpy array ({e}); "
                                f"save it with np.save / np.savez") from e
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise CalibrationError(f"calibration tensor {path} is truncated or corrupt ({e}); regenerate it") from e
     raise CalibrationError(f"calibration file {path} must be .npy or .npz, not {suffix or 'no suffix'}")
 
@@ -112,11 +114,19 @@ def load_calib_tensor(path: Path, input_name: str, input_shape: Sequence[int], s
     return arr, info
 
 
-def pick_calib_images(folder: Path, count: int, seed: int) -> list[Path]:
+def list_calib_images(folder: Path, count: int) -> list[Path]:
+    """The calibration folder's images, refused when it holds fewer than `count`: calibrating on fewer
+    than asked would change the scales without a word. The run's input check and the calibration step
+    (and the bench scripts, which call it without that check) apply this one rule."""
     files = list_images(folder, "--calib-images with a folder of images (or --calib with a tensor file)")
     if count > len(files):
-        log.warning("asked for %d calibration images but %s holds %d; using all of them", count, folder, len(files))
-        count = len(files)
+        raise CalibrationError(f"--calib-count {count} asks for more images than calibration folder {folder} holds "
+                               f"({len(files)}); pass --calib-count {len(files)} or fewer")
+    return files
+
+
+def pick_calib_images(folder: Path, count: int, seed: int) -> list[Path]:
+    files = list_calib_images(folder, count)
     # Seeded order: entropy calibration depends on sample order, so the order is part of the record.
     idx = np.random.default_rng(seed).permutation(len(files))[:count]
     return [files[i] for i in idx]

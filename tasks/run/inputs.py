@@ -11,8 +11,7 @@ from typing import Any
 from tasks.config import RunConfig
 from tasks.evaluation.coco_eval import load_coco
 from tasks.evaluation.evaluate import EvalSetup, prepare_eval
-from tasks.evaluation.preprocess import list_images
-from tasks.quantization.calibration import check_calib_shape, open_array
+from tasks.quantization.calibration import check_calib_shape, list_calib_images, open_array
 
 
 @dataclass
@@ -47,15 +46,16 @@ def _coco(path: Path) -> Any:
 
 
 def check_inputs(cfg: RunConfig) -> Inputs:
-    """Resolve the settings and check every input the run reads: the calibration folder (listed), the
-    ONNX model (parsed and checked), the image folder, the annotations (parsed), the subset (it
-    selects images that exist), the class map, and a calibration tensor's header. Raises ConfigError,
-    FileNotFoundError, NotADirectoryError, ModelError, CalibrationError, AnnotationError or SubsetError
-    with a message naming the input and the fix."""
+    """Resolve the settings and check every input the run reads: the calibration folder (listed, and
+    holding at least calib_count images), the ONNX model (parsed and checked), the image folder, the
+    annotations (parsed), the subset (it selects images that exist, no more than the file lists), the
+    class map, and a calibration tensor's header. Raises ConfigError, FileNotFoundError,
+    NotADirectoryError, ModelError, DecodeError (an output no decoder reads), CalibrationError,
+    AnnotationError or SubsetError with a message naming the input and the fix."""
     cfg = cfg.resolved()
     _check_targets_and_patterns(cfg)
     if cfg.calib_images is not None:
-        list_images(cfg.calib_images, "--calib-images with a folder of images (or --calib with a tensor file)")
+        list_calib_images(cfg.calib_images, cfg.calib_count)
     # the evaluation's own checks: model, image folder, annotations, subset, class map, image files
     setup = prepare_eval(cfg.model, cfg.images, cfg.annotations, cfg.subset, cfg.eval,  # type: ignore[arg-type]
                          cfg.subset_seed, load_annotations=_coco)
@@ -83,8 +83,9 @@ def input_error_types() -> tuple[type[BaseException], ...]:
     from tasks.quantization.calibration import CalibrationError
     from tasks.evaluation.coco_eval import AnnotationError, SubsetError
     from tasks.config import ConfigError
+    from tasks.evaluation.decode import DecodeError
     from tasks.evaluation.runtime import ModelError
 
     return (ConfigError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ModelError,
-            CalibrationError, AnnotationError, SubsetError)
+            DecodeError, CalibrationError, AnnotationError, SubsetError)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+from tasks.evaluation.bootstrap import budget_reading, paired_interval
 from tasks.evaluation.runtime import cpu_info, cpu_label
 from tasks.run.rundir import atomic_write_json, atomic_write_text
 from tasks.targets import TARGETS, target
@@ -42,10 +44,27 @@ def _smoke(smoke: dict[str, Any]) -> dict[str, Any]:
 
 
 def _delta(fp32: dict[str, Any], int8: dict[str, Any]) -> dict[str, Any]:
+    """INT8 minus FP32 on the same images, with the paired bootstrap's 95% intervals when both
+    evaluations were resampled alike (None otherwise: never an interval of mismatched resamples)."""
     p50_fp32, p50_int8 = fp32["latency_ms"]["p50"], int8["latency_ms"]["p50"]
+    b0, b1 = fp32.get("bootstrap"), int8.get("bootstrap")
+    ci = {"map50_95_ci": paired_interval(b0, b1, "map50_95"), "map50_ci": paired_interval(b0, b1, "map50")}
     return {"map50_95": round(int8["map50_95"] - fp32["map50_95"], 6),
             "map50": round(int8["map50"] - fp32["map50"], 6),
+            **ci,
+            "bootstrap": {"resamples": b1["resamples"], "seed": b1["seed"], "level": 0.95, "images": int8["images"]}
+            if ci["map50_95_ci"] is not None else None,
             "latency_ratio": round(p50_int8 / p50_fp32, 4) if p50_fp32 else None}
+
+
+def _pt(x: float) -> str:
+    return f"{x * 100:+.2f}"
+
+
+def ci_text(delta: dict[str, Any], stat: str = "map50_95") -> str:
+    """'+0.20 pt [-0.31, +0.68]': a delta in points with its 95% interval when there is one."""
+    ci = delta.get(f"{stat}_ci")
+    return f"{_pt(delta[stat])} pt" + (f" [{_pt(ci[0])}, {_pt(ci[1])}]" if ci else "")
 
 
 def build_summary(ctx, calib: dict[str, Any], targets: dict[str, dict[str, Any]], fp32: dict[str, Any],
@@ -111,11 +130,15 @@ def per_target(s: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def regression_gate(s: dict[str, Any], budget_points: float | None) -> dict[str, Any]:
     """Pass/fail of every INT8 target against a drop budget in mAP50-95 points (0.01 each)."""
-    reasons, drops = [], {}
+    reasons, drops, readings = [], {}, {}
     for name, t in per_target(s).items():
         label = "INT8" if "targets" not in s else f"INT8 ({name})"
         drop = round(-t["delta"]["map50_95"] * 100, 3) or 0.0  # no "-0.00"
         drops[name] = drop
+        reading = budget_reading(t["delta"]["map50_95"], t["delta"].get("map50_95_ci"), budget_points,
+                                 t["int8"]["images"])
+        if reading is not None:
+            readings[name] = {**reading, "map50_95_ci": t["delta"]["map50_95_ci"]}
         if t["int8"]["detections"] == 0:
             reasons.append(f"the {label} model returned no detections on {t['int8']['images']} images")
         if budget_points is not None and drop > budget_points:
@@ -123,10 +146,28 @@ def regression_gate(s: dict[str, Any], budget_points: float | None) -> dict[str,
                            f"{s['fp32']['map50_95']:.4f}, over the budget of {budget_points:g} points")
     drop_points = max(drops.values())
     return {"budget_points": budget_points, "drop_points": drop_points, "drop_points_by_target": drops,
-            "passed": not reasons, "off": budget_points is None,
+            "passed": not reasons, "off": budget_points is None, "intervals": readings,
+            "interval_note": _interval_note(readings, budget_points, "targets" in s),
             "message": "; ".join(reasons) if reasons else
             f"gate off: drop {drop_points:.2f} points" if budget_points is None else
             f"INT8 within budget: drop {drop_points:.2f} points (budget {budget_points:g})"}
+
+
+def _interval_note(readings: dict[str, dict[str, Any]], budget: float | None, multi: bool) -> str | None:
+    """The gate decides on the point estimate; this says what the images can tell about that decision."""
+    if not readings:
+        return None
+    parts = []
+    for name, r in readings.items():
+        lo, hi = (x * 100 for x in r["map50_95_ci"])
+        who = f"{name}: " if multi else ""
+        what = {"within": f"the data show it within the budget of {budget:g} points",
+                "over": f"the data show it over the budget of {budget:g} points",
+                "cannot tell": f"the interval straddles -{budget:g}: this subset cannot tell whether the drop is "
+                               f"within the budget" + (f"; about {r['images_needed']} images would" if r["images_needed"]
+                                                       else "; the point estimate sits on the budget")}[r["reading"]]
+        parts.append(f"{who}95% interval of the mAP50-95 delta [{lo:+.2f}, {hi:+.2f}] points: {what}")
+    return "; ".join(parts)
 
 
 def _quant_lines(q: dict[str, Any], calib: dict[str, Any]) -> list[str]:
@@ -201,9 +242,9 @@ def render_markdown(s: dict[str, Any]) -> str:
              "| | " + " | ".join(heads + delta_heads) + " |", "|---|" + "---:|" * (len(heads) + len(delta_heads))]
     lines += [
         row("mAP50-95", f"{f['map50_95']:.4f}", lambda t: f"{t['int8']['map50_95']:.4f}",
-            lambda t: f"{t['delta']['map50_95'] * 100:+.2f} pt"),
+            lambda t: ci_text(t["delta"])),
         row("mAP50", f"{f['map50']:.4f}", lambda t: f"{t['int8']['map50']:.4f}",
-            lambda t: f"{t['delta']['map50'] * 100:+.2f} pt"),
+            lambda t: ci_text(t["delta"], "map50")),
         row("latency p50 (ms)", f"{f['latency_ms']['p50']:.2f}", lambda t: f"{t['int8']['latency_ms']['p50']:.2f}",
             lambda t: f"x{t['delta']['latency_ratio']:.2f}" if t["delta"]["latency_ratio"] else "n/a"),
         row("latency p90 (ms)", f"{f['latency_ms']['p90']:.2f}", lambda t: f"{t['int8']['latency_ms']['p90']:.2f}", empty),
@@ -265,7 +306,13 @@ def render_markdown(s: dict[str, Any]) -> str:
         lines += [f"| {k} | {v['host']} | {v['pid']} | {v['runner']} |" for k, v in s["placement"].items()]
     gate = s.get("gate")
     if gate:
-        lines.insert(2, f"**Regression gate: {gate_verdict(gate)}** - {gate['message']}\n")
+        note = f"\n\n{gate['interval_note']}" if gate.get("interval_note") else ""
+        lines.insert(2, f"**Regression gate: {gate_verdict(gate)}** - {gate['message']}{note}\n")
+    bs = next((t["delta"]["bootstrap"] for t in ts.values() if t["delta"].get("bootstrap")), None)
+    if bs:
+        lines.insert(3, f"Deltas are INT8 minus FP32 on the same {bs['images']} images; brackets: 95% paired bootstrap "
+                        f"interval over images ({bs['resamples']} resamples, seed {bs['seed']}). The gate decides on "
+                        f"the point estimate.\n")
     if s.get("cache_corrupt_entries"):
         lines.append(f"- damaged cache entries recomputed: {len(s['cache_corrupt_entries'])}")
     return "\n".join(lines) + "\n"
@@ -280,28 +327,50 @@ def _sides(s: dict[str, Any]) -> list[tuple[str, dict[str, Any], float | None]]:
 
 
 def table_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"model": label, "map50_95": m["map50_95"], "map50": m["map50"],
-             "latency_p50_ms": m["latency_ms"]["p50"], "latency_p90_ms": m["latency_ms"]["p90"],
-             "latency_ratio": ratio, "provider": m["provider"], "images": m["images"]} for label, m, ratio in _sides(s)]
+    deltas = {"fp32": None, **{(f"int8-{n}" if "targets" in s else "int8"): t["delta"] for n, t in per_target(s).items()}}
+    rows = []
+    for label, m, ratio in _sides(s):
+        d = deltas.get(label) or {}
+        ci, ci50 = d.get("map50_95_ci") or [None, None], d.get("map50_ci") or [None, None]
+        rows.append({"model": label, "map50_95": m["map50_95"], "map50": m["map50"],
+                     "delta_map50_95": d.get("map50_95"), "delta_map50_95_ci_low": ci[0], "delta_map50_95_ci_high": ci[1],
+                     "delta_map50": d.get("map50"), "delta_map50_ci_low": ci50[0], "delta_map50_ci_high": ci50[1],
+                     "latency_p50_ms": m["latency_ms"]["p50"], "latency_p90_ms": m["latency_ms"]["p90"],
+                     "latency_ratio": ratio, "provider": m["provider"], "images": m["images"]})
+    return rows
 
 
 def write_report(run_dir: Path, summary: dict[str, Any]) -> str:
     md = render_markdown(summary)
+    # each INT8 evaluation's metrics.json also carries its delta against FP32 with the intervals
+    for name, t in per_target(summary).items():
+        path = Path(run_dir) / f"{target(name).which}-coco" / "metrics.json"
+        if path.is_file():
+            metrics = json.loads(path.read_text())
+            metrics["delta_vs_fp32"] = {k: v for k, v in t["delta"].items() if k != "latency_ratio"}
+            atomic_write_json(path, metrics)
     atomic_write_json(Path(run_dir) / "results" / "summary.json", summary)
     atomic_write_text(Path(run_dir) / "results" / "report.md", md)
     return md
 
 
 def console_table(s: dict[str, Any]) -> str:
-    head = f"{'':16}{'mAP50-95':>10}{'mAP50':>9}{'p50 ms':>9}{'p90 ms':>9}{'vs FP32':>18}  provider"
+    head = (f"{'':16}{'mAP50-95':>10}{'mAP50':>9}{'p50 ms':>9}{'p90 ms':>9}{'vs FP32':>18}"
+            f"{'delta pt, 95% CI':>24}  provider")
     out = [head]
     fp = s["fp32"]
+    deltas = {(f"int8-{n}" if "targets" in s else "int8"): t["delta"] for n, t in per_target(s).items()}
     for label, m, ratio in _sides(s):
         rel = "" if ratio is None else f"{m['map50_95'] - fp['map50_95']:+.4f} x{ratio:.2f}"
+        d = deltas.get(label)
+        ci = d.get("map50_95_ci") if d else None
+        ci_s = f"{_pt(d['map50_95'])} [{_pt(ci[0])}, {_pt(ci[1])}]" if ci else ""
         out.append(f"{label:16}{m['map50_95']:>10.4f}{m['map50']:>9.4f}{m['latency_ms']['p50']:>9.2f}"
-                   f"{m['latency_ms']['p90']:>9.2f}  {rel:>16}  {m['provider']}")
+                   f"{m['latency_ms']['p90']:>9.2f}  {rel:>16}{ci_s:>24}  {m['provider']}")
     if s.get("gate"):
         out.append(f"regression gate: {gate_verdict(s['gate'])} - {s['gate']['message']}")
+        if s["gate"].get("interval_note"):
+            out.append(f"  {s['gate']['interval_note']}")
     return "\n".join(out)
 
 
