@@ -211,6 +211,19 @@ class RunConfig(BaseModel):
         description="auto mode never lets the share of convolution MACs that run in INT8 fall below this, per "
                     "target (one number sets every target)")
 
+    guard_images: Path | None = Field(
+        None, description="auto mode chooses on annotated images it does not report: a folder of them (with "
+                          "guard_annotations); default: images of --annotations outside the evaluated subset, "
+                          "else a held-out split of the evaluated images (guard_split)")
+    guard_annotations: Path | None = Field(None, description="COCO instances JSON of guard_images")
+    guard_subset: str | None = Field(None, description="auto mode's selection images: N, random:N or a file "
+                                                       "(of guard_images, or of --annotations outside the subset)")
+    guard_split: float = Field(0.5, gt=0, lt=1, description="auto mode without other annotated images: the share of "
+                                                           "the evaluated images it chooses on; the rest are "
+                                                           "reported")
+    guard_min_images: int = Field(30, ge=1, description="auto mode uses the annotation file's images outside the "
+                                                        "evaluated subset when at least this many exist")
+
     runner: Literal["sequential", "process", "dask"] = Field(
         "sequential", description="how steps run: sequential (one after another in this process); process (a pool "
                                   "of worker processes on this machine); dask (a Dask cluster: dask_address, or a "
@@ -249,6 +262,8 @@ class RunConfig(BaseModel):
     def _one_calibration_source(self) -> "RunConfig":
         if self.calib is not None and self.calib_images is not None:
             raise ValueError("give either calib (a tensor file) or calib_images (a folder), not both")
+        if (self.guard_images is None) != (self.guard_annotations is None):
+            raise ValueError("guard_images and guard_annotations go together: pass both, or neither")
         if self.dask_address is not None and self.runner != "dask":
             raise ValueError(f"dask_address is set but runner is {self.runner!r}; add --runner dask")
         return self

@@ -186,10 +186,13 @@ class _Run:
 
 
 def _evaluate(run: _Run, spawn: _Spawner, ctx: RunContext, which: str, model_path: Path, sha: str,
-              parallel: bool, prefix: str = "", runtime: str | None = None) -> dict[str, Any]:
+              parallel: bool, prefix: str = "", runtime: str | None = None, on: str = "report") -> dict[str, Any]:
     """One model's COCO evaluation on `runtime`; with workers, in shards side by side, then merged. A
-    guard's candidates (`prefix`) get step names of their own, model hash included."""
+    guard's candidates (`prefix`) get step names of their own, model hash included; on its selection
+    images (`on`) a candidate is evaluated whole, on one worker."""
     tag = f"{prefix}{sha[:8]}-" if prefix else ""
+    if on == "selection":
+        return run(f"{tag}coco-eval-{which}-selection", step_evaluate, ctx, which, model_path, sha, False, runtime, on)
     if not parallel:
         return run(f"{tag}coco-eval-{which}", step_evaluate, ctx, which, model_path, sha, True, runtime)
     bounds = shard_bounds(len(ctx.model["eval_image_files"]), ctx.cfg.workers)
@@ -221,8 +224,8 @@ def _target_chain(run: _Run, spawn: _Spawner, ctx: RunContext, calib_f: Any, fp3
     extra: dict[str, Any] = {}
     if auto and parallel:
         # the guard decides here; each candidate's steps run on the workers, its evaluation in shards
-        def evaluate(w: str, path: Path, sha: str, publish: bool = False) -> dict[str, Any]:
-            return _evaluate(run, spawn, ctx, w, path, sha, True, prefix=f"accuracy-guard{sfx}-", runtime=rt)
+        def evaluate(w: str, path: Path, sha: str, publish: bool = False, on: str = "selection") -> dict[str, Any]:
+            return _evaluate(run, spawn, ctx, w, path, sha, True, prefix=f"accuracy-guard{sfx}-", runtime=rt, on=on)
 
         g = step_accuracy_guard(ctx, calib, raw, quant, fp32_f.result(), int8, call=run, evaluate=evaluate)
     elif auto:

@@ -58,6 +58,8 @@ class RunContext:
     cache: StepCache
     versions: dict[str, str]
     model: dict[str, Any] = field(default_factory=dict)
+    # auto mode's selection images (tasks/run/guard_data.py), hashed like the evaluated ones
+    guard: dict[str, Any] | None = None
 
     @property
     def key_versions(self) -> dict[str, str]:
@@ -80,6 +82,12 @@ def prepare_run(cfg: RunConfig) -> RunContext:
                  # hashed once here: both evaluations key their cache entries on these bytes
                  "eval_image_sha256": [sha256_file(p) for p in eval_files],
                  "annotations_sha256": sha256_file(cfg.annotations)}
+    g = inputs.guard
+    if g is not None:
+        ctx.guard = {"images": str(g.images), "annotations": str(g.annotations), "subset": g.subset, "how": g.how,
+                     "description": g.description, "count": len(g.files),
+                     "image_sha256": [sha256_file(p) for p in g.files],
+                     "annotations_sha256": sha256_file(g.annotations)}
     return ctx
 
 
@@ -283,21 +291,29 @@ def eval_settings(ctx: RunContext, runtime: str | None) -> Any:
 
 
 def step_evaluate(ctx: RunContext, which: str, model_path: Path, model_sha: str,
-                  publish: bool = True, runtime: str | None = None) -> dict[str, Any]:
+                  publish: bool = True, runtime: str | None = None, on: str = "report") -> dict[str, Any]:
     """COCO evaluation of one model on `runtime`, cached by model bytes, image bytes, annotations and
     settings (the runtime among them). The FP32 ONNX model describes inputs and outputs of a model
-    that is not ONNX itself (an OpenVINO IR)."""
+    that is not ONNX itself (an OpenVINO IR). `on`: "report", the run's evaluated images, or
+    "selection", the images auto mode chooses on (never published into the run folder)."""
     t0 = time.perf_counter()
     cfg = ctx.cfg
     settings = eval_settings(ctx, runtime)
-    key = cache_key("evaluate", {"model": model_sha, "annotations": ctx.model["annotations_sha256"],
-                                 "images": ctx.model["eval_image_sha256"], "subset": cfg.subset, "subset_seed": cfg.subset_seed,
-                                 "settings": settings.model_dump(), "versions": ctx.key_versions})
+    if on == "selection":
+        g = ctx.guard or {}
+        images, annotations, subset = Path(g["images"]), Path(g["annotations"]), g["subset"]
+        image_sha, ann_sha, publish = g["image_sha256"], g["annotations_sha256"], False
+    else:
+        images, annotations, subset = Path(cfg.images), Path(cfg.annotations), cfg.subset  # type: ignore[arg-type]
+        image_sha, ann_sha = ctx.model["eval_image_sha256"], ctx.model["annotations_sha256"]
+    key = cache_key("evaluate", {"model": model_sha, "annotations": ann_sha, "images": image_sha, "subset": subset,
+                                 "subset_seed": cfg.subset_seed, "settings": settings.model_dump(),
+                                 "versions": ctx.key_versions})
     entry = ctx.cache.get("evaluate", key)
     cached = entry is not None
     if entry is None:
-        with Progress(f"evaluate {which}") as progress:
-            metrics = evaluate_model(model_path, cfg.images, cfg.annotations, cfg.subset, settings, cfg.subset_seed,
+        with Progress(f"evaluate {which}" + (" (auto mode's selection images)" if on == "selection" else "")) as progress:
+            metrics = evaluate_model(model_path, images, annotations, subset, settings, cfg.subset_seed,
                                      progress, io_model=Path(cfg.model))
         fault_point(f"{which}-eval-computed")  # metrics in memory, nothing published yet
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
@@ -466,9 +482,13 @@ def step_sensitivity(ctx: RunContext, calib: dict[str, Any], raw: dict[str, Any]
 
 def _candidate_row(name: str, method: str, layers: list[str], quant: dict[str, Any],
                    metrics: dict[str, Any], fp32: dict[str, Any]) -> dict[str, Any]:
+    """A candidate as scored on the selection images, against FP32 on the same images."""
+    from tasks.evaluation.bootstrap import paired_interval
+
     return {"name": name, "method": method, "float_layers": layers,
             "map50_95": metrics["map50_95"], "map50": metrics["map50"],
             "drop_points": round((fp32["map50_95"] - metrics["map50_95"]) * 100, 3),
+            "delta_map50_95_ci": paired_interval(fp32.get("bootstrap"), metrics.get("bootstrap"), "map50_95"),
             "latency_p50_ms": metrics["latency_ms"]["p50"],
             "int8_conv_mac_share": quant["qdq"].get("int8_conv_mac_share"),
             "quantized_conv_share": quant["qdq"].get("conv_quantized_share"),
@@ -504,21 +524,26 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, A
     qdir, which = tgt.qdir, tgt.which
     sfx = which.removeprefix("int8")
     if evaluate is None:
-        def evaluate(w: str, path: Path, sha: str, publish: bool = False) -> dict[str, Any]:
-            return step_evaluate(ctx, w, path, sha, publish, tgt.runtime)
+        def evaluate(w: str, path: Path, sha: str, publish: bool = False, on: str = "selection") -> dict[str, Any]:
+            return step_evaluate(ctx, w, path, sha, publish, tgt.runtime, on)
     budget = cfg.accuracy_budget
-    fits = (lambda m: (fp32["map50_95"] - m["map50_95"]) * 100 <= budget + 1e-9)  # noqa: E731
+    # Every choice is made on the selection images (tasks/run/guard_data.py), FP32 scored there too;
+    # the chosen model is then evaluated on the reported images, which no choice has seen.
+    fp32_sel = call(f"accuracy-guard{sfx}-fp32-selection", step_evaluate, ctx, "fp32", Path(cfg.model),
+                    ctx.model["sha256"], False, None, "selection")
+    fits = (lambda m: (fp32_sel["map50_95"] - m["map50_95"]) * 100 <= budget + 1e-9)  # noqa: E731
     method = tgt.method(raw)
+    e0 = evaluate(which, Path(quant["artifact"]), quant["sha256"])
     results: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str]]] = {
-        "base": (raw, quant, int8, [])}
-    cands = {"base": _candidate_row(f"plain-{method}", method, [], quant, int8, fp32)}
+        "base": (raw, quant, e0, [])}
+    cands = {"base": _candidate_row(f"plain-{method}", method, [], quant, e0, fp32_sel)}
     best = "base"
-    for i, other in enumerate(tgt.alternatives(cfg) if not fits(int8) else []):
+    for i, other in enumerate(tgt.alternatives(cfg) if not fits(e0) else []):
         r2 = call(f"accuracy-guard{sfx}-{other.method}-quantize", _raw_quantize, ctx, calib, target, other)
         q2 = call(f"accuracy-guard{sfx}-{other.method}-recover", _finish, ctx, calib, r2, None, False)
         e2 = evaluate(which, Path(q2["artifact"]), q2["sha256"])
         results[f"other{i}"] = (r2, q2, e2, [])
-        cands[f"other{i}"] = _candidate_row(f"plain-{other.method}", other.method, [], q2, e2, fp32)
+        cands[f"other{i}"] = _candidate_row(f"plain-{other.method}", other.method, [], q2, e2, fp32_sel)
     best = max(results, key=lambda k: results[k][2]["map50_95"])
     # layers are ranked on a Q/DQ ONNX model: the target's own, or (openvino) ModelOpt's of the same model
     ranked_on = results[best][0] if tgt.ranking_from is None else \
@@ -546,7 +571,7 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, A
                 qk = call(f"accuracy-guard{sfx}-float-{k}-recover", _finish, ctx, calib, braw, layers, False)
                 ek = evaluate(which, Path(qk["artifact"]), qk["sha256"])
                 results[key] = (braw, qk, ek, layers)
-                cands[key] = _candidate_row(f"{m_name}-float-{k}", m_name, layers, qk, ek, fp32)
+                cands[key] = _candidate_row(f"{m_name}-float-{k}", m_name, layers, qk, ek, fp32_sel)
             return fits(results[key][2])
 
         lo, hi = 1, len(ranked)  # bisection for the fewest layers that fit (the smallest k, if any)
@@ -561,16 +586,21 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, A
     met = chosen is not None
     if chosen is None:  # nothing fits: keep the most accurate candidate, and say so
         chosen = max(results, key=lambda k: results[k][2]["map50_95"])
-    _, cq, ce, layers = results[chosen]
+    _, cq, _, layers = results[chosen]
     row = cands[chosen]
     cq = publish_quantized(ctx, cq)
-    evaluate(which, Path(cq["artifact"]), cq["sha256"], True)  # a cache hit: lays its metrics.json into the run
+    # the chosen model on the reported images (the plain model's evaluation when it was chosen)
+    ce = int8 if chosen == "base" else evaluate(which, Path(cq["artifact"]), cq["sha256"], True, "report")
     reason = (f"fits the budget of {budget:g} points" if met else
               f"no candidate fits the budget of {budget:g} points: tried {len(cands)} candidates, at most "
               f"{cfg.guard_max_exclusions} layers in float and at least {cfg.min_mac_share(target):.0%} of convolution "
               f"MACs in INT8; kept the most accurate ({row['name']}, drop {row['drop_points']:.2f} points)")
     guard = {"budget": budget, "met": met, "reason": reason, "target": target,
-             "chosen_on": "the calibration samples (recovery, ranking) and the evaluated subset (method, layer count)",
+             "chosen_on": f"{(ctx.guard or {}).get('description', 'the evaluated images')} (method, layer count), "
+                          f"calibration samples (recovery, ranking)",
+             "selection": {k: (ctx.guard or {}).get(k) for k in ("how", "count", "images", "annotations")},
+             "fp32_selection_map50_95": fp32_sel["map50_95"],
+             "expected": {"map50_95": -row["drop_points"] / 100, "map50_95_ci": row["delta_map50_95_ci"]},
              "candidates": list(cands.values()), "chosen": row, "float_layers": layers,
              "int8_conv_mac_share": cq["qdq"].get("int8_conv_mac_share"),
              "quantized_conv_share": cq["qdq"].get("conv_quantized_share"), "wall_s": round(time.perf_counter() - t0, 3)}

@@ -1,4 +1,6 @@
-"""Auto mode on the real COCO-trained YOLOv10s in ../shared (skipped with its reason when absent)."""
+"""Auto mode on the real COCO-trained YOLOv10s in ../shared (skipped with its reason when absent): it
+chooses on 100 images of the 300-image set and reports on the 79 others of coco-val2017-mini, so
+its reported delta is not the one it optimised."""
 import json
 
 import onnx
@@ -11,7 +13,7 @@ from tasks.quantization.layers import quantized_layers
 
 @pytest.mark.slow
 @pytest.mark.shared
-def test_yolov10s_auto_mode_fits_every_target_in_the_budget_with_nearly_every_convolution_in_int8(tmp_path):
+def test_yolov10s_auto_mode_chooses_on_other_images_and_keeps_nearly_every_convolution_in_int8(tmp_path):
     from tasks.steps import run_int8
 
     model = shared_path("models/yolov10s-coco/yolov10s.onnx")
@@ -20,6 +22,9 @@ def test_yolov10s_auto_mode_fits_every_target_in_the_budget_with_nearly_every_co
         "model": str(model), "calib_images": str(data / "coco-val2017-calib/images"),
         "images": str(data / "coco-val2017-mini/images"),
         "annotations": str(data / "coco-val2017-mini/annotations/instances_val2017.json"),
+        "guard_images": str(data / "coco-val2017-300/images"),
+        "guard_annotations": str(data / "coco-val2017-300/annotations/instances_val2017.json"),
+        "guard_subset": "random:100",
         "targets": ["tensorrt", "ort-cpu"], "accuracy_budget": 0.5, "max_map_drop": None,
         "run_root": str(tmp_path / "runs"), "run_id": "auto", "eval": {"providers": ["cpu"]}})
     s = run_int8(cfg)
@@ -28,7 +33,14 @@ def test_yolov10s_auto_mode_fits_every_target_in_the_budget_with_nearly_every_co
     for name, t in s["targets"].items():
         g = t["accuracy_guard"]
         assert g["target"] == name and g["met"], (name, g["reason"])
-        assert t["delta"]["map50_95"] * 100 >= -0.5 - 1e-9, name
+        assert g["selection"]["how"] == "separate" and g["selection"]["count"] == 100
+        assert -g["chosen"]["drop_points"] >= -0.5 - 1e-9  # met: on the images it chose on
+        # On the 79 reported images the delta is an independent estimate: its interval (about +-0.5
+        # point wide there, whatever the CPU) must not show a loss beyond the budget; a collapsed or a
+        # clearly worse model (1 point and more) fails.
+        lo, hi = t["delta"]["map50_95_ci"]
+        assert hi * 100 >= -0.5, (name, t["delta"])
+        assert g["expected"]["map50_95_ci"] and g["reported"]["map50_95"] == t["delta"]["map50_95"]
         assert t["quantization"]["int8_conv_mac_share"] >= floors[name], name
         assert t["sensitivity"]["layers"] and t["sensitivity"]["blocks"]
         qdir = {"tensorrt": "quantize-int8", "ort-cpu": "quantize-int8-ort-cpu"}[name]

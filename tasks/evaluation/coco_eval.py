@@ -141,7 +141,8 @@ def select_subset(coco, subset: str | int | None, seed: int = 0, source: Path | 
     """Image ids to evaluate.
 
     subset: None = all; an int N or 'N' = first N image ids; 'random:N' = seeded sample of N;
-    a path to a file of image ids or file names (one per line, '#' comments allowed).
+    'ids:ID,ID,...' = those ids; a path to a file of image ids or file names (one per line, '#'
+    comments allowed).
     A size larger than the file lists is refused, never cut to what there is: the figures would
     silently describe fewer images than asked. `source`: the annotation file, for the messages.
     """
@@ -155,6 +156,15 @@ def select_subset(coco, subset: str | int | None, seed: int = 0, source: Path | 
             raise SubsetError(f"subset size {n} selects no image; pass a positive number")
         _check_size(n, len(all_ids), str(n), "", file_name)
         chosen = all_ids[:n]
+    elif isinstance(subset, str) and subset.startswith("ids:"):
+        # the run's own form for a computed list (auto mode's held-out split): every id must exist
+        try:
+            chosen = sorted({int(x) for x in subset[4:].split(",") if x.strip()})
+        except ValueError:
+            raise SubsetError(f"subset {subset[:40]!r}... is not ids:ID,ID,... with whole-number image ids") from None
+        unknown = sorted(set(chosen) - set(all_ids))
+        if unknown:
+            raise SubsetError(f"subset ids: names {len(unknown)} images {file_name} does not list (first: {unknown[:3]})")
     elif isinstance(subset, str) and subset.startswith("random:"):
         text = subset.split(":", 1)[1].strip()
         try:

@@ -11,6 +11,7 @@ from typing import Any
 from tasks.config import RunConfig
 from tasks.evaluation.coco_eval import load_coco
 from tasks.evaluation.evaluate import EvalSetup, prepare_eval
+from tasks.run.guard_data import GuardSet, choose_guard_set
 from tasks.quantization.calibration import check_calib_shape, list_calib_images, open_array
 
 
@@ -20,6 +21,7 @@ class Inputs:
 
     cfg: RunConfig  # resolved: demo paths and defaults filled in
     setup: EvalSetup  # the model's input and decoder, the annotations, the evaluated images
+    guard: GuardSet | None = None  # auto mode: the images it chooses on, apart from the reported ones
 
     @property
     def eval_files(self) -> list[Path]:
@@ -61,7 +63,8 @@ def check_inputs(cfg: RunConfig) -> Inputs:
                          cfg.subset_seed, load_annotations=_coco)
     if cfg.calib is not None:
         check_calib_shape(open_array(Path(cfg.calib), setup.input_name), setup.in_shape, str(cfg.calib))
-    return Inputs(cfg=cfg, setup=setup)
+    cfg, setup, guard = choose_guard_set(cfg, setup, _coco)
+    return Inputs(cfg=cfg, setup=setup, guard=guard)
 
 
 def _check_targets_and_patterns(cfg: RunConfig) -> None:

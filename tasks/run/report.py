@@ -84,6 +84,9 @@ def build_summary(ctx, calib: dict[str, Any], targets: dict[str, dict[str, Any]]
                                    "int8_eval": r["int8"].get("step_wall_s"),
                                    **({"accuracy_guard": r["accuracy_guard"]["wall_s"]} if "accuracy_guard" in r else {})},
                      "providers": r["int8"]["runtime"]["providers"]}
+    for t in per.values():
+        if "accuracy_guard" in t:
+            t["accuracy_guard"] = _guard_outcome(t["accuracy_guard"], t["delta"])
     primary = next(iter(per))
     p = per[primary]
     summary = {
@@ -118,6 +121,15 @@ def build_summary(ctx, calib: dict[str, Any], targets: dict[str, dict[str, Any]]
     if len(per) > 1:
         summary["targets"] = {n: {k: v for k, v in t.items() if k not in ("cached", "timings_s")} for n, t in per.items()}
     return summary
+
+
+def _guard_outcome(g: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    """Auto mode's expectation (its choice's delta on the selection images, with the interval) beside
+    what the reported images show: an honest guard's reported delta falls inside that interval."""
+    exp_ci = (g.get("expected") or {}).get("map50_95_ci")
+    rep = {"map50_95": delta["map50_95"], "map50_95_ci": delta.get("map50_95_ci")}
+    inside = None if exp_ci is None else bool(exp_ci[0] - 1e-9 <= delta["map50_95"] <= exp_ci[1] + 1e-9)
+    return {**g, "reported": rep, "reported_within_expected_interval": inside}
 
 
 def per_target(s: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -196,13 +208,23 @@ def _mac_lines(name: str, q: dict[str, Any]) -> list[str]:
 def _guard_lines(name: str, g: dict[str, Any]) -> list[str]:
     lines = ["", f"## Accuracy guard, {name} (budget {g['budget']:g} mAP50-95 points)", f"- {g['reason']}",
              f"- chosen: **{g['chosen']['name']}**, {(g.get('int8_conv_mac_share') or 0) * 100:.1f}% of convolution "
-             f"MACs in INT8; chosen on {g.get('chosen_on', 'the evaluated subset')}",
-             "", "| candidate | method | layers in float | mAP50-95 | drop (pt) | p50 ms | conv MACs in INT8 |",
-             "|---|---|---|---:|---:|---:|---:|"]
+             f"MACs in INT8; chosen on {g.get('chosen_on', 'the evaluated subset')}"]
+    if g.get("expected") and g.get("reported"):
+        e, r = g["expected"], g["reported"]
+        inside = g.get("reported_within_expected_interval")
+        lines.append(f"- expected from the selection images: {ci_text(e)}; reported on the other images: "
+                     f"{ci_text(r)}" + ("" if inside is None else
+                                        " (inside the expected interval)" if inside else
+                                        " (**outside** the expected interval)"))
+    lines += ["", "Candidates as scored on the selection images:", "",
+              "| candidate | method | layers in float | mAP50-95 | delta (pt) [95% CI] | p50 ms | conv MACs in INT8 |",
+              "|---|---|---|---:|---:|---:|---:|"]
     for c in g["candidates"]:
         fl = c.get("float_layers", [])
+        ci = c.get("delta_map50_95_ci")
         lines.append(f"| {c['name']} | {c['method']} | {len(fl)}{': ' + ', '.join(f'`{x}`' for x in fl[:4]) if fl else ''}"
-                     f"{' ...' if len(fl) > 4 else ''} | {c['map50_95']:.4f} | {c['drop_points']:.2f} | "
+                     f"{' ...' if len(fl) > 4 else ''} | {c['map50_95']:.4f} | {-c['drop_points']:+.2f}"
+                     + (f" [{ci[0] * 100:+.2f}, {ci[1] * 100:+.2f}]" if ci else "") + f" | "
                      f"{c['latency_p50_ms']:.2f} | {(c.get('int8_conv_mac_share') or 0) * 100:.1f}% |")
     return lines
 
