@@ -1,6 +1,7 @@
 """The openvino target on ../shared's real COCO-trained YOLOv10s (skipped with its reason when absent),
 evaluated on the 300-image COCO set: the 95% paired-bootstrap interval of its mAP50-95 delta against
-FP32 reaches above -0.5 points (the data do not show a loss of more than half a point), nearly every
+FP32 reaches above -0.5 points (the data do not show a loss of more than half a point) and its point
+estimate stays above the default gate's -1.0, nearly every
 convolution runs as an INT8 primitive, and the same holds on every oneDNN kernel family this CPU has
 (AMX, AVX512-VNNI, AVX2-VNNI, AVX2; ONEDNN_MAX_CPU_ISA caps OpenVINO to each in turn, in a fresh process)
 -- the families on which ModelOpt's signed Q/DQ once collapsed on OpenVINO."""
@@ -85,22 +86,23 @@ def test_yolov10s_openvino_target_holds_on_300_images_on_every_kernel_family(tmp
     assert metrics["runtime"]["runtime"] == "openvino" and metrics["runtime"]["cpu"]["model_name"]
     fp32 = json.loads((run / "fp32-coco" / "metrics.json").read_text())
 
-    # Accuracy is asserted on the 95% paired-bootstrap interval of INT8 minus FP32 over the 300 images,
-    # never on the point estimate: which images were drawn moves the delta by tenths of a point, and
-    # so does the CPU (the oneDNN kernel family rounds differently: -0.34 pt on an Intel AMX Xeon,
-    # -0.61 pt on an AMD Zen 4 for the same model on 79 images). The check fails only when the whole
-    # interval lies below -0.5 points, i.e. when the data show a loss of more than half a point: a point
-    # estimate down to about -0.5 minus the interval's upper half-width passes (noise), while a
-    # collapse (tens of points) or a 1-point regression puts the interval's upper end below -0.5.
-    def holds(ci: list[float] | None) -> bool:
-        return ci is not None and ci[1] * 100 >= -0.5
+    # Two checks, each outside the spread the CPU and the image draw produce:
+    # - the 95% paired-bootstrap interval of INT8 minus FP32 over the 300 images must reach above -0.5
+    #   points (the data do not show a loss of more than half a point; the interval is about 1.1
+    #   points wide here, e.g. -0.30 [-0.65, +0.44] on an AMD EPYC with AVX2);
+    # - the point estimate must stay above -1.0 point, the default gate: the CPU moves it by a few
+    #   tenths (the kernel family rounds differently: -0.34 on an Intel AMX Xeon, -0.61 on an AMD
+    #   Zen 4 on 79 images; -0.30 here on 300), so a 1-point regression fails and a CPU does not.
+    # A collapse (tens of points, as ModelOpt's signed Q/DQ on non-AMX kernels) fails both.
+    def holds(m: float, ci: list[float] | None) -> bool:
+        return ci is not None and ci[1] * 100 >= -0.5 and (m - s["fp32"]["map50_95"]) * 100 >= -1.0
 
     native, capped = _families(_cpu_flags())
     ci = s["delta"]["map50_95_ci"]
     assert ci == paired_interval(fp32["bootstrap"], metrics["bootstrap"], "map50_95")
     rows = {f"{native or 'native'} (native)": (s["int8"]["map50_95"], ci)}
     lines = [f"FP32 mAP50-95 {s['fp32']['map50_95']:.4f} on {s['int8']['images']} images (ORT CPU)"]
-    failed = [] if holds(ci) else [f"{native or 'native'} (native)"]
+    failed = [] if holds(s["int8"]["map50_95"], ci) else [f"{native or 'native'} (native)"]
     for name, cap in capped:
         code = _EVAL_UNDER_ISA.format(
             root=str(ROOT), xml=str(xml), images=str(images), ann=str(ann), model=str(model),
@@ -117,7 +119,7 @@ def test_yolov10s_openvino_target_holds_on_300_images_on_every_kernel_family(tmp
         assert r["int8_convs"] >= 0.95 * (r["int8_convs"] + r["float_convs"]), (name, r["kernels"])
         fam_ci = paired_interval(fp32["bootstrap"], r["bootstrap"], "map50_95")
         rows[f"{name} ({cap})"] = (r["map50_95"], fam_ci)
-        if not holds(fam_ci):
+        if not holds(r["map50_95"], fam_ci):
             failed.append(name)
     for label, (m, c) in rows.items():
         lo, hi = (f"{x * 100:+.2f}" for x in c) if c else ("n/a", "n/a")
