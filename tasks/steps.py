@@ -22,6 +22,7 @@ from tasks.config import QuantSettings, RunConfig
 from tasks.run.faults import fault_point
 from tasks.run.inputs import check_inputs
 from tasks.run.progress import Progress
+from tasks.evaluation.bootstrap import paired_interval
 from tasks.evaluation.evaluate import evaluate_model
 from tasks.quantization.quantize import run_ptq
 from tasks.run.rundir import atomic_copy, atomic_write_json, create_run_dir, default_run_id, sha256_file
@@ -483,8 +484,6 @@ def step_sensitivity(ctx: RunContext, calib: dict[str, Any], raw: dict[str, Any]
 def _candidate_row(name: str, method: str, layers: list[str], quant: dict[str, Any],
                    metrics: dict[str, Any], fp32: dict[str, Any]) -> dict[str, Any]:
     """A candidate as scored on the selection images, against FP32 on the same images."""
-    from tasks.evaluation.bootstrap import paired_interval
-
     return {"name": name, "method": method, "float_layers": layers,
             "map50_95": metrics["map50_95"], "map50": metrics["map50"],
             "drop_points": round((fp32["map50_95"] - metrics["map50_95"]) * 100, 3),

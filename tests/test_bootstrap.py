@@ -118,3 +118,31 @@ def test_evaluate_detections_records_the_replicates():
     # the replicates scatter around the point estimate
     assert min(bs["map50_95"]) < out["stats"]["map50_95"] < max(bs["map50_95"])
     assert "bootstrap" not in evaluate_detections(coco, dets, sorted(coco.getImgIds()))
+
+
+def test_the_budget_reading_of_an_interval():
+    from tasks.evaluation.bootstrap import budget_reading
+
+    assert budget_reading(-0.002, [-0.006, 0.002], 1.0, 300)["reading"] == "within"
+    assert budget_reading(-0.02, [-0.025, -0.015], 1.0, 300)["reading"] == "over"
+    r = budget_reading(-0.008, [-0.012, -0.004], 1.0, 79)  # -0.8 pt [-1.2, -0.4] against 1 point
+    # half-width 0.4 pt at 79 images, 0.2 pt from the budget: 79 * (0.4 / 0.2)^2 images would tell
+    assert r == {"reading": "cannot tell", "images_needed": 316}
+    assert budget_reading(-0.01, [-0.012, -0.008], 1.0, 79)["images_needed"] is None  # on the line
+    assert budget_reading(-0.01, None, 1.0, 79) is None and budget_reading(-0.01, [-0.02, 0.0], None, 79) is None
+
+
+def test_the_report_states_the_interval_and_when_the_subset_cannot_tell():
+    from tasks.run.report import console_table, regression_gate
+
+    def side(m):
+        return {"map50_95": m, "map50": m, "latency_ms": {"p50": 1.0, "p90": 1.0}, "provider": "CPU", "images": 79,
+                "detections": 10}
+    s = {"fp32": side(0.5), "int8": side(0.492), "quantization": {"target": "tensorrt"},
+         "delta": {"map50_95": -0.008, "map50": -0.008, "map50_95_ci": [-0.012, -0.004], "map50_ci": None,
+                   "latency_ratio": 1.0}}
+    s["gate"] = regression_gate(s, 1.0)
+    assert s["gate"]["passed"] and s["gate"]["intervals"]["tensorrt"]["reading"] == "cannot tell"
+    text = console_table(s)
+    assert "-0.80 [-1.20, -0.40]" in text
+    assert "this subset cannot tell whether the drop is within the budget; about 316 images would" in text

@@ -225,5 +225,5 @@ def budget_reading(delta: float, ci: list[float] | None, budget_points: float | 
         return {"reading": "over", "images_needed": None}
     half = (hi - lo) / 2
     gap = abs(delta * 100 - line)
-    needed = None if gap < 1e-9 else int(np.ceil(n_images * (half / gap) ** 2))
+    needed = None if gap < 1e-9 else int(np.ceil(round(n_images * (half / gap) ** 2, 6)))
     return {"reading": "cannot tell", "images_needed": needed}
