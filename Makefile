@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export PREFECT_HOME ?= $(CURDIR)/tmp/prefect-home
 
-.PHONY: install browser demo test evaluate-demo bench clean server pool deploy worker sweep-worker trigger
+.PHONY: install browser demo test test-kernels evaluate-demo bench clean server pool deploy worker sweep-worker trigger
 
 install: $(STAMP)
 
@@ -29,6 +29,13 @@ demo: $(STAMP)
 test: $(STAMP) browser
 	mkdir -p $(PREFECT_HOME)
 	$(BIN)/python -m pytest -q
+
+# The OpenVINO checks under each oneDNN kernel family OpenVINO may run on (a cap above this CPU's best
+# family runs its best one): AMX, AVX512-VNNI, AVX2-VNNI, AVX2.
+test-kernels: $(STAMP)
+	for isa in AVX512_CORE_AMX AVX512_CORE_VNNI AVX2_VNNI AVX2; do echo "== ONEDNN_MAX_CPU_ISA=$$isa"; \
+	  ONEDNN_MAX_CPU_ISA=$$isa $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_openvino.py \
+	    tests/test_evaluate.py tests/test_sensitivity.py -k openvino || exit 1; done
 
 # The deployment test renders the Prefect UI in Debian's headless Chromium; without it that one check
 # skips with its reason. Installed here only when missing and when we may (root).

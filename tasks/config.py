@@ -25,7 +25,14 @@ class QuantSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["max", "entropy"] = Field("max", description="ModelOpt calibration method of the tensorrt target")
+    method: Literal["max", "entropy", "mean-max", "percentile", "mse"] = Field(
+        "max", description="activation ranges of the tensorrt target: max (ModelOpt's, the largest magnitude over "
+                           "all samples), entropy (ORT's KL search), mean-max (per-sample maxima averaged, NNCF's "
+                           "statistic), percentile, mse (the clip of least squared quantisation error, NVIDIA's "
+                           "YOLO recipe); all but max from one streamed histogram pass, handed to ModelOpt as a "
+                           "calibration cache (tasks/quantization/ranges.py)")
+    percentile: float = Field(99.99, gt=50, le=100, description="method percentile: the share of |activation| "
+                                                                 "values kept inside the range")
     entropy_impl: Literal["histogram", "modelopt"] = Field(
         "histogram", description="entropy: 'histogram' = max calibration, then fixed 2048-bin histograms and "
                                  "the KL search here, handed to ModelOpt as a calibration cache (bounded cost); "

@@ -173,7 +173,8 @@ def step_quantize(ctx: RunContext, calib: dict[str, Any], settings: QuantSetting
                         "wall_s": rec["wall_s"], "peak_rss_mib": rec["peak_rss_mib"],
                         "rss_growth_mib": rec["rss_growth_mib"], "metadata_props_restored": rec["metadata_props_restored"],
                         "head_preset_nodes": rec["head_preset_nodes"],
-                        "output_sha256": rec["onnx_sha256"], "seed": seed, "entropy": rec["entropy"]}
+                        "output_sha256": rec["onnx_sha256"], "seed": seed, "entropy": rec["entropy"],
+                        "ranges": rec["ranges"]}
             entry = _cache_quantized(ctx, "quantize", key, calib, tdir, "modelopt-onnx-ptq.log", snapshot, rec)
     res = _quant_result(entry, cached, "tensorrt", settings=settings.model_dump())
     if publish:
@@ -192,7 +193,7 @@ def _cache_quantized(ctx: RunContext, stage: str, key: str, calib: dict[str, Any
     atomic_write_json(tdir / "config.json", snapshot)
     atomic_write_json(tdir / "qdq-summary.json", rec["qdq"])
     names = ["model.onnx", "config.json", "qdq-summary.json", log_name]
-    names += [n for n in ("entropy-calibration.cache",) if (tdir / n).exists()]
+    names += sorted(p.name for p in tdir.glob("*-calibration.cache"))
     return ctx.cache.put(stage, key, {n: tdir / n for n in names}, {"wall_s": rec["wall_s"]})
 
 

@@ -20,10 +20,10 @@ def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
 
 
 def _save_model(path: Path, nodes, inits, name: str, out_shape: list[int],
-                metadata: dict[str, str] | None = None) -> Path:
+                metadata: dict[str, str] | None = None, in_type: int = TensorProto.FLOAT) -> Path:
     """A one-input (`images` 1x3x64x64), one-output (`output0`) opset-17 model, checked and saved."""
     graph = helper.make_graph(
-        nodes, name, [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
+        nodes, name, [helper.make_tensor_value_info("images", in_type, [1, 3, SIZE, SIZE])],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, out_shape)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
     model.ir_version = 8
@@ -203,14 +203,5 @@ def odd_model(path: Path, out_shape: list[int], in_type: int = TensorProto.FLOAT
     """A valid ONNX model that is no usable YOLO export: a constant output of `out_shape` (float) beside an
     input `images` 1x3x64x64 of `in_type`. For the input checks, which must refuse it by name."""
     nodes = [helper.make_node("ConstantOfShape", ["shape"], ["output0"], name="const")]
-    graph = helper.make_graph(
-        nodes, "odd", [helper.make_tensor_value_info("images", in_type, [1, 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, out_shape)],
-        [_init("shape", np.array(out_shape, np.int64))])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return _save_model(path, nodes, [_init("shape", np.array(out_shape, np.int64))], "odd", out_shape,
+                       in_type=in_type)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import struct
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +56,8 @@ def scale_groups(scales: dict[str, float]) -> list[list[str]]:
 def collect_histograms(model_path: Path, amax: dict[str, float], reader: Any, bins: int = NUM_BINS,
                        threads: int | None = None) -> tuple[dict[str, dict[str, Any]], int]:
     """Per tensor: a signed histogram over [-amax, amax] (fixed size: bounded memory and search),
-    the first sample's largest magnitude (ORT's search starts there) and the observed min/max."""
+    the first sample's largest magnitude (ORT's search starts there), the observed min/max and the
+    sum of each sample's largest magnitude (with the sample count)."""
     import onnxruntime as ort
 
     model = onnx.load(str(model_path))
@@ -74,7 +74,8 @@ def collect_histograms(model_path: Path, amax: dict[str, float], reader: Any, bi
         onnx.save(model, str(path))
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     names = list(amax)
-    stats = {t: {"hist": np.zeros(bins, np.int64), "first": None, "min": np.inf, "max": -np.inf} for t in names}
+    stats = {t: {"hist": np.zeros(bins, np.int64), "first": None, "min": np.inf, "max": -np.inf,
+                 "absmax_sum": 0.0, "samples": 0} for t in names}
     reader.rewind()
     n = 0
     while (feed := reader.get_next()) is not None:
@@ -85,6 +86,8 @@ def collect_histograms(model_path: Path, amax: dict[str, float], reader: Any, bi
             st["min"], st["max"] = min(st["min"], lo), max(st["max"], hi)
             if st["first"] is None:
                 st["first"] = max(abs(lo), abs(hi))
+            st["absmax_sum"] += max(abs(lo), abs(hi))  # mean-max (tasks/quantization/ranges.py)
+            st["samples"] += 1
             if a > 0:
                 idx = np.clip(((x + a) * (bins / (2 * a))).astype(np.int64), 0, bins - 1)
                 st["hist"] += np.bincount(idx, minlength=bins)
@@ -155,26 +158,3 @@ def apply_calibration_cache(model_path: Path, cache_path: Path) -> int:
     with atomic_writer(model_path) as f:
         onnx.save(model, f)
     return sum(1 for k in scales if k in present)
-
-
-def entropy_scales(fp32_path: Path, max_model: onnx.ModelProto, reader: Any,
-                   threads: int | None = None) -> dict[str, Any]:
-    """Entropy scales for the activations ModelOpt's max run quantized; grouped tensors share one,
-    computed from their summed histograms (as ORT merges a group's data)."""
-    t0 = time.perf_counter()
-    max_scales = activation_scales(max_model)
-    amax = {t: s * 127.0 for t, s in max_scales.items()}
-    stats, samples = collect_histograms(fp32_path, amax, reader, threads=threads)
-    t1 = time.perf_counter()
-    scales: dict[str, float] = {}
-    groups = scale_groups(max_scales)
-    for group in groups:
-        st = [stats[t] for t in group]
-        h = np.sum([x["hist"] for x in st], axis=0)  # same amax: the bins line up
-        a = ort_entropy_threshold(h, amax[group[0]], max(x["first"] or 0.0 for x in st),
-                                  min(x["min"] for x in st), max(x["max"] for x in st))
-        for t in group:
-            scales[t] = a / 127.0
-    return {"scales": scales, "max_scales": max_scales, "samples": samples, "bins": NUM_BINS,
-            "groups": [g for g in groups if len(g) > 1],
-            "histogram_s": round(t1 - t0, 3), "search_s": round(time.perf_counter() - t1, 3)}

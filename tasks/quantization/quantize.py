@@ -21,6 +21,8 @@ from tasks.config import QuantSettings
 from tasks.run.faults import fault_point
 from tasks.run.rundir import atomic_copy, sha256_file, temp_sibling
 from tasks.evaluation.runtime import probe_provider
+from tasks.quantization.entropy import apply_calibration_cache, write_calibration_cache
+from tasks.quantization.ranges import HISTOGRAM_METHODS, histogram_scales
 
 log = logging.getLogger(__name__)
 
@@ -345,11 +347,13 @@ def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettin
     nodes_excl = list(settings.exclude_nodes)
     preset = head_final_convs(src_model) if settings.head_preset else []
     nodes_excl += [re.escape(n) + "$" for n in preset]
-    fast_entropy = settings.method == "entropy" and settings.entropy_impl == "histogram"
+    # every method but max (and ModelOpt's own entropy) starts from ModelOpt's max scales and replaces
+    # them from one streamed histogram pass (tasks/quantization/ranges.py)
+    from_histograms = settings.method in HISTOGRAM_METHODS and not (
+        settings.method == "entropy" and settings.entropy_impl == "modelopt")
     args: dict[str, Any] = {
         "quantize_mode": "int8",
-        # the bounded entropy path starts from max scales (tasks/quantization/entropy.py)
-        "calibration_method": "max" if fast_entropy else settings.method,
+        "calibration_method": "max" if from_histograms else settings.method,
         "calibration_eps": eps,
         "op_types_to_exclude": op_excl,
         "nodes_to_exclude": nodes_excl or None,
@@ -376,10 +380,10 @@ def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettin
             if not tmp_out.exists() or tmp_out.stat().st_size == 0:
                 raise RuntimeError(f"ModelOpt wrote no model; see {log_path}")
             fault_point("ptq-written")  # ModelOpt's output exists, under its temporary name only
-            entropy_rec = None
-            if fast_entropy:
-                entropy_rec = _apply_fast_entropy(model_path, tmp_out, calib,
-                                                  out_path.parent / "entropy-calibration.cache")
+            ranges_rec = None
+            if from_histograms:
+                ranges_rec = _apply_histogram_ranges(model_path, tmp_out, calib, settings,
+                                                     out_path.parent / f"{settings.method}-calibration.cache")
         wall = time.perf_counter() - t0
         restored, summary = checked_qdq(src_model, tmp_out, "ModelOpt")
         os.replace(tmp_out, out_path)
@@ -400,21 +404,21 @@ def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettin
         "qdq": summary,
         "onnx_sha256": sha256_file(out_path),
         "seed": seed,
-        "entropy": entropy_rec,
+        "ranges": ranges_rec,
+        "entropy": ranges_rec if settings.method == "entropy" else None,
     }
 
 
-def _apply_fast_entropy(fp32_path: Path, qdq_path: Path, reader: Any, cache_path: Path) -> dict[str, Any]:
-    """Max-calibrated Q/DQ model -> entropy scales (tasks/quantization/entropy.py), written as a TensorRT
-    calibration cache and applied with ModelOpt's cache reader."""
-    from tasks.quantization.entropy import apply_calibration_cache, entropy_scales, write_calibration_cache
-
+def _apply_histogram_ranges(fp32_path: Path, qdq_path: Path, reader: Any, settings: Any,
+                            cache_path: Path) -> dict[str, Any]:
+    """Max-calibrated Q/DQ model -> scales by the settings' range estimator (tasks/quantization/ranges.py),
+    written as a TensorRT calibration cache and applied with ModelOpt's cache reader."""
     t0 = time.perf_counter()
-    rec = entropy_scales(fp32_path, onnx.load(str(qdq_path)), reader)
+    rec = histogram_scales(fp32_path, onnx.load(str(qdq_path)), reader, settings.method, settings)
     write_calibration_cache(cache_path, rec["scales"])
     replaced = apply_calibration_cache(qdq_path, cache_path)
     ratios = [rec["scales"][t] / s for t, s in rec["max_scales"].items() if s > 0]
-    return {"impl": "histogram", "bins": rec["bins"], "samples": rec["samples"], "tensors": len(rec["scales"]),
+    return {"impl": "histogram", "method": settings.method, "bins": rec["bins"], "samples": rec["samples"], "tensors": len(rec["scales"]),
             "scales_replaced": replaced, "shared_scale_groups": len(rec["groups"]),
             "histogram_s": rec["histogram_s"], "search_s": rec["search_s"],
             "wall_s": round(time.perf_counter() - t0, 3),
