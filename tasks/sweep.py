@@ -65,13 +65,19 @@ def child_row(name: str, values: dict[str, Any], state: str) -> dict[str, Any]:
                host=where.get("host"), process=where.get("pid"), parent_process=where.get("ppid"), targets={})
     targets = s.get("targets") or {s["quantization"]["target"]: s}
     for t, r in targets.items():
+        ci = r["delta"].get("map50_95_ci")
         row["targets"][t] = {"map50_95": r["int8"]["map50_95"], "drop_points": round(-r["delta"]["map50_95"] * 100, 3),
+                             "delta_ci_points": [round(x * 100, 3) for x in ci] if ci else None,
                              "latency_ratio": r["delta"]["latency_ratio"], "size_bytes": r["quantization"]["size_bytes"]}
     return row
 
 
+def _ci(ci: list[float] | None) -> str:
+    return f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""
+
+
 def sweep_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| child | state | model | target | FP32 mAP50-95 | INT8 mAP50-95 | INT8 - FP32 (pt) | latency vs FP32 | size MiB | ran on |",
+    lines = ["| child | state | model | target | FP32 mAP50-95 | INT8 mAP50-95 | INT8 - FP32 (pt) [95% CI] | latency vs FP32 | size MiB | ran on |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         where = f"{r.get('host')} (worker pid {r.get('parent_process')})" if r.get("host") else ""
@@ -80,6 +86,6 @@ def sweep_markdown(rows: list[dict[str, Any]]) -> str:
         for t, m in (r.get("targets") or {}).items():
             ratio = f"x{m['latency_ratio']:.2f}" if m["latency_ratio"] else "n/a"
             lines.append(f"| {r['child']} | {r['state']} | {r['model']} | {t} | {r['fp32_map50_95']:.4f} | "
-                         f"{m['map50_95']:.4f} | {-m['drop_points']:+.2f} | {ratio} | {m['size_bytes'] / 2**20:.2f} | {where} |")
+                         f"{m['map50_95']:.4f} | {-m['drop_points']:+.2f}{_ci(m.get('delta_ci_points'))} | {ratio} | {m['size_bytes'] / 2**20:.2f} | {where} |")
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,98 @@
+"""Activation-range estimators x calibration count on 300 real images (issue #22's table).
+
+    .venv/bin/python bench/ranges.py                                   # YOLOv5n, YOLOv10s, demo; all methods
+    .venv/bin/python bench/ranges.py --models yolov5n --methods max,mse --counts 32,512
+    .venv/bin/python bench/ranges.py --extra name=/path/model.onnx      # any other real COCO detector
+
+For each model x method x count: the `tensorrt` target (ModelOpt Q/DQ; every method but max through
+the streamed histogram pass, tasks/quantization/ranges.py) calibrated on that many images of
+../shared/data/coco-calib-512 (the demo: its own calibration images, at most 64), evaluated on the
+300 images of coco-val2017-300 (the demo: its 100): mAP50-95 delta with its 95% paired bootstrap
+interval, the share of convolution MACs in INT8, calibration wall time (ModelOpt's max pass plus the
+histogram pass) and the quantize step's peak RSS. One cache per model: FP32 is evaluated once.
+Prints a table and writes bench/results/ranges.json with the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from shared_data import SHARED  # noqa: E402
+from tasks.config import RunConfig  # noqa: E402
+from tasks.evaluation.runtime import cpu_info, cpu_label  # noqa: E402
+from tasks.steps import run_int8  # noqa: E402
+
+OUT = ROOT / "bench" / "results"
+VAL = SHARED / "data/coco-val2017-300"
+MODELS = {"yolov5n": SHARED / "models/yolov5n-coco/yolov5n.onnx", "yolov10s": SHARED / "models/yolov10s-coco/yolov10s.onnx",
+          "demo": None}
+
+
+def _base(name: str, path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {"demo": True}
+    return {"model": str(path), "calib_images": str(SHARED / "data/coco-calib-512/images"),
+            "images": str(VAL / "images"), "annotations": str(VAL / "annotations/instances_val2017.json")}
+
+
+def one(name: str, path: Path | None, method: str, count: int, root: Path) -> dict[str, Any]:
+    cfg = RunConfig.model_validate({
+        **_base(name, path), "calib_count": count, "quant": {"method": method}, "targets": ["tensorrt"],
+        "run_root": str(root), "run_id": f"{method}-{count}-{time.strftime('%H%M%S')}", "max_map_drop": None,
+        "eval": {"providers": ["cpu"]}})
+    t0 = time.perf_counter()
+    s = run_int8(cfg)
+    run = Path(s["run_dir"])
+    qcfg = json.loads((run / "quantize-int8" / "config.json").read_text())
+    ranges = qcfg.get("ranges") or {}
+    d = s["delta"]
+    return {"model": name, "method": method, "count": count, "images": s["int8"]["images"],
+            "fp32": s["fp32"]["map50_95"], "delta_pt": round(d["map50_95"] * 100, 2),
+            "ci_pt": [round(x * 100, 2) for x in d["map50_95_ci"]] if d.get("map50_95_ci") else None,
+            "mac_share": s["quantization"].get("int8_conv_mac_share"),
+            "calibration_s": qcfg.get("wall_s"), "histogram_s": ranges.get("histogram_s"),
+            "peak_rss_mib": qcfg.get("peak_rss_mib"), "cached": s["cached"]["quantize"],
+            "run_wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="yolov5n,yolov10s,demo")
+    ap.add_argument("--extra", action="append", default=[], help="NAME=PATH of another real COCO detector")
+    ap.add_argument("--methods", default="max,entropy,mean-max,percentile,mse")
+    ap.add_argument("--counts", default="32,128,512")
+    ap.add_argument("--root", type=Path, default=ROOT / "tmp" / "bench-ranges")
+    args = ap.parse_args()
+    models = {m: MODELS[m] for m in args.models.split(",") if m}
+    models.update({k: Path(v) for k, v in (e.split("=", 1) for e in args.extra)})
+    rows = []
+    out = OUT / "ranges.json"
+    for name, path in models.items():
+        if path is not None and not path.exists():
+            print(f"skipped {name}: {path} is absent")
+            continue
+        for count in [int(c) for c in args.counts.split(",")]:
+            if name == "demo" and count > 64:
+                continue  # the demo has 64 calibration images
+            for method in args.methods.split(","):
+                r = one(name, path, method, count, args.root / name)
+                rows.append(r)
+                ci = r["ci_pt"] or ["?", "?"]
+                print(f"{name:9} {method:10} {count:4}: {r['delta_pt']:+.2f} pt [{ci[0]:+.2f}, {ci[1]:+.2f}] on "
+                      f"{r['images']} images, {r['mac_share'] * 100:.1f}% MACs INT8, calibration "
+                      f"{r['calibration_s']} s (histograms {r['histogram_s']} s), peak {r['peak_rss_mib']} MiB", flush=True)
+                OUT.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps({"cpu": cpu_info(), "cpu_label": cpu_label(), "rows": rows}, indent=1))
+    print(f"CPU: {cpu_label()}\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
