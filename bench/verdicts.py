@@ -50,15 +50,13 @@ def _cfg(model: Path, data: Path, root: Path, run_id: str, **kw: Any) -> RunConf
 
 
 def _bootstrap_share(run_dir: Path, summary: dict[str, Any]) -> dict[str, float]:
-    """Bootstrap seconds over evaluation seconds, summed over the run's evaluations (computed ones)."""
+    """Bootstrap seconds over evaluation seconds, summed over the run's evaluations."""
     boot = wall = 0.0
     for which in ["fp32"] + [target(t).which for t in summary.get("targets", {summary["quantization"]["target"]: 0})]:
         m = json.loads((run_dir / f"{which}-coco" / "metrics.json").read_text())
-        key = "fp32_eval" if which == "fp32" else "int8_eval" if which == "int8" else f"int8_eval_{which[5:]}"
-        t = summary["timings_s"].get(key)
-        if m.get("bootstrap") and t and not summary["cached"].get(key, False):
+        if m.get("bootstrap") and m.get("eval_wall_s"):  # recorded by the evaluation itself, cached or not
             boot += m["bootstrap"]["wall_s"]
-            wall += t
+            wall += m["eval_wall_s"]
     return {"bootstrap_s": round(boot, 2), "evaluations_s": round(wall, 2),
             "share": round(boot / wall, 4) if wall else None}
 
