@@ -28,7 +28,7 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	mkdir -p $(PREFECT_HOME)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # The OpenVINO checks under each oneDNN kernel family OpenVINO may run on (a cap above this CPU's best
 # family runs its best one): AMX, AVX512-VNNI, AVX2-VNNI, AVX2.

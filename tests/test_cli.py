@@ -248,7 +248,9 @@ def _candidates(path, info):
 
 
 # Settings valid only with another one: (extra arguments, the fields those set).
-COMPANIONS = {"dask_address": (["--runner", "dask"], {"runner"})}
+COMPANIONS = {"dask_address": (["--runner", "dask"], {"runner"}),
+              "guard_images": (["--guard-annotations", "a.json"], {"guard_annotations"}),
+              "guard_annotations": (["--guard-images", "imgs"], {"guard_images"})}
 
 
 def test_every_runconfig_field_is_reachable_from_the_command_line():

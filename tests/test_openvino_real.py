@@ -71,7 +71,8 @@ def test_yolov10s_openvino_target_holds_on_300_images_on_every_kernel_family(tmp
     cfg = RunConfig.model_validate({
         "model": str(model), "calib_images": str(calib), "images": str(images),
         "annotations": str(ann), "targets": ["openvino"], "max_map_drop": None,  # the test asserts instead
-        "run_root": str(tmp_path / "runs"), "run_id": "ov", "eval": {"providers": ["cpu"]}})
+        "run_root": str(tmp_path / "runs"), "run_id": "ov",
+        "eval": {"providers": ["cpu"], "warmup": 1, "deployed_runs": 0}})
     s = run_int8(cfg)
     q = s["quantization"]
     run = tmp_path / "runs" / "ov"

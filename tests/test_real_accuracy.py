@@ -1,5 +1,5 @@
 """Auto mode on the real COCO-trained YOLOv10s in ../shared (skipped with its reason when absent): it
-chooses on 100 images of the 300-image set and reports on the 79 others of coco-val2017-mini, so
+chooses on 60 images of the 300-image set and reports on the 79 others of coco-val2017-mini, so
 its reported delta is not the one it optimised."""
 import json
 
@@ -9,6 +9,7 @@ import pytest
 from conftest import shared_path
 from tasks.config import RunConfig
 from tasks.quantization.layers import quantized_layers
+from tasks.run.report import per_target
 
 
 @pytest.mark.slow
@@ -24,20 +25,23 @@ def test_yolov10s_auto_mode_chooses_on_other_images_and_keeps_nearly_every_convo
         "annotations": str(data / "coco-val2017-mini/annotations/instances_val2017.json"),
         "guard_images": str(data / "coco-val2017-300/images"),
         "guard_annotations": str(data / "coco-val2017-300/annotations/instances_val2017.json"),
-        "guard_subset": "random:100",
-        "targets": ["tensorrt", "ort-cpu"], "accuracy_budget": 0.5, "max_map_drop": None,
-        "run_root": str(tmp_path / "runs"), "run_id": "auto", "eval": {"providers": ["cpu"]}})
+        "guard_subset": "random:60",
+        # the mission's artifact; auto mode's other targets run on tiny graphs in tests/test_sensitivity.py
+        # and on these models in bench/verdicts.py (each real target here costs minutes of CI)
+        "targets": ["tensorrt"], "accuracy_budget": 0.5, "max_map_drop": None,
+        "run_root": str(tmp_path / "runs"), "run_id": "auto",
+        "eval": {"providers": ["cpu"], "warmup": 1, "deployed_runs": 0}})
     s = run_int8(cfg)
     floors = {"tensorrt": 0.97, "ort-cpu": 0.95}
     run = tmp_path / "runs" / "auto"
-    for name, t in s["targets"].items():
+    for name, t in per_target(s).items():
         g = t["accuracy_guard"]
         assert g["target"] == name and g["met"], (name, g["reason"])
-        assert g["selection"]["how"] == "separate" and g["selection"]["count"] == 100
+        assert g["selection"]["how"] == "separate" and g["selection"]["count"] == 60
         assert -g["chosen"]["drop_points"] >= -0.5 - 1e-9  # met: on the images it chose on
-        # On the 79 reported images the delta is an independent estimate: its interval (about +-0.5
-        # point wide there, whatever the CPU) must not show a loss beyond the budget; a collapsed or a
-        # clearly worse model (1 point and more) fails.
+        # On the 79 reported images the delta is an independent estimate: its interval (about 2 points
+        # wide there; the CPU moves the estimate by tenths) must not show a loss beyond the budget: a
+        # collapsed model, or one clearly worse (about 1.5 points and more), fails.
         lo, hi = t["delta"]["map50_95_ci"]
         assert hi * 100 >= -0.5, (name, t["delta"])
         assert g["expected"]["map50_95_ci"] and g["reported"]["map50_95"] == t["delta"]["map50_95"]
@@ -50,5 +54,5 @@ def test_yolov10s_auto_mode_chooses_on_other_images_and_keeps_nearly_every_convo
         q = onnx.load(str(run / "onnx" / onnx_name))
         assert not set(g["float_layers"]) & set(quantized_layers(q))
     md = (run / "results" / "report.md").read_text()
-    assert "Accuracy guard, ort-cpu" in md
+    assert "Accuracy guard, tensorrt" in md and "expected from the selection images" in md
     assert "**Regression gate: off** - gate off: drop" in md  # max_map_drop None: the gate says it is off
