@@ -340,25 +340,25 @@ def render_markdown(s: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _sides(s: dict[str, Any]) -> list[tuple[str, dict[str, Any], float | None]]:
-    """(label, metrics, latency ratio) for FP32 and each target; one target keeps the label "int8"."""
+def _sides(s: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
+    """(label, metrics, delta against FP32) for FP32 (no delta) and each target; one target keeps the
+    label "int8"."""
     ts = per_target(s)
     multi = "targets" in s
-    return [("fp32", s["fp32"], None)] + [(f"int8-{n}" if multi else "int8", t["int8"], t["delta"]["latency_ratio"])
+    return [("fp32", s["fp32"], None)] + [(f"int8-{n}" if multi else "int8", t["int8"], t["delta"])
                                           for n, t in ts.items()]
 
 
 def table_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
-    deltas = {"fp32": None, **{(f"int8-{n}" if "targets" in s else "int8"): t["delta"] for n, t in per_target(s).items()}}
     rows = []
-    for label, m, ratio in _sides(s):
-        d = deltas.get(label) or {}
+    for label, m, delta in _sides(s):
+        d = delta or {}
         ci, ci50 = d.get("map50_95_ci") or [None, None], d.get("map50_ci") or [None, None]
         rows.append({"model": label, "map50_95": m["map50_95"], "map50": m["map50"],
                      "delta_map50_95": d.get("map50_95"), "delta_map50_95_ci_low": ci[0], "delta_map50_95_ci_high": ci[1],
                      "delta_map50": d.get("map50"), "delta_map50_ci_low": ci50[0], "delta_map50_ci_high": ci50[1],
                      "latency_p50_ms": m["latency_ms"]["p50"], "latency_p90_ms": m["latency_ms"]["p90"],
-                     "latency_ratio": ratio, "provider": m["provider"], "images": m["images"]})
+                     "latency_ratio": d.get("latency_ratio"), "provider": m["provider"], "images": m["images"]})
     return rows
 
 
@@ -381,10 +381,9 @@ def console_table(s: dict[str, Any]) -> str:
             f"{'delta pt, 95% CI':>24}  provider")
     out = [head]
     fp = s["fp32"]
-    deltas = {(f"int8-{n}" if "targets" in s else "int8"): t["delta"] for n, t in per_target(s).items()}
-    for label, m, ratio in _sides(s):
+    for label, m, d in _sides(s):
+        ratio = d["latency_ratio"] if d else None
         rel = "" if ratio is None else f"{m['map50_95'] - fp['map50_95']:+.4f} x{ratio:.2f}"
-        d = deltas.get(label)
         ci = d.get("map50_95_ci") if d else None
         ci_s = f"{_pt(d['map50_95'])} [{_pt(ci[0])}, {_pt(ci[1])}]" if ci else ""
         out.append(f"{label:16}{m['map50_95']:>10.4f}{m['map50']:>9.4f}{m['latency_ms']['p50']:>9.2f}"
