@@ -4,12 +4,17 @@
     .venv/bin/python bench/accuracy.py --models yolov10s --budget 0.5
     .venv/bin/python bench/accuracy.py --extra yolov8n=/path/yolov8n.onnx   # a model the defaults never saw
 
+    .venv/bin/python bench/accuracy.py --models yolov5n --variants plain,no-head,no-nsr,no-bias  # recovery ablation
+
 For each model, two runs with their own fresh cache, side by side: the plain command (defaults, no
-budget) and auto mode (`--accuracy-budget`), both with `--target tensorrt,ort-cpu`, the flow's steps
-called directly (bench/flow_cache.py measures the Prefect overhead apart). Real models calibrate on
-32 images of ../shared/data/coco-val2017-calib and are evaluated on the 79 of coco-val2017-mini.
-Prints a table and writes bench/results/accuracy.json: per target the mAP50-95 drop, the share of
-convolution MACs in INT8, what auto mode chose, and the wall time of each run with the CPU it ran on.
+budget) and auto mode (`--accuracy-budget`), both with every target, the flow's steps called
+directly (bench/flow_cache.py measures the Prefect overhead apart). Real models calibrate on
+`--calib-count` images of ../shared/data/coco-calib-512 and are evaluated on the 300 of
+coco-val2017-300 (`--data mini`: 32 of coco-val2017-calib, the 79 of coco-val2017-mini).
+`--variants` runs the plain command with one recovery rule turned off each instead of auto mode.
+Prints a table and writes bench/results/accuracy.json: per target the mAP50-95 delta with its 95%
+interval, the share of convolution MACs in INT8, what auto mode chose, and the wall time of each
+run with the CPU it ran on.
 """
 
 from __future__ import annotations
@@ -31,28 +36,37 @@ from tasks.evaluation.runtime import device_name  # noqa: E402
 from tasks.steps import run_int8  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
-REAL = {"calib_images": SHARED / "data/coco-val2017-calib/images",
-        "images": SHARED / "data/coco-val2017-mini/images",
-        "annotations": SHARED / "data/coco-val2017-mini/annotations/instances_val2017.json"}
+DATA = {
+    "300": {"calib_images": SHARED / "data/coco-calib-512/images", "images": SHARED / "data/coco-val2017-300/images",
+            "annotations": SHARED / "data/coco-val2017-300/annotations/instances_val2017.json"},
+    "mini": {"calib_images": SHARED / "data/coco-val2017-calib/images", "images": SHARED / "data/coco-val2017-mini/images",
+             "annotations": SHARED / "data/coco-val2017-mini/annotations/instances_val2017.json"}}
+TARGETS = ["tensorrt", "ort-cpu", "openvino"]
+# one recovery rule off each (tasks/config.py RecoverySettings): what the larger set confirms stays
+VARIANTS: dict[str, dict[str, Any]] = {
+    "plain": {}, "no-head": {"recovery": {"head_float": False}}, "no-nsr": {"recovery": {"float_nsr_above": None}},
+    "no-bias": {"recovery": {"bias_correction": []}}}
 SHARED_MODELS = {"yolov10s": SHARED / "models/yolov10s-coco/yolov10s.onnx",
                  "yolov5n": SHARED / "models/yolov5n-coco/yolov5n.onnx"}
 
 
-def model_args(name: str, path: Path | None) -> dict[str, Any] | None:
+def model_args(name: str, path: Path | None, data: str = "300") -> dict[str, Any] | None:
     if name == "demo":
         return {"demo": True}
     p = path or SHARED_MODELS.get(name)
     if p is None or not Path(p).exists():
         print(f"skipped {name}: {p} is absent")
         return None
-    return {"model": str(p), **{k: str(v) for k, v in REAL.items()}}
+    return {"model": str(p), **{k: str(v) for k, v in DATA[data].items()}}
 
 
 def one_run(base: dict[str, Any], root: Path, budget: float | None, threads: int | None,
-            calib_count: int | None = None) -> dict[str, Any]:
-    shutil.rmtree(root, ignore_errors=True)  # a fresh cache: the wall time counts every candidate
-    extra = {"calib_count": calib_count} if calib_count else {}
-    cfg = RunConfig.model_validate({**base, **extra, "targets": ["tensorrt", "ort-cpu"], "run_root": str(root),
+            calib_count: int | None = None, variant: dict[str, Any] | None = None,
+            fresh: bool = True) -> dict[str, Any]:
+    if fresh:
+        shutil.rmtree(root, ignore_errors=True)  # a fresh cache: the wall time counts every candidate
+    extra = {"calib_count": calib_count} if calib_count and not base.get("demo") else {}
+    cfg = RunConfig.model_validate({**base, **extra, **(variant or {}), "targets": TARGETS, "run_root": str(root),
                                     "run_id": "run", "max_map_drop": None, "accuracy_budget": budget,
                                     "eval": {"providers": ["cpu"], **({"threads": threads} if threads else {})}})
     t0 = time.perf_counter()
@@ -64,6 +78,7 @@ def one_run(base: dict[str, Any], root: Path, budget: float | None, threads: int
         q, g = t["quantization"], t.get("accuracy_guard")
         out["targets"][name] = {
             "map50_95": t["int8"]["map50_95"], "drop_points": round(-t["delta"]["map50_95"] * 100, 3),
+            "delta_ci_pt": [round(x * 100, 2) for x in t["delta"]["map50_95_ci"]] if t["delta"].get("map50_95_ci") else None,
             "map50_drop_points": round(-t["delta"]["map50"] * 100, 3), "latency_ratio": t["delta"]["latency_ratio"],
             "int8_conv_mac_share": q["int8_conv_mac_share"], "int8_convs": q["int8_convs"],
             "float_layers": q["recovery"]["float_layers"],
@@ -82,15 +97,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int)
     ap.add_argument("--calib-counts", help="plain runs only, one per calibration count (e.g. 32,64,80): "
                                            "accuracy and wall time against the sample count")
+    ap.add_argument("--data", choices=sorted(DATA), default="300")
+    ap.add_argument("--calib-count", type=int, help="calibration images (default: the run's own default)")
+    ap.add_argument("--variants", help="plain runs with one recovery rule off each, instead of auto mode: "
+                                       + ",".join(VARIANTS))
     ap.add_argument("--out", type=Path, default=OUT / "accuracy.json")
     a = ap.parse_args()
     todo = [(n, None) for n in a.models.split(",") if n] + [(e.split("=", 1)[0], Path(e.split("=", 1)[1]))
                                                             for e in a.extra]
     if any(n == "demo" for n, _ in todo):
         load_demo_config()  # generates the demo's data before any timing
-    results: dict[str, Any] = {"cpu": device_name("CPUExecutionProvider"), "budget": a.budget, "models": {}}
+    results: dict[str, Any] = {"cpu": device_name("CPUExecutionProvider"), "budget": a.budget, "data": a.data,
+                               "calib_count": a.calib_count, "models": {}}
     for name, path in todo:
-        base = model_args(name, path)
+        base = model_args(name, path, a.data)
         if base is None:
             continue
         root = ROOT / "tmp" / "bench-accuracy" / name
@@ -101,27 +121,38 @@ def main() -> None:
                 print(f"{name} calib {c}: {r['wall_s']} s, " + ", ".join(
                     f"{t} {-v['drop_points']:+.2f} pt" for t, v in r["targets"].items()), flush=True)
             continue
-        plain = one_run(base, root / "plain", None, a.threads)
-        auto = one_run(base, root / "auto", a.budget, a.threads)
+        if a.variants:
+            runs = {v: one_run(base, root / "ablation", None, a.threads, a.calib_count, VARIANTS[v], fresh=False)
+                    for v in a.variants.split(",")}
+            results["models"][name] = {"variants": runs}
+            for v, r in runs.items():
+                print(f"{name} {v}: " + ", ".join(
+                    f"{t} {-x['drop_points']:+.2f} pt {x['delta_ci_pt']} {x['int8_conv_mac_share'] * 100:.1f}% MACs"
+                    for t, x in r["targets"].items()), flush=True)
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps(results, indent=2))
+            continue
+        plain = one_run(base, root / "plain", None, a.threads, a.calib_count)
+        auto = one_run(base, root / "auto", a.budget, a.threads, a.calib_count)
         results["models"][name] = {"plain": plain, "auto": auto,
                                    "auto_over_plain_wall": round(auto["wall_s"] / plain["wall_s"], 2)}
         print(f"{name}: plain {plain['wall_s']} s, auto {auto['wall_s']} s "
               f"(x{results['models'][name]['auto_over_plain_wall']})", flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(results, indent=2))  # written again below when done
-    if a.calib_counts:
+    if a.calib_counts or a.variants:
         a.out.write_text(json.dumps(results, indent=2))
         print(f"\nCPU: {results['cpu']}; written {a.out}")
         return
     print(f"\nCPU: {results['cpu']}; budget {a.budget} points; FP32 and INT8 evaluated on ORT's CPU EP")
-    print(f"{'model':10} {'target':9} {'run':5} {'FP32':>7} {'INT8':>7} {'drop pt':>8} {'MACs INT8':>10} "
+    print(f"{'model':10} {'target':9} {'run':5} {'FP32':>7} {'INT8':>7} {'delta pt':>8} {'95% CI':>16} {'MACs INT8':>10} "
           f"{'float':>5} {'wall s':>7}  auto chose")
     for name, r in results["models"].items():
         for run in ("plain", "auto"):
             for t, v in r[run]["targets"].items():
                 g = v["guard"]
                 print(f"{name:10} {t:9} {run:5} {r[run]['fp32_map50_95']:>7.4f} {v['map50_95']:>7.4f} "
-                      f"{-v['drop_points']:>+8.2f} {v['int8_conv_mac_share'] * 100:>9.1f}% {len(v['float_layers']):>5} "
+                      f"{-v['drop_points']:>+8.2f} {str(v['delta_ci_pt']):>16} {v['int8_conv_mac_share'] * 100:>9.1f}% {len(v['float_layers']):>5} "
                       f"{r[run]['wall_s']:>7.1f}  {'' if g is None else g['chosen'] + (' (met)' if g['met'] else ' (NOT met)')}")
     print(f"\nwritten {a.out}")
 

@@ -55,7 +55,7 @@ def main() -> None:
     args.out = args.out or ROOT / "bench" / "results" / f"entropy-cost{'-real' if args.real else ''}.json"
     input_name, shape, _ = model_io(onnx.load(str(model)))
     files = pick_calib_images(Path(args.calib_images or paths["calib_images"]), args.count, seed=args.seed)
-    runs = {"max": QuantSettings(calib_eps=["cpu"]),
+    runs = {"max": QuantSettings(calib_eps=["cpu"], method="max"),
             "entropy": QuantSettings(calib_eps=["cpu"], method="entropy")}
     if args.modelopt_entropy:
         runs["entropy-modelopt"] = QuantSettings(calib_eps=["cpu"], method="entropy", entropy_impl="modelopt")

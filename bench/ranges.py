@@ -29,6 +29,7 @@ from shared_data import SHARED  # noqa: E402
 from tasks.config import RunConfig  # noqa: E402
 from tasks.evaluation.runtime import cpu_info, cpu_label  # noqa: E402
 from tasks.steps import run_int8  # noqa: E402
+from tasks.targets import target as target_of  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
 VAL = SHARED / "data/coco-val2017-300"
@@ -43,38 +44,76 @@ def _base(name: str, path: Path | None) -> dict[str, Any]:
             "images": str(VAL / "images"), "annotations": str(VAL / "annotations/instances_val2017.json")}
 
 
-def one(name: str, path: Path | None, method: str, count: int, root: Path) -> dict[str, Any]:
+def one(name: str, path: Path | None, target: str, method: str, count: int, root: Path) -> dict[str, Any]:
+    # tensorrt: --method; ort-cpu: --ort-calibration (its "minmax" is max taken per side); openvino:
+    # NNCF's own statistics (method "nncf": per-sample min/max averaged), no estimator to choose
+    settings = {"tensorrt": {"quant": {"method": method}},
+                "ort-cpu": {"ort_cpu": {"calibrate_method": {"max": "minmax"}.get(method, method)}}}.get(target, {})
     cfg = RunConfig.model_validate({
-        **_base(name, path), "calib_count": count, "quant": {"method": method}, "targets": ["tensorrt"],
-        "run_root": str(root), "run_id": f"{method}-{count}-{time.strftime('%H%M%S')}", "max_map_drop": None,
+        **_base(name, path), "calib_count": count, **settings, "targets": [target],
+        "run_root": str(root), "run_id": f"{target}-{method}-{count}-{time.strftime('%H%M%S')}", "max_map_drop": None,
         "eval": {"providers": ["cpu"]}})
     t0 = time.perf_counter()
     s = run_int8(cfg)
     run = Path(s["run_dir"])
-    qcfg = json.loads((run / "quantize-int8" / "config.json").read_text())
+    qdir = target_of(target).qdir
+    qcfg = json.loads((run / qdir / "config.json").read_text())
     ranges = qcfg.get("ranges") or {}
     d = s["delta"]
-    return {"model": name, "method": method, "count": count, "images": s["int8"]["images"],
+    return {"model": name, "target": target, "method": method, "count": count, "images": s["int8"]["images"],
             "fp32": s["fp32"]["map50_95"], "delta_pt": round(d["map50_95"] * 100, 2),
             "ci_pt": [round(x * 100, 2) for x in d["map50_95_ci"]] if d.get("map50_95_ci") else None,
             "mac_share": s["quantization"].get("int8_conv_mac_share"),
-            "calibration_s": qcfg.get("wall_s"), "histogram_s": ranges.get("histogram_s"),
-            "peak_rss_mib": qcfg.get("peak_rss_mib"), "cached": s["cached"]["quantize"],
+            # a fresh build's cost: ModelOpt's max pass + the histogram pass + the search, each
+            # measured when it ran (both passes are shared by the methods of one count)
+            "calibration_s": ranges.get("calibration_s", qcfg.get("wall_s")),
+            "max_pass_s": ranges.get("max_pass_s", qcfg.get("wall_s")), "histogram_s": ranges.get("histogram_pass_s"),
+            "peak_rss_mib": max(x for x in (qcfg.get("peak_rss_mib"), ranges.get("max_pass_peak_rss_mib"),
+                                            ranges.get("histogram_pass_peak_rss_mib")) if x is not None),
+            "cached": s["cached"]["quantize"],
             "run_wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The README's table: one row per model x target x method, the counts side by side."""
+    counts = sorted({r["count"] for r in rows})
+    keys = list(dict.fromkeys((r["model"], r.get("target", "tensorrt"), r["method"]) for r in rows))
+    by = {(r["model"], r.get("target", "tensorrt"), r["method"], r["count"]): r for r in rows}
+    head = "| model | target | estimator | " + " | ".join(f"{c} samples" for c in counts) + " | MACs INT8 | calibration s |"
+    lines = [head, "|---|---|---|" + "---:|" * (len(counts) + 2)]
+    for m, t, meth in keys:
+        cells, macs, cal = [], set(), []
+        for c in counts:
+            r = by.get((m, t, meth, c))
+            if r is None:
+                cells.append("")
+                continue
+            ci = r["ci_pt"]
+            cells.append(f"{r['delta_pt']:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else f"{r['delta_pt']:+.2f}")
+            macs.add(f"{r['mac_share'] * 100:.1f}%")
+            cal.append(f"{r['calibration_s']:.0f}" if r.get("calibration_s") is not None else "?")
+        lines.append(f"| {m} | `{t}` | {meth} | " + " | ".join(cells) + f" | {' / '.join(sorted(macs))} | {' / '.join(cal)} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="yolov5n,yolov10s,demo")
     ap.add_argument("--extra", action="append", default=[], help="NAME=PATH of another real COCO detector")
+    ap.add_argument("--targets", default="tensorrt")
     ap.add_argument("--methods", default="max,entropy,mean-max,percentile,mse")
     ap.add_argument("--counts", default="32,128,512")
     ap.add_argument("--root", type=Path, default=ROOT / "tmp" / "bench-ranges")
+    ap.add_argument("--table", action="store_true", help="print bench/results/ranges.json as the README's table")
     args = ap.parse_args()
+    if args.table:
+        print(markdown(json.loads((OUT / "ranges.json").read_text())["rows"]))
+        return
     models = {m: MODELS[m] for m in args.models.split(",") if m}
     models.update({k: Path(v) for k, v in (e.split("=", 1) for e in args.extra)})
-    rows = []
     out = OUT / "ranges.json"
+    # rows of earlier invocations are kept (one per model x target x method x count, the newest wins)
+    rows = [r for r in (json.loads(out.read_text())["rows"] if out.exists() else []) if r.get("cpu_label", cpu_label()) == cpu_label()]
     for name, path in models.items():
         if path is not None and not path.exists():
             print(f"skipped {name}: {path} is absent")
@@ -82,11 +121,13 @@ def main() -> None:
         for count in [int(c) for c in args.counts.split(",")]:
             if name == "demo" and count > 64:
                 continue  # the demo has 64 calibration images
-            for method in args.methods.split(","):
-                r = one(name, path, method, count, args.root / name)
-                rows.append(r)
+            for target, method in [(t, m) for t in args.targets.split(",")
+                                   for m in (["nncf"] if t == "openvino" else args.methods.split(","))]:
+                r = {**one(name, path, target, method, count, args.root / name), "cpu_label": cpu_label()}
+                same = ("model", "target", "method", "count")
+                rows = [x for x in rows if any(x.get(k, "tensorrt") != r[k] for k in same)] + [r]
                 ci = r["ci_pt"] or ["?", "?"]
-                print(f"{name:9} {method:10} {count:4}: {r['delta_pt']:+.2f} pt [{ci[0]:+.2f}, {ci[1]:+.2f}] on "
+                print(f"{name:9} {target:9} {method:10} {count:4}: {r['delta_pt']:+.2f} pt [{ci[0]:+.2f}, {ci[1]:+.2f}] on "
                       f"{r['images']} images, {r['mac_share'] * 100:.1f}% MACs INT8, calibration "
                       f"{r['calibration_s']} s (histograms {r['histogram_s']} s), peak {r['peak_rss_mib']} MiB", flush=True)
                 OUT.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import onnx
 
 from tasks import __version__
 from tasks.run.cache import StepCache, cache_key
@@ -24,7 +25,9 @@ from tasks.run.inputs import check_inputs
 from tasks.run.progress import Progress
 from tasks.evaluation.bootstrap import paired_interval
 from tasks.evaluation.evaluate import evaluate_model
-from tasks.quantization.quantize import run_ptq
+from tasks.quantization.entropy import NUM_BINS, collect_histograms
+from tasks.quantization.quantize import PeakRSS, run_ptq, uses_histograms
+from tasks.quantization.ranges import load_stats, max_amax, save_stats
 from tasks.run.rundir import atomic_copy, atomic_write_json, create_run_dir, default_run_id, sha256_file
 from tasks.evaluation.smoke import smoke_compare
 
@@ -162,8 +165,20 @@ def step_quantize(ctx: RunContext, calib: dict[str, Any], settings: QuantSetting
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
             tdir = Path(td)
             reader = _calib_reader(ctx, calib, f"calibrate tensorrt ({settings.method})")
+            max_model, stats, passes = None, None, None
+            if uses_histograms(settings):
+                # ModelOpt's max pass and the histogram pass are shared by every estimator
+                base = step_quantize(ctx, calib, settings.model_copy(update={"method": "max"}), publish=False)
+                max_model = Path(base["onnx"])
+                stats, hist_meta = _histogram_stats(ctx, calib, max_model, settings)
+                passes = {"max_pass_s": base["config"]["wall_s"], "max_pass_cached": base["cached"],
+                          "max_pass_peak_rss_mib": base["config"]["peak_rss_mib"], **hist_meta}
             rec = run_ptq(Path(cfg.model), m["input"], reader, settings, tdir / "model.onnx",
-                          tdir / "modelopt-onnx-ptq.log", seed=seed)
+                          tdir / "modelopt-onnx-ptq.log", seed=seed, max_model=max_model, stats=stats)
+            if passes:
+                rec["ranges"] = {**rec["ranges"], **passes,
+                                 "calibration_s": round(passes["max_pass_s"] + passes["histogram_pass_s"]
+                                                        + rec["ranges"]["search_s"], 3)}
             snapshot = {"settings": settings.model_dump(), "modelopt_call": rec["args"],
                         "op_types_excluded": rec["args"]["op_types_to_exclude"],
                         "topk_kept_float": not settings.quantize_topk,
@@ -180,6 +195,33 @@ def step_quantize(ctx: RunContext, calib: dict[str, Any], settings: QuantSetting
     if publish:
         res = publish_quantized(ctx, res)
     return _timed(t0, res)
+
+
+def _histogram_stats(ctx: RunContext, calib: dict[str, Any], max_model: Path,
+                     settings: QuantSettings) -> tuple[tuple[dict[str, Any], int], dict[str, Any]]:
+    """The streamed histogram pass over the calibration samples, on the ranges of ModelOpt's max
+    model, cached: every estimator of one calibration set reads the same statistics."""
+    # only entropy reads the sample order (its search starts at the first sample's range)
+    order = ctx.cfg.calib_seed if settings.method == "entropy" else "any"
+    key = cache_key("histograms", {"model": ctx.model["sha256"], "calib": calib["sha256"],
+                                   "max_model": sha256_file(max_model), "order": order, "bins": NUM_BINS,
+                                   "versions": ctx.key_versions})
+    entry = ctx.cache.get("histograms", key)
+    cached = entry is not None
+    if entry is None:
+        reader = _calib_reader(ctx, calib, "histograms")
+        if settings.method == "entropy":
+            reader = reader.with_seed(ctx.cfg.calib_seed)
+        with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td, PeakRSS() as mem:
+            t0 = time.perf_counter()
+            stats = collect_histograms(Path(ctx.cfg.model), max_amax(onnx.load(str(max_model))), reader)
+            wall = time.perf_counter() - t0
+            save_stats(Path(td) / "histograms.npz", *stats)
+            entry = ctx.cache.put("histograms", key, {"histograms.npz": Path(td) / "histograms.npz"},
+                                  {"wall_s": round(wall, 3), "peak_rss_mib": round(mem.peak / 2**20, 1)})
+    return load_stats(entry.file("histograms.npz")), {
+        "histogram_pass_s": entry.meta["wall_s"], "histogram_pass_cached": cached,
+        "histogram_pass_peak_rss_mib": entry.meta.get("peak_rss_mib")}
 
 
 def _cache_quantized(ctx: RunContext, stage: str, key: str, calib: dict[str, Any], tdir: Path, log_name: str,

@@ -68,7 +68,7 @@ def test_entropy_replaces_max_scales_and_matches_modelopt_cache_path(tmp_path, t
 
     from tasks.quantization.quantize import ort_quantization_restored
 
-    mx = run_ptq(tiny_model, "images", CalibReader(CAL, "images"), QuantSettings(calib_eps=["cpu"]),
+    mx = run_ptq(tiny_model, "images", CalibReader(CAL, "images"), QuantSettings(calib_eps=["cpu"], method="max"),
                  tmp_path / "max.onnx", tmp_path / "max.log")
     ent = run_ptq(tiny_model, "images", CalibReader(CAL, "images"), QuantSettings(calib_eps=["cpu"], method="entropy"),
                   tmp_path / "ent.onnx", tmp_path / "ent.log")

@@ -58,7 +58,7 @@ def test_flow_end_to_end_cache_hits_and_misses(harness, tmp_path, tiny_model, ti
     assert s1["fp32"]["map50"] == pytest.approx(1.0)
     assert 0.0 <= s1["int8"]["map50_95"] <= 1.0 and s1["int8"]["images"] == 6
     assert s1["delta"]["map50_95"] == pytest.approx(s1["int8"]["map50_95"] - s1["fp32"]["map50_95"], abs=1e-6)
-    assert s1["quantization"]["method"] == "max" and s1["quantization"]["qdq_nodes"] > 0
+    assert s1["quantization"]["method"] == "mse" and s1["quantization"]["qdq_nodes"] > 0
     assert s1["quantization"]["topk_kept_float"] and "TopK" in s1["quantization"]["excluded_op_types"]
     assert s1["calibration"]["count"] == 6 and len(s1["calibration"]["sha256"]) == 64
     cfg_snap = json.loads((run / "quantize-int8" / "config.json").read_text())

@@ -136,3 +136,28 @@ def test_nncf_collects_statistics_and_corrects_biases_in_f32_on_every_cpu(tmp_pa
     for cfg in seen:
         hint = cfg.get("INFERENCE_PRECISION_HINT")
         assert hint == ov.Type.f32 or str(hint).lower() in ("f32", "float32"), cfg
+
+
+def test_samples_read_one_at_a_time_build_the_same_ir_as_a_list(tmp_path):
+    """NNCF reads the samples twice with full bias correction: the re-iterable Samples gives it the
+    same data as a list would, from a memory-mapped file, one sample at a time."""
+    import hashlib
+
+    from tasks.quantization.openvino import Samples, ignored_scope, nncf_quantize
+
+    net = tiny_silu_net(tmp_path / "silu.onnx")
+    m = onnx.load(str(net))
+    arr = np.stack([s[0] for s in _samples(m)])
+    np.save(tmp_path / "calib.npy", arr)
+    mm = np.load(tmp_path / "calib.npy", mmap_mode="r")
+    seen = []
+    src = Samples(mm, len(arr), progress=lambda i, n: seen.append(i))
+    assert len(src) == 8 and [x.shape for x in src] == [(1, *arr.shape[1:])] * 8
+    scope = ignored_scope(m, [], [], [], True, sigmoid_float=True)
+    digests = []
+    for name, samples in (("list", [a[None] for a in arr]), ("streamed", src)):
+        (tmp_path / name).mkdir()
+        nncf_quantize(net, samples, 8, tmp_path / name / "q.xml", scope, "mixed", "full")
+        digests.append(hashlib.sha256((tmp_path / name / "q.bin").read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+    assert seen.count(8) >= 2  # read through more than once, never held whole

@@ -115,3 +115,58 @@ def test_tensor_overrides_fix_the_scales_they_name(tmp_path):
     zp = {i.name: i for i in q.graph.initializer}
     qnode = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "a1")
     assert onnx.numpy_helper.to_array(zp[qnode.input[2]]) == 128
+
+
+def test_mean_max_is_the_mean_of_each_samples_extremes(tmp_path):
+    from onnx import TensorProto, helper
+
+    from tasks.quantization.ort_ranges import collect_extremes, range_overrides
+
+    g = helper.make_graph([helper.make_node("Relu", ["images"], ["r"]), helper.make_node("Neg", ["images"], ["out"])], "g",
+                          [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "g.onnx"))
+    samples = np.array([[1, -2, 0.5, 0], [3, 0, 0, 1], [0, 0, -6, 0]], np.float32)
+    ext, n = collect_extremes(tmp_path / "g.onnx", CalibReader(samples, "images"))
+    assert n == 3 and set(ext) == {"images", "r", "out"}
+    assert (ext["images"]["min"], ext["images"]["max"]) == (-6.0, 3.0)  # what ORT's minmax would take
+    ov = range_overrides(ext, "mean-max")
+    assert float(ov["images"][0]["rmin"]) == pytest.approx(-8 / 3) and float(ov["images"][0]["rmax"]) == pytest.approx(4 / 3)
+    assert float(ov["r"][0]["rmin"]) == 0 and float(ov["r"][0]["rmax"]) == pytest.approx(4 / 3)
+    assert float(ov["out"][0]["rmin"]) == pytest.approx(-4 / 3) and float(ov["out"][0]["rmax"]) == pytest.approx(8 / 3)
+    # memory flat in the count: the same five numbers per tensor for 150 samples
+    more, _ = collect_extremes(tmp_path / "g.onnx", CalibReader(np.repeat(samples, 50, 0), "images"))
+    assert {t: set(v) for t, v in more.items()} == {t: set(v) for t, v in ext.items()}
+    assert more["images"]["min_sum"] / more["images"]["samples"] == pytest.approx(-8 / 3)
+    with pytest.raises(ValueError, match="unknown ort-cpu range estimator"):
+        range_overrides(ext, "median")
+
+
+def test_mean_max_ranges_arrive_unchanged_in_the_ort_cpu_model(tmp_path):
+    from onnx import numpy_helper
+
+    from tiny import tiny_silu_net
+    from tasks.quantization.ort_ranges import collect_extremes, mean_minmax
+
+    src = tiny_silu_net(tmp_path / "t.onnx")
+    out = tmp_path / "q.onnx"
+    rec = build_ort_cpu(src, CalibReader(CAL, "images"), OrtCpuSettings(calibrate_method="mean-max"), out, tmp_path / "q.log")
+    assert rec["ranges"]["method"] == "mean-max" and rec["ranges"]["samples"] == len(CAL) and rec["calib_samples"] == len(CAL)
+    ext, _ = collect_extremes(src, CalibReader(CAL, "images"))
+    q = onnx.load(str(out))
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    checked = 0
+    for n in q.graph.node:
+        if n.op_type != "QuantizeLinear" or n.input[0] in inits:
+            continue
+        lo, hi = mean_minmax(ext[n.input[0]])
+        lo, hi = min(lo, 0.0), max(hi, 0.0)  # ORT's range always holds zero
+        scale, zp = float(inits[n.input[1]]), int(inits[n.input[2]])
+        assert scale == pytest.approx((hi - lo) / 255, rel=1e-5), n.input[0]
+        assert zp == round(-lo / scale)
+        checked += 1
+    assert checked >= 5
+    # never wider than the extremes ORT's minmax would start from
+    assert all(st["min"] <= mean_minmax(st)[0] <= mean_minmax(st)[1] <= st["max"] for st in ext.values())

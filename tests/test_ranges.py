@@ -73,7 +73,7 @@ def test_mean_max_averages_each_samples_largest_magnitude(tmp_path):
 def test_the_estimators_scales_arrive_unchanged_in_the_qdq_model(tmp_path, tiny_model, method):
     from modelopt.onnx.quantization.calib_utils import import_scales_from_calib_cache
 
-    mx = run_ptq(tiny_model, "images", CalibReader(CAL, "images"), QuantSettings(calib_eps=["cpu"]),
+    mx = run_ptq(tiny_model, "images", CalibReader(CAL, "images"), QuantSettings(calib_eps=["cpu"], method="max"),
                  tmp_path / "max.onnx", tmp_path / "max.log")
     rec = run_ptq(tiny_model, "images", CalibReader(CAL, "images"), QuantSettings(calib_eps=["cpu"], method=method),
                   tmp_path / "q.onnx", tmp_path / "q.log")
@@ -83,3 +83,52 @@ def test_the_estimators_scales_arrive_unchanged_in_the_qdq_model(tmp_path, tiny_
     assert rec["ranges"]["method"] == method and rec["ranges"]["scales_replaced"] == len(smax) and mx["ranges"] is None
     assert set(got) == set(smax) and all(got[t] <= smax[t] * (1 + 1e-6) for t in smax)  # never wider than max
     assert {f"{t}_scale": s for t, s in got.items()} == pytest.approx(cache, rel=1e-7)
+
+
+@pytest.mark.slow
+def test_a_method_sweep_reusing_the_max_and_histogram_passes_builds_the_same_bytes(tmp_path, tiny_model):
+    from tasks.quantization.ranges import load_stats, max_amax, save_stats
+    from tasks.run.rundir import sha256_file
+
+    def reader():
+        return CalibReader(CAL, "images")
+
+    run_ptq(tiny_model, "images", reader(), QuantSettings(calib_eps=["cpu"], method="max"), tmp_path / "max.onnx", tmp_path / "max.log")
+    stats = collect_histograms(tiny_model, max_amax(onnx.load(str(tmp_path / "max.onnx"))), reader())
+    save_stats(tmp_path / "h.npz", *stats)
+    loaded = load_stats(tmp_path / "h.npz")
+    assert loaded[1] == stats[1] == len(CAL)
+    for method in ("mse", "percentile"):
+        st = QuantSettings(calib_eps=["cpu"], method=method)
+        (tmp_path / "fresh").mkdir(exist_ok=True)
+        (tmp_path / "reused").mkdir(exist_ok=True)
+        fresh = run_ptq(tiny_model, "images", reader(), st, tmp_path / "fresh" / "q.onnx", tmp_path / "fresh" / "q.log")
+        reused = run_ptq(tiny_model, "images", reader(), st, tmp_path / "reused" / "q.onnx", tmp_path / "reused" / "q.log",
+                         max_model=tmp_path / "max.onnx", stats=loaded)
+        assert not fresh["ranges"]["reused_stats"] and reused["ranges"]["reused_stats"]
+        assert sha256_file(tmp_path / "fresh" / "q.onnx") == sha256_file(tmp_path / "reused" / "q.onnx")
+    with pytest.raises(ValueError, match="not collected for this model"):
+        run_ptq(tiny_model, "images", reader(), QuantSettings(calib_eps=["cpu"], method="mse"), tmp_path / "x.onnx",
+                tmp_path / "x.log", max_model=tmp_path / "max.onnx", stats=({"other": loaded[0][next(iter(loaded[0]))]}, 8))
+
+
+@pytest.mark.slow
+def test_the_estimators_of_one_calibration_set_share_one_max_and_one_histogram_pass(tmp_path, tiny_model, tiny_data):
+    from tasks.config import RunConfig
+    from tasks.steps import prepare_run, step_calibration, step_quantize
+
+    cfg = RunConfig.model_validate({"model": str(tiny_model), "images": str(tiny_data["images"]),
+                                    "annotations": str(tiny_data["annotations"]),
+                                    "calib_images": str(tiny_data["calib_images"]), "calib_count": 8,
+                                    "targets": ["tensorrt"], "run_root": str(tmp_path / "runs")})
+    ctx = prepare_run(cfg)
+    calib = step_calibration(ctx)
+    ranges = {}
+    for method in ("mse", "percentile", "mean-max"):
+        q = step_quantize(ctx, calib, cfg.quant.model_copy(update={"method": method, "calib_eps": ["cpu"]}), publish=False)
+        ranges[method] = q["config"]["ranges"]
+    assert [r["max_pass_cached"] for r in ranges.values()] == [False, True, True]
+    assert [r["histogram_pass_cached"] for r in ranges.values()] == [False, True, True]
+    assert all(r["reused_stats"] and r["samples"] == 8 and r["calibration_s"] >= r["max_pass_s"] for r in ranges.values())
+    # the cost recorded is the fresh one: the passes' own wall times, whichever run paid for them
+    assert len({(r["max_pass_s"], r["histogram_pass_s"]) for r in ranges.values()}) == 1

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import onnx
 
 from tasks.config import OrtCpuSettings
+from tasks.quantization import ort_ranges
 from tasks.quantization.quantize import (PeakRSS, stderr_to, checked_qdq, decode_tail_nodes, expand_exclusions, head_final_convs,
                             ort_cpu_kernels, quantizer_workspace)
 from tasks.run.rundir import sha256_file
@@ -82,6 +83,38 @@ def with_min_opset(model_path: Path, work: Path, min_opset: int = MIN_OPSET) -> 
     out = Path(work) / f"opset{min_opset}.onnx"
     onnx.save(version_converter.convert_version(model, min_opset), str(out))
     return out, opset
+
+
+class FirstSampleReader:
+    """The first sample of a reader, alone: what ORT's calibrator is given when every tensor it could
+    calibrate already has its range from ort_ranges (its own ranges are then never read)."""
+
+    def __init__(self, reader: Any) -> None:
+        reader.rewind()
+        self.first = reader.get_next()
+        self._given = False
+
+    def __len__(self) -> int:
+        return 1
+
+    def get_next(self) -> dict | None:
+        if self._given:
+            return None
+        self._given = True
+        return self.first
+
+    def get_first(self) -> dict | None:
+        return self.first
+
+    def rewind(self) -> None:
+        self._given = False
+
+
+def uncovered_activations(model: onnx.ModelProto, covered: set[str]) -> list[str]:
+    """Activations the Q/DQ model quantizes whose range did not come from `covered`."""
+    inits = {i.name for i in model.graph.initializer}
+    return sorted({n.input[0] for n in model.graph.node
+                   if n.op_type == "QuantizeLinear" and n.input[0] not in inits and n.input[0] not in covered})
 
 
 class MinMaxSafeReader:
@@ -149,18 +182,30 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
     by_type = [n.name for n in src.graph.node if n.op_type in set(exclude_op_types)]
     excluded = list(dict.fromkeys(tail + preset + stem + user + by_type))
     act = QuantType.QUInt8 if settings.activation_type == "uint8" else QuantType.QInt8
+    ours = settings.calibrate_method in ort_ranges.METHODS
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-              "entropy": CalibrationMethod.Entropy}[settings.calibrate_method]
+              "entropy": CalibrationMethod.Entropy}.get(settings.calibrate_method, CalibrationMethod.MinMax)
     extra: dict[str, Any] = {"CalibMaxIntermediateOutputs": settings.calib_merge_every}
     if settings.calibrate_method == "percentile":
         extra["CalibPercentile"] = settings.percentile
-    if tensor_overrides:
-        extra["TensorQuantOverrides"] = tensor_overrides
-    safe = MinMaxSafeReader(reader, settings.calib_merge_every)
     t0 = time.perf_counter()
+    ranges_rec = None
     with quantizer_workspace(out_path, log_path, ".ortq-") as (tmp_out, tmp_log, work):
         src_path, opset = with_min_opset(model_path, work)
         with PeakRSS() as mem, stderr_to(tmp_log):
+            overrides = dict(tensor_overrides or {})
+            if ours:
+                # our estimator's ranges for every activation; ORT's calibrator then needs one sample
+                # (it still runs, to learn which tensors it quantizes)
+                t1 = time.perf_counter()
+                ext, samples = ort_ranges.collect_extremes(src_path, reader)
+                overrides = {**ort_ranges.range_overrides(ext, settings.calibrate_method), **overrides}
+                ranges_rec = {"method": settings.calibrate_method, "samples": samples, "tensors": len(ext),
+                              "pass_s": round(time.perf_counter() - t1, 3)}
+                reader = FirstSampleReader(reader)
+            if overrides:
+                extra["TensorQuantOverrides"] = overrides
+            safe = MinMaxSafeReader(reader, settings.calib_merge_every)
             quantize_static(str(src_path), str(tmp_out), safe, quant_format=QuantFormat.QDQ,
                             activation_type=act, weight_type=QuantType.QInt8, per_channel=settings.per_channel,
                             reduce_range=reduce_range, calibrate_method=method,
@@ -170,17 +215,23 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
         restored, summary = checked_qdq(
             src, tmp_out, "ONNX Runtime", f"{len(excluded)} nodes kept in float: the decode, the head preset, the stem "
             "and your exclusions; for a model this small try --ort-stem-float off / drop --ort-head-preset")
+        if ours:
+            missed = uncovered_activations(onnx.load(str(tmp_out)), set(overrides))
+            if missed:
+                raise RuntimeError(f"ort-cpu {settings.calibrate_method}: {len(missed)} quantized activations got no "
+                                   f"estimated range (first: {missed[0]}); use --ort-calibration minmax")
         kernels = ort_cpu_kernels(tmp_out)
         os.replace(tmp_out, out_path)
     return {
         "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-        "calibration": "minmax (asymmetric)" if settings.calibrate_method == "minmax" else settings.calibrate_method,
+        "calibration": {"minmax": "minmax (asymmetric)", "mean-max": "mean-max (asymmetric, per-sample min/max averaged)"}.get(
+            settings.calibrate_method, settings.calibrate_method), "ranges": ranges_rec,
         "activation_type": settings.activation_type, "weight_type": "int8", "per_channel": settings.per_channel,
         "reduce_range": reduce_range, "reduce_range_reason": rr_reason, "cpu_vnni": vnni,
         "decode_tail_nodes": tail, "head_preset_nodes": preset, "stem_nodes": stem, "excluded_nodes": user,
         "excluded_by_type": by_type,
         "source_opset": opset, "opset_converted_to": MIN_OPSET if opset < MIN_OPSET else None,
-        "tensor_overrides": len(tensor_overrides or {}), "calib_samples": len(reader), "wall_s": round(wall, 3), "peak_rss_mib": round(mem.peak / 2**20, 1),
+        "tensor_overrides": len(tensor_overrides or {}), "calib_samples": ranges_rec["samples"] if ranges_rec else len(reader), "wall_s": round(wall, 3), "peak_rss_mib": round(mem.peak / 2**20, 1),
         "rss_growth_mib": round((mem.peak - mem.start) / 2**20, 1), "metadata_props_restored": restored,
         "qdq": summary, "ort_cpu_kernels": kernels, "onnx_sha256": sha256_file(out_path),
     }

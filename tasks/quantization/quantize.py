@@ -329,11 +329,22 @@ def ort_quantization_restored() -> Iterator[None]:
                 live.update(before)
 
 
+def uses_histograms(settings: QuantSettings) -> bool:
+    """Whether `settings.method` starts from ModelOpt's max scales and replaces them from the
+    streamed histogram pass (every method but max, and ModelOpt's own entropy)."""
+    return settings.method in HISTOGRAM_METHODS and not (
+        settings.method == "entropy" and settings.entropy_impl == "modelopt")
+
+
 def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettings, out_path: Path,
-            log_path: Path, seed: int = 0) -> dict[str, Any]:
+            log_path: Path, seed: int = 0, max_model: Path | None = None,
+            stats: tuple[dict[str, Any], int] | None = None) -> dict[str, Any]:
     """Quantize `model_path` to INT8 Q/DQ at `out_path`; returns what was done, for config.json.
 
-    `calib` is a `CalibReader` (streamed: memory does not grow with the sample count) or an array."""
+    `calib` is a `CalibReader` (streamed: memory does not grow with the sample count) or an array.
+    For the histogram estimators, `max_model` (ModelOpt's max output for the same model, samples and
+    settings) and `stats` (their histogram pass) are the two passes already made: a method sweep
+    over one calibration set pays for them once."""
     from tasks.quantization.calibration import CalibReader
     from modelopt.onnx.quantization import quantize
 
@@ -349,8 +360,7 @@ def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettin
     nodes_excl += [re.escape(n) + "$" for n in preset]
     # every method but max (and ModelOpt's own entropy) starts from ModelOpt's max scales and replaces
     # them from one streamed histogram pass (tasks/quantization/ranges.py)
-    from_histograms = settings.method in HISTOGRAM_METHODS and not (
-        settings.method == "entropy" and settings.entropy_impl == "modelopt")
+    from_histograms = uses_histograms(settings)
     args: dict[str, Any] = {
         "quantize_mode": "int8",
         "calibration_method": "max" if from_histograms else settings.method,
@@ -375,15 +385,19 @@ def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettin
         work_model = work / model_path.name
         shutil.copyfile(model_path, work_model)
         with PeakRSS() as mem, stderr_to(tmp_log), ort_quantization_restored():
-            quantize(onnx_path=str(work_model), calibration_data_reader=calib,
-                     output_path=str(tmp_out), log_file=str(tmp_log), **args)
+            if from_histograms and max_model is not None:
+                shutil.copyfile(max_model, tmp_out)
+                tmp_log.write_text(f"ModelOpt's max pass reused from {max_model}\n")
+            else:
+                quantize(onnx_path=str(work_model), calibration_data_reader=calib,
+                         output_path=str(tmp_out), log_file=str(tmp_log), **args)
             if not tmp_out.exists() or tmp_out.stat().st_size == 0:
                 raise RuntimeError(f"ModelOpt wrote no model; see {log_path}")
             fault_point("ptq-written")  # ModelOpt's output exists, under its temporary name only
             ranges_rec = None
             if from_histograms:
                 ranges_rec = _apply_histogram_ranges(model_path, tmp_out, calib, settings,
-                                                     out_path.parent / f"{settings.method}-calibration.cache")
+                                                     out_path.parent / f"{settings.method}-calibration.cache", stats)
         wall = time.perf_counter() - t0
         restored, summary = checked_qdq(src_model, tmp_out, "ModelOpt")
         os.replace(tmp_out, out_path)
@@ -410,17 +424,17 @@ def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettin
 
 
 def _apply_histogram_ranges(fp32_path: Path, qdq_path: Path, reader: Any, settings: Any,
-                            cache_path: Path) -> dict[str, Any]:
+                            cache_path: Path, stats: tuple[dict[str, Any], int] | None = None) -> dict[str, Any]:
     """Max-calibrated Q/DQ model -> scales by the settings' range estimator (tasks/quantization/ranges.py),
     written as a TensorRT calibration cache and applied with ModelOpt's cache reader."""
     t0 = time.perf_counter()
-    rec = histogram_scales(fp32_path, onnx.load(str(qdq_path)), reader, settings.method, settings)
+    rec = histogram_scales(fp32_path, onnx.load(str(qdq_path)), reader, settings.method, settings, stats=stats)
     write_calibration_cache(cache_path, rec["scales"])
     replaced = apply_calibration_cache(qdq_path, cache_path)
     ratios = [rec["scales"][t] / s for t, s in rec["max_scales"].items() if s > 0]
     return {"impl": "histogram", "method": settings.method, "bins": rec["bins"], "samples": rec["samples"], "tensors": len(rec["scales"]),
             "scales_replaced": replaced, "shared_scale_groups": len(rec["groups"]),
-            "histogram_s": rec["histogram_s"], "search_s": rec["search_s"],
+            "histogram_s": rec["histogram_s"], "reused_stats": rec["reused_stats"], "search_s": rec["search_s"],
             "wall_s": round(time.perf_counter() - t0, 3),
             "threshold_vs_max": {"min": round(min(ratios), 4), "median": round(float(np.median(ratios)), 4),
                                  "max": round(max(ratios), 4)} if ratios else None,

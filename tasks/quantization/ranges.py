@@ -121,21 +121,51 @@ def merged(stats: list[dict[str, Any]]) -> dict[str, Any]:
             "absmax_sum": max(x["absmax_sum"] for x in stats), "samples": max(x["samples"] for x in stats)}
 
 
+def max_amax(max_model: onnx.ModelProto) -> dict[str, float]:
+    """The clip of every activation ModelOpt's max run quantized (the histograms' ranges)."""
+    return {t: s * QMAX for t, s in activation_scales(max_model).items()}
+
+
+def save_stats(path: Path, stats: dict[str, dict[str, Any]], samples: int) -> None:
+    """The streamed pass's statistics as one .npz (a few MB: fixed-size histograms), so every
+    estimator of one calibration set reads the same pass (a method sweep pays for it once)."""
+    names = list(stats)
+    arrays: dict[str, Any] = {"names": np.array(names), "samples": np.array(samples),
+                              "hist": np.stack([stats[t]["hist"] for t in names]) if names else np.zeros((0, NUM_BINS))}
+    for k in ("first", "min", "max", "absmax_sum", "samples_per"):
+        src = "samples" if k == "samples_per" else k
+        arrays[k] = np.array([float(stats[t][src] or 0.0) for t in names], dtype=np.float64)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_stats(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    with np.load(path) as z:
+        stats = {str(t): {"hist": z["hist"][i], "first": float(z["first"][i]), "min": float(z["min"][i]),
+                          "max": float(z["max"][i]), "absmax_sum": float(z["absmax_sum"][i]),
+                          "samples": int(z["samples_per"][i])} for i, t in enumerate(z["names"])}
+        return stats, int(z["samples"])
+
+
 def histogram_scales(fp32_path: Path, max_model: onnx.ModelProto, reader: Any, method: str, settings: Any = None,
-                     threads: int | None = None) -> dict[str, Any]:
-    """Scales by `method` for the activations ModelOpt's max run quantized, from one streamed pass;
-    tensors ModelOpt gave one scale keep one (computed from their merged statistics)."""
+                     threads: int | None = None,
+                     stats: tuple[dict[str, dict[str, Any]], int] | None = None) -> dict[str, Any]:
+    """Scales by `method` for the activations ModelOpt's max run quantized, from one streamed pass
+    (or `stats`, that pass already made over the same samples and ranges); tensors ModelOpt gave one
+    scale keep one (computed from their merged statistics)."""
     t0 = time.perf_counter()
     max_scales = activation_scales(max_model)
     amax = {t: s * QMAX for t, s in max_scales.items()}
-    stats, samples = collect_histograms(fp32_path, amax, reader, threads=threads)
+    if stats is not None and set(stats[0]) != set(amax):
+        raise ValueError("the histogram statistics given were not collected for this model's quantized tensors")
+    stats_d, samples = stats if stats is not None else collect_histograms(fp32_path, amax, reader, threads=threads)
     t1 = time.perf_counter()
     scales: dict[str, float] = {}
     groups = scale_groups(max_scales)
     for group in groups:
-        a = estimate(method, merged([stats[t] for t in group]), amax[group[0]], settings)
+        a = estimate(method, merged([stats_d[t] for t in group]), amax[group[0]], settings)
         for t in group:
             scales[t] = a / QMAX
     return {"method": method, "scales": scales, "max_scales": max_scales, "samples": samples, "bins": NUM_BINS,
             "groups": [g for g in groups if len(g) > 1],
-            "histogram_s": round(t1 - t0, 3), "search_s": round(time.perf_counter() - t1, 3)}
+            "histogram_s": round(t1 - t0, 3), "reused_stats": stats is not None, "search_s": round(time.perf_counter() - t1, 3)}

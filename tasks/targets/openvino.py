@@ -19,10 +19,9 @@ def step_quantize_openvino(ctx: Any, calib: Result, floats: dict[str, list[str]]
     """NNCF quantize of the OpenVINO model on the run's calibration samples, cached by the model and
     calibration bytes, the settings, the exclusions, the layers kept in float and the versions.
     `floats`: layers kept in float by recovery's rules ("head", "nsr") and on request ("requested")."""
-    import numpy as np
     import onnx
 
-    from tasks.quantization.openvino import BUILD_VERSION, build_openvino, conv_summary
+    from tasks.quantization.openvino import BUILD_VERSION, Samples, build_openvino, conv_summary
     from tasks.run.cache import cache_key
     from tasks.run.progress import Progress
     from tasks.run.rundir import atomic_write_json
@@ -45,13 +44,9 @@ def step_quantize_openvino(ctx: Any, calib: Result, floats: dict[str, list[str]]
         arr = _calib_array(ctx, calib)
         n = calib["count"]
         with Progress("read calibration samples (openvino)", unit="samples") as progress:
-            def samples():
-                for i in range(n):
-                    progress(i + 1, n)
-                    yield np.asarray(arr[i:i + 1], dtype=np.float32)
             with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
                 tdir = Path(td)
-                rec = build_openvino(Path(cfg.model), samples(), n, tdir / "model.xml", settings,
+                rec = build_openvino(Path(cfg.model), Samples(arr, n, progress), n, tdir / "model.xml", settings,
                                      cfg.quant.exclude_nodes, cfg.quant.exclude_op_types, extra, bias)
                 convs = conv_summary(onnx.load(str(cfg.model)), tdir / "model.xml", cfg.eval.threads)
                 bias_done = rec["bias_correction"]

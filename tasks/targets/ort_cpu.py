@@ -24,7 +24,7 @@ def describe(cfg: Any, quant: Result) -> Result:
     c = quant["config"]
     return {
         "tool": c["tool"], "quantize_mode": "int8", "target": "ort-cpu",
-        "method": (c.get("settings") or {}).get("calibrate_method", "minmax"),
+        "method": (c.get("settings") or {}).get("calibrate_method", "mean-max"),
         "calibration_ep_used": "CPUExecutionProvider",
         "activation_type": c["activation_type"], "weight_type": c["weight_type"], "per_channel": c["per_channel"],
         "reduce_range": c["reduce_range"], "reduce_range_reason": c["reduce_range_reason"],
@@ -60,4 +60,5 @@ def report_lines(q: Result, calib: Result) -> list[str]:
 TARGET = Target(name="ort-cpu", suffix="int8-ort-cpu", qdir="quantize-int8-ort-cpu", which="int8-ort-cpu",
                 runtime="onnxruntime", folder="onnx", model_files=("model.onnx",), build=_build, finish=_finish,
                 describe=describe, report_lines=report_lines,
+                method=lambda raw: (raw["config"].get("settings") or {}).get("calibrate_method", "mean-max"),
                 requires=("onnxruntime",))
