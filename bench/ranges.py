@@ -79,10 +79,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     counts = sorted({r["count"] for r in rows})
     keys = list(dict.fromkeys((r["model"], r.get("target", "tensorrt"), r["method"]) for r in rows))
     by = {(r["model"], r.get("target", "tensorrt"), r["method"], r["count"]): r for r in rows}
-    head = "| model | target | estimator | " + " | ".join(f"{c} samples" for c in counts) + " | MACs INT8 | calibration s |"
-    lines = [head, "|---|---|---|" + "---:|" * (len(counts) + 2)]
+    head = "| model | target | estimator | " + " | ".join(f"{c} samples" for c in counts) + " | MACs INT8 | calibration s | peak MiB |"
+    lines = [head, "|---|---|---|" + "---:|" * (len(counts) + 3)]
     for m, t, meth in keys:
-        cells, macs, cal = [], set(), []
+        cells, macs, cal, peak = [], set(), [], []
         for c in counts:
             r = by.get((m, t, meth, c))
             if r is None:
@@ -92,7 +92,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             cells.append(f"{r['delta_pt']:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else f"{r['delta_pt']:+.2f}")
             macs.add(f"{r['mac_share'] * 100:.1f}%")
             cal.append(f"{r['calibration_s']:.0f}" if r.get("calibration_s") is not None else "?")
-        lines.append(f"| {m} | `{t}` | {meth} | " + " | ".join(cells) + f" | {' / '.join(sorted(macs))} | {' / '.join(cal)} |")
+            peak.append(f"{r['peak_rss_mib']:.0f}" if r.get("peak_rss_mib") is not None else "?")
+        lines.append(f"| {m} | `{t}` | {meth} | " + " | ".join(cells)
+                     + f" | {' / '.join(sorted(macs))} | {' / '.join(cal)} | {' / '.join(peak)} |")
     return "\n".join(lines)
 
 

@@ -105,16 +105,17 @@ def test_two_runs_at_once_on_one_run_root(tmp_path, tiny_model, tiny_data):
 
 def test_truncated_cached_model_is_detected_and_recomputed(tmp_path, tiny_model, tiny_data):
     from tasks.config import RunConfig
+    from tasks.run.rundir import sha256_file
     from tasks.steps import run_int8
 
     s1 = run_int8(RunConfig.model_validate(_cfg(tmp_path, tiny_model, tiny_data, "a")))
-    [entry] = (tmp_path / "runs" / ".cache" / "quantize").glob("*/model.onnx")
+    # the cache also holds ModelOpt's max model that the default mse ranges start from: damage the published one
+    [entry] = [p.with_name("model.onnx")
+               for p in (tmp_path / "runs" / ".cache" / "quantize").glob("*/mse-calibration.cache")]
     os.truncate(entry, entry.stat().st_size // 2)
     s2 = run_int8(RunConfig.model_validate(_cfg(tmp_path, tiny_model, tiny_data, "b")))
     assert not s2["cached"]["quantize"] and s2["cached"]["calibration"]
     assert any("model.onnx" in c for c in s2["cache_corrupt_entries"])
     assert s2["quantization"]["sha256"] == s1["quantization"]["sha256"]  # recomputed to the same bytes
     # the first run's artifact was a copy, untouched by the damage to the cache
-    from tasks.run.rundir import sha256_file
-
     assert sha256_file(tmp_path / "runs" / "a" / "onnx" / "tiny-int8-qdq.onnx") == s1["quantization"]["sha256"]

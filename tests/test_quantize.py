@@ -92,7 +92,8 @@ def test_streamed_reader_gives_the_array_path_scales_and_ort_is_left_unpatched(t
     registries = dict(QDQRegistry), dict(QLinearOpsRegistry)
     # ops ModelOpt deletes from them: ORT's quantizer would then leave them unquantized
     assert "Split" in registries[0] and "Sigmoid" in registries[1]
-    run_ptq(tiny_model, "images", CalibReader(CAL, "images"), QuantSettings(calib_eps=["cpu"]),
+    # method="max": the comparison is with ModelOpt's own max path (the default is now mse)
+    run_ptq(tiny_model, "images", CalibReader(CAL, "images"), QuantSettings(method="max", calib_eps=["cpu"]),
             tmp_path / "r.onnx", tmp_path / "r.log")
     assert calibrate.MinMaxCalibrater.collect_data is original
     assert (dict(QDQRegistry), dict(QLinearOpsRegistry)) == registries  # edited in place, restored in place
