@@ -62,12 +62,12 @@ def model_args(name: str, path: Path | None, data: str = "300") -> dict[str, Any
 
 def one_run(base: dict[str, Any], root: Path, budget: float | None, threads: int | None,
             calib_count: int | None = None, variant: dict[str, Any] | None = None,
-            fresh: bool = True) -> dict[str, Any]:
+            fresh: bool = True, run_id: str = "run") -> dict[str, Any]:
     if fresh:
         shutil.rmtree(root, ignore_errors=True)  # a fresh cache: the wall time counts every candidate
     extra = {"calib_count": calib_count} if calib_count and not base.get("demo") else {}
     cfg = RunConfig.model_validate({**base, **extra, **(variant or {}), "targets": TARGETS, "run_root": str(root),
-                                    "run_id": "run", "max_map_drop": None, "accuracy_budget": budget,
+                                    "run_id": run_id, "max_map_drop": None, "accuracy_budget": budget,
                                     "eval": {"providers": ["cpu"], **({"threads": threads} if threads else {})}})
     t0 = time.perf_counter()
     s = run_int8(cfg)
@@ -89,6 +89,26 @@ def one_run(base: dict[str, Any], root: Path, budget: float | None, threads: int
     return out
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The README's table: per model and target, the plain run beside auto mode."""
+    def cell(v: dict[str, Any]) -> str:
+        ci = v["delta_ci_pt"]
+        return f"{-v['drop_points']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
+
+    lines = ["| model | target | plain: delta pt [95% CI] | MACs INT8 | auto chose | auto: delta pt on the reported images | MACs INT8 | wall plain / auto |",
+             "|---|---|---:|---:|---|---:|---:|---:|"]
+    for name, r in results["models"].items():
+        if "plain" not in r:
+            continue
+        for i, (t, v) in enumerate(r["plain"]["targets"].items()):
+            a = r["auto"]["targets"][t]
+            g = a["guard"]
+            wall = f"{r['plain']['wall_s']:.0f} s / {r['auto']['wall_s']:.0f} s (x{r['auto_over_plain_wall']})" if i == 0 else ""
+            lines.append(f"| {name if i == 0 else ''} | `{t}` | {cell(v)} | {v['int8_conv_mac_share'] * 100:.1f}% | "
+                         f"{g['chosen']}{'' if g['met'] else ' (not met)'} | {cell(a)} | {a['int8_conv_mac_share'] * 100:.1f}% | {wall} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="demo,yolov10s,yolov5n")
@@ -102,7 +122,11 @@ def main() -> None:
     ap.add_argument("--variants", help="plain runs with one recovery rule off each, instead of auto mode: "
                                        + ",".join(VARIANTS))
     ap.add_argument("--out", type=Path, default=OUT / "accuracy.json")
+    ap.add_argument("--table", action="store_true", help="print --out (plain and auto runs) as the README's table")
     a = ap.parse_args()
+    if a.table:
+        print(markdown(json.loads(a.out.read_text())))
+        return
     todo = [(n, None) for n in a.models.split(",") if n] + [(e.split("=", 1)[0], Path(e.split("=", 1)[1]))
                                                             for e in a.extra]
     if any(n == "demo" for n, _ in todo):
@@ -122,8 +146,10 @@ def main() -> None:
                     f"{t} {-v['drop_points']:+.2f} pt" for t, v in r["targets"].items()), flush=True)
             continue
         if a.variants:
-            runs = {v: one_run(base, root / "ablation", None, a.threads, a.calib_count, VARIANTS[v], fresh=False)
-                    for v in a.variants.split(",")}
+            # one cache for the variants (calibration and PTQ are shared), a run folder each
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            runs = {v: one_run(base, root / "ablation", None, a.threads, a.calib_count, VARIANTS[v], fresh=False,
+                               run_id=f"{v}-{stamp}") for v in a.variants.split(",")}
             results["models"][name] = {"variants": runs}
             for v, r in runs.items():
                 print(f"{name} {v}: " + ", ".join(

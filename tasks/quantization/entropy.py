@@ -17,7 +17,6 @@ sample's range, these 1/1024 of the whole range.
 from __future__ import annotations
 
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from tasks.quantization.probe import tensor_session
 from tasks.run.rundir import atomic_write_text, atomic_writer
 
 NUM_BINS = 2048   # signed, over [-amax, amax]
@@ -58,21 +58,7 @@ def collect_histograms(model_path: Path, amax: dict[str, float], reader: Any, bi
     """Per tensor: a signed histogram over [-amax, amax] (fixed size: bounded memory and search),
     the first sample's largest magnitude (ORT's search starts there), the observed min/max and the
     sum of each sample's largest magnitude (with the sample count)."""
-    import onnxruntime as ort
-
-    model = onnx.load(str(model_path))
-    have = {o.name for o in model.graph.output}
-    for t in amax:
-        if t not in have:
-            model.graph.output.append(onnx.ValueInfoProto(name=t))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    with tempfile.TemporaryDirectory() as td:  # the extended graph, written so big models load too
-        path = Path(td) / "extended.onnx"
-        onnx.save(model, str(path))
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    sess = tensor_session(onnx.load(str(model_path)), list(amax), threads)
     names = list(amax)
     stats = {t: {"hist": np.zeros(bins, np.int64), "first": None, "min": np.inf, "max": -np.inf,
                  "absmax_sum": 0.0, "samples": 0} for t in names}

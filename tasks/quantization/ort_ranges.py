@@ -12,12 +12,13 @@ from its own calibration. Memory is flat in the count: five numbers per tensor.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+
+from tasks.quantization.probe import tensor_session
 
 # the methods computed here; ORT's own (minmax, percentile, entropy) stay with its calibrators
 METHODS = ("mean-max",)
@@ -34,22 +35,8 @@ def activation_tensors(model: onnx.ModelProto) -> list[str]:
 def collect_extremes(model_path: Path, reader: Any, threads: int | None = None) -> tuple[dict[str, dict[str, float]], int]:
     """Per float activation: the observed min and max over all samples, and the sums over samples of
     each sample's min and max (with the sample count)."""
-    import onnxruntime as ort
-
     model = onnx.load(str(model_path))
-    have = {o.name for o in model.graph.output}
-    names = activation_tensors(model)
-    for t in names:
-        if t not in have:
-            model.graph.output.append(onnx.ValueInfoProto(name=t))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    with tempfile.TemporaryDirectory() as td:  # the extended graph, written so big models load too
-        path = Path(td) / "extended.onnx"
-        onnx.save(model, str(path))
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    sess = tensor_session(model, activation_tensors(model), threads)
     outputs = [o.name for o in sess.get_outputs()]
     stats: dict[str, dict[str, float]] = {}
     reader.rewind()
