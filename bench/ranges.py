@@ -20,13 +20,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared_data import SHARED  # noqa: E402
-from tasks.config import RunConfig  # noqa: E402
+from tasks.config import OrtCpuSettings, QuantSettings, RunConfig  # noqa: E402
 from tasks.evaluation.runtime import cpu_info, cpu_label  # noqa: E402
 from tasks.steps import run_int8  # noqa: E402
 from tasks.targets import target as target_of  # noqa: E402
@@ -37,9 +37,9 @@ MODELS = {"yolov5n": SHARED / "models/yolov5n-coco/yolov5n.onnx", "yolov10s": SH
           "demo": None}
 
 
-# the estimators each target takes (ort-cpu's percentile and entropy are ORT's own calibrators, which
-# hold every sample's activations: asked for by name only)
-TAKES = {"tensorrt": {"max", "entropy", "mean-max", "percentile", "mse"}, "ort-cpu": {"max", "mean-max", "percentile", "entropy"},
+# the estimators each target takes, from the settings themselves (ort-cpu's "minmax" is named max here)
+TAKES = {"tensorrt": set(get_args(QuantSettings.model_fields["method"].annotation)),
+         "ort-cpu": {{"minmax": "max"}.get(m, m) for m in get_args(OrtCpuSettings.model_fields["calibrate_method"].annotation)},
          "openvino": {"nncf"}}
 
 

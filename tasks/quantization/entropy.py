@@ -58,8 +58,8 @@ def collect_histograms(model_path: Path, amax: dict[str, float], reader: Any, bi
     """Per tensor: a signed histogram over [-amax, amax] (fixed size: bounded memory and search),
     the first sample's largest magnitude (ORT's search starts there), the observed min/max and the
     sum of each sample's largest magnitude (with the sample count)."""
-    sess = tensor_session(onnx.load(str(model_path)), list(amax), threads)
     names = list(amax)
+    sess = tensor_session(onnx.load(str(model_path)), names, threads)
     stats = {t: {"hist": np.zeros(bins, np.int64), "first": None, "min": np.inf, "max": -np.inf,
                  "absmax_sum": 0.0, "samples": 0} for t in names}
     reader.rewind()

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from tasks.quantization.probe import tensor_session
 from tasks.quantization.quantize import QUANTIZABLE_OPS
 
 
@@ -330,25 +331,6 @@ def local_branches(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, layers: Seque
     return m, rows
 
 
-def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> bytes:
-    m = copy.deepcopy(model)
-    have = {o.name for o in m.graph.output}
-    for n in names:
-        if n not in have:
-            m.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
-    return m.SerializeToString()
-
-
-def _session(model: bytes | str, threads: int | None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
-
-
 def local_stats(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, samples: Iterable[np.ndarray], input_name: str,
                 threads: int | None = None) -> dict[str, dict[str, Any]]:
     """For every quantized layer, over the samples (one session, one pass):
@@ -360,7 +342,7 @@ def local_stats(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, samples: Iterabl
     if not rows:
         return {}
     names = list(dict.fromkeys(t for r in rows for t in (r["out"], r["out_q"], r["group"], r["group_q"])))
-    sess = _session(_with_outputs(model, names), threads)
+    sess = tensor_session(model, names, threads)  # model: local_branches' own copy
     acc: dict[str, dict[str, Any]] = {r["layer"]: {"diff": 0.0, "err": 0.0, "sig": 0.0} for r in rows}
     count = 0
     for x in samples:

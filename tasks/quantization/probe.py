@@ -1,5 +1,5 @@
 """An ONNX Runtime session that returns a model's intermediate tensors, for the calibration passes
-that take their own statistics (tasks/quantization/entropy.py, ort_ranges.py)."""
+that take their own statistics (tasks/quantization/entropy.py, ort_ranges.py, layers.py)."""
 
 from __future__ import annotations
 
