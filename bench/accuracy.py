@@ -127,6 +127,8 @@ def main() -> None:
     if a.table:
         print(markdown(json.loads(a.out.read_text())))
         return
+    if a.variants and (bad := [v for v in a.variants.split(",") if v not in VARIANTS]):
+        ap.error(f"--variants: unknown {', '.join(bad)}; choose from {', '.join(VARIANTS)}")  # before any run
     todo = [(n, None) for n in a.models.split(",") if n] + [(e.split("=", 1)[0], Path(e.split("=", 1)[1]))
                                                             for e in a.extra]
     if any(n == "demo" for n, _ in todo):

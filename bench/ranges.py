@@ -117,6 +117,16 @@ def main() -> None:
     if args.table:
         print(markdown(json.loads((OUT / "ranges.json").read_text())["rows"]))
         return
+    # every name checked before the first (minutes-long) run
+    targets, methods = [t for t in args.targets.split(",") if t], [m for m in args.methods.split(",") if m]
+    for what, got, known in (("--models", [m for m in args.models.split(",") if m], MODELS),
+                             ("--targets", targets, TAKES), ("--methods", methods, set().union(*TAKES.values()))):
+        if bad := [x for x in got if x not in known]:
+            ap.error(f"{what}: unknown {', '.join(bad)}; choose from {', '.join(sorted(known))}"
+                     + (" (another model: --extra NAME=PATH)" if what == "--models" else ""))
+    for t in targets:
+        if t != "openvino" and (skip := [m for m in methods if m not in TAKES[t]]):
+            print(f"note: {t} takes no {', '.join(skip)}: those rows are skipped for it")
     models = {m: MODELS[m] for m in args.models.split(",") if m}
     models.update({k: Path(v) for k, v in (e.split("=", 1) for e in args.extra)})
     out = OUT / "ranges.json"
@@ -129,9 +139,8 @@ def main() -> None:
         for count in [int(c) for c in args.counts.split(",")]:
             if name == "demo" and count > 64:
                 continue  # the demo has 64 calibration images
-            for target, method in [(t, m) for t in args.targets.split(",")
-                                   for m in (["nncf"] if t == "openvino" else args.methods.split(","))
-                                   if m in TAKES[t]]:
+            for target, method in [(t, m) for t in targets
+                                   for m in (["nncf"] if t == "openvino" else methods) if m in TAKES[t]]:
                 r = {**one(name, path, target, method, count, args.root / name), "cpu_label": cpu_label()}
                 same = ("model", "target", "method", "count")
                 rows = [x for x in rows if any(x.get(k, "tensorrt") != r[k] for k in same)] + [r]
