@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from shared_data import SHARED  # noqa: E402
 from tasks.config import RunConfig, load_demo_config  # noqa: E402
 from tasks.evaluation.runtime import device_name  # noqa: E402
-from tasks.steps import run_int8  # noqa: E402
+from tasks.pipeline import run_int8  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
 DATA = {

@@ -26,7 +26,7 @@ from accuracy import model_args  # noqa: E402
 from tasks.quantization.calibration import open_samples  # noqa: E402
 from tasks.config import RunConfig  # noqa: E402
 from tasks.evaluation.runtime import device_name  # noqa: E402
-from tasks.steps import run_int8  # noqa: E402
+from tasks.pipeline import run_int8  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
 

@@ -32,7 +32,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from accuracy import REAL, SHARED_MODELS  # noqa: E402
+from accuracy import DATA, SHARED_MODELS  # noqa: E402
 from local_server import free_port, start_server  # noqa: E402
 from tasks.evaluation.evaluate import EvalSettings, detect_shard, score_shards, shard_bounds  # noqa: E402
 from tasks.evaluation.runtime import device_name  # noqa: E402
@@ -45,7 +45,7 @@ def bench_eval(work: Path) -> dict[str, Any]:
 
     model = SHARED_MODELS["yolov10s"]
     if model.exists():
-        images, ann = REAL["images"], REAL["annotations"]
+        images, ann = DATA["mini"]["images"], DATA["mini"]["annotations"]
     else:
         from tasks.config import load_demo_config
 

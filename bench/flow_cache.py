@@ -4,7 +4,7 @@
 
 Uses a fresh run root under tmp/bench-flow-cache each time. Prints:
   first run (flow), cached run (flow), their ratio;
-  cached run called directly (tasks.steps.run_int8) and the flow's orchestration overhead.
+  cached run called directly (tasks.pipeline.run_int8) and the flow's orchestration overhead.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from flows.common import offline_defaults  # noqa: E402
 offline_defaults()
 
 from tasks.config import RunConfig  # noqa: E402
-from tasks.steps import run_int8  # noqa: E402
+from tasks.pipeline import run_int8  # noqa: E402
 
 
 def main() -> None:

@@ -115,7 +115,7 @@ def build(name: str, model: Path, root: Path) -> dict[str, Any]:
     """The flow's tensorrt and openvino artifacts (one run, its own cache) and the uint8 rewrite."""
     from tasks.config import RunConfig
     from tasks.quantization.calibration import open_samples
-    from tasks.steps import run_int8
+    from tasks.pipeline import run_int8
 
     cfg = RunConfig.model_validate({
         "model": str(model), "calib_images": str(DATA / "coco-val2017-calib/images"),

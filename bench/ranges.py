@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 from shared_data import SHARED  # noqa: E402
 from tasks.config import OrtCpuSettings, QuantSettings, RunConfig  # noqa: E402
 from tasks.evaluation.runtime import cpu_info, cpu_label  # noqa: E402
-from tasks.steps import run_int8  # noqa: E402
-from tasks.targets import target as target_of  # noqa: E402
+from tasks.pipeline import run_int8  # noqa: E402
+from tasks.targets.table import target as target_of  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
 VAL = SHARED / "data/coco-val2017-300"

@@ -47,8 +47,8 @@ def evaluate_flow(model: str, images: str, annotations: str, subset: str | None 
     return metrics
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python flows/evaluate.py", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python flows/evaluate.py") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.replace("python flows/evaluate.py", prog),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
     ap.add_argument("--images", required=True)
@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="what runs the model (openvino: its CPU plugin, f32 precision for float layers)")
     ap.add_argument("--io-model", help="an OpenVINO IR (.xml, with --runtime openvino): the ONNX export it was made "
                                        "from, whose input, output and class names describe it")
+    ap.add_argument("--imgsz", type=int, nargs="+", help="H W (or one size) to run a dynamic-shape export at "
+                                                        "(default: its imgsz metadata)")
     ap.add_argument("--pad-value", type=int, default=114)
     ap.add_argument("--no-center", action="store_true", help="pad right/bottom only")
     ap.add_argument("--bgr", action="store_true", help="the export expects BGR input")
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             class_map=[int(x) for x in a.class_map.split(",")] if a.class_map else None,
             providers=[p for p in a.providers.split(",") if p], strict_providers=a.strict_providers,
             runtime=a.runtime,
-            threads=a.threads, warmup=a.warmup,
+            threads=a.threads, warmup=a.warmup, imgsz=a.imgsz,
             preprocess=PreprocessSpec(pad_value=a.pad_value, center=not a.no_center,
                                       channel_order="BGR" if a.bgr else "RGB"))
         if a.prefect:

@@ -5,12 +5,13 @@
     python flows/int8.py --config run.yaml --method entropy
     python flows/int8.py --demo --target tensorrt,ort-cpu,openvino   # every INT8 target, side by side
 
-Each task is a thin wrapper over a plain function in tasks/steps.py.
+Each task is a thin wrapper over a plain function in tasks/ (the order: tasks/pipeline.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import re
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flows.common import (ROOT, api_for_workers, ensure_prefect_home, offline_defaults,  # noqa: E402,F401
-                          quiet_library_logs, retry_transient_only, run_step)
+                          quiet_library_logs)
 from flows.runners import RUNNERS  # noqa: E402
 
 offline_defaults()
@@ -31,14 +32,15 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from tasks import steps  # noqa: E402
-from tasks.pipeline import execute  # noqa: E402
+from flows.step_tasks import retry_transient_only, run_step  # noqa: E402
+
 from tasks.config import RunConfig, build_config, load_yaml_config  # noqa: E402
-from tasks.run.inputs import check_inputs, input_error_types  # noqa: E402
 from tasks.options import add_config_options, nest  # noqa: E402
-from tasks.run.report import console_table, render_markdown, table_rows  # noqa: E402
-from tasks.run.rundir import set_run_state  # noqa: E402
-from tasks.targets import TARGETS  # noqa: E402
+from tasks.pipeline import check_gate, execute, prepare_run, run_state  # noqa: E402
+from tasks.context import RunContext  # noqa: E402
+from tasks.steps.inputs import check_inputs, input_error_types  # noqa: E402
+from tasks.steps.report import console_table, render_markdown, table_rows  # noqa: E402
+from tasks.targets.table import TARGETS  # noqa: E402
 
 # Our own content-hash cache decides reuse (Prefect's default policy keys on the run id and on path
 # strings); Prefect's cache is off so it never serves a stale result for changed file contents.
@@ -47,8 +49,8 @@ TASK_OPTS: dict[str, Any] = dict(retries=2, retry_delay_seconds=2, retry_conditi
 
 
 @task(name="prepare-run", **TASK_OPTS)
-def prepare_task(cfg: RunConfig) -> steps.RunContext:
-    return steps.prepare_run(cfg)
+def prepare_task(cfg: RunConfig) -> RunContext:
+    return prepare_run(cfg)
 
 
 def step_caller(runner: Any, runner_name: str) -> Callable[..., Any]:
@@ -63,10 +65,8 @@ def step_caller(runner: Any, runner_name: str) -> Callable[..., Any]:
     return call
 
 
-def _publish_png(ctx: steps.RunContext) -> None:
+def _publish_png(ctx: RunContext) -> None:
     """The sensitivity plot as a Prefect image artifact (inline data URL: no file server needed)."""
-    import base64
-
     from prefect.artifacts import create_image_artifact
 
     for target in ctx.cfg.targets:
@@ -89,7 +89,7 @@ def int8_flow(config: RunConfig = RunConfig()) -> dict:
     quiet_library_logs()
     ctx = prepare_task(config)
     logger.info("run folder: %s", ctx.run_dir)
-    try:
+    with run_state(ctx):
         with RUNNERS[ctx.cfg.runner](ctx.cfg) as runner:
             summary = execute(ctx, call=step_caller(runner, ctx.cfg.runner), parallel=runner is not None)
         if ctx.cfg.sensitivity or ctx.cfg.accuracy_budget is not None:
@@ -100,20 +100,15 @@ def int8_flow(config: RunConfig = RunConfig()) -> dict:
         create_table_artifact(table=table_rows(summary), key=f"{key}-metrics",
                               description=f"mAP and latency, run {summary['run_id']}")
         logger.info("FP32 vs INT8\n%s", console_table(summary))
-        if not summary["gate"]["passed"]:
-            # Report and artifacts are written; the run itself must read Failed, with the figures.
-            raise steps.RegressionGateError(summary["gate"]["message"])
-    except BaseException as e:
-        set_run_state(ctx.run_dir, "failed", error=f"{type(e).__name__}: {e}")
-        raise
-    set_run_state(ctx.run_dir, "completed")
+        # report and artifacts are written; the run itself must read Failed, with the figures
+        check_gate(summary)
     return summary
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[Path | None, dict[str, Any]]:
+def parse_args(argv: list[str] | None = None, prog: str = "python flows/int8.py") -> tuple[Path | None, dict[str, Any]]:
     """Command line -> (config file, values to lay over it). Only options given are set; the options
-    are RunConfig's fields (tasks/options.py)."""
-    ap = argparse.ArgumentParser(prog="python flows/int8.py", description=__doc__,
+    are RunConfig's fields (tasks/options.py). `prog`: how the user called it (`yolo-lowbit int8`)."""
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.replace("python flows/int8.py", prog),
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  argument_default=argparse.SUPPRESS)
     ap.add_argument("--config", type=Path, help="YAML file of settings (command-line options override it)")
@@ -127,8 +122,8 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
-def main(argv: list[str] | None = None) -> int:
-    config_file, values = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python flows/int8.py") -> int:
+    config_file, values = parse_args(argv, prog)
     try:
         cfg = build_config(load_yaml_config(config_file) if config_file else None, values)
         # Every input is checked before a Prefect server starts: bad input costs seconds, not a server

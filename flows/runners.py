@@ -32,7 +32,7 @@ def process(cfg: RunConfig) -> Iterator[Any]:
 def dask(cfg: RunConfig) -> Iterator[Any]:
     """prefect-dask's DaskTaskRunner: the cluster at `dask_address`, or a LocalCluster of `workers`
     single-threaded processes (a worker thread per process: one step at a time in each)."""
-    from prefect_dask import DaskTaskRunner
+    from prefect_dask import DaskTaskRunner  # heavy: loaded when used, not on --help
 
     if cfg.dask_address:
         runner = DaskTaskRunner(address=cfg.dask_address)

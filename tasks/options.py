@@ -32,7 +32,7 @@ _SWITCHES: dict[str, tuple[str, Any, str]] = {
 _OFF = {"none", "off", "null"}
 
 
-def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+def unwrap_optional(tp: Any) -> tuple[Any, bool]:
     if get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         if len(args) == 1 and len(get_args(tp)) == 2:
@@ -74,7 +74,7 @@ def leaf_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, Fie
     out: list[tuple[str, FieldInfo]] = []
     for name, info in model.model_fields.items():
         path = f"{prefix}{name}"
-        tp, _ = _unwrap_optional(info.annotation)
+        tp, _ = unwrap_optional(info.annotation)
         if isinstance(tp, type) and issubclass(tp, BaseModel):
             out += leaf_fields(tp, f"{path}.")
         else:
@@ -97,7 +97,7 @@ def _metavar(tp: Any, choices: list[str] | None) -> str:
 
 def _converter(path: str, info: FieldInfo) -> dict[str, Any]:
     """argparse keyword arguments for one field."""
-    tp, optional = _unwrap_optional(info.annotation)
+    tp, optional = unwrap_optional(info.annotation)
     origin = get_origin(tp)
     if tp is bool:
         return {"action": argparse.BooleanOptionalAction}
@@ -178,7 +178,7 @@ def add_config_options(ap: argparse.ArgumentParser, model: type[BaseModel]) -> d
 def _section_doc(model: type[BaseModel], section: str) -> str | None:
     m: Any = model
     for part in filter(None, section.split(".")):
-        m, _ = _unwrap_optional(m.model_fields[part].annotation)
+        m, _ = unwrap_optional(m.model_fields[part].annotation)
     doc = (m.__doc__ or "").strip().split("\n\n")[0]
     return " ".join(doc.split()) or None
 

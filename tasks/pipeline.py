@@ -1,4 +1,4 @@
-"""The order of a run's steps, and which of them may run side by side.
+"""The order of a run's steps, and which of them may run side by side: the one module that knows it.
 
 `execute` is written once for every runner. `call(name, fn, *args)` runs one step and returns its
 result (the flow passes a caller that makes each step a Prefect task on its task runner; plain calls
@@ -12,24 +12,65 @@ times its model as it goes.
 from __future__ import annotations
 
 import contextvars
-import json
 import os
 import socket
-import tempfile
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from tasks.evaluation.evaluate import detect_shard, score_shards, shard_bounds, time_models
-from tasks.run.cache import cache_key
-from tasks.run.faults import fault_point
-from tasks.run.progress import Progress
-from tasks.run.rundir import atomic_copy, atomic_write_json
-from tasks.steps import (RunContext, _finish, _raw_quantize, _timed, eval_settings, step_accuracy_guard,
-                         step_calibration, step_evaluate, step_report, step_sensitivity, step_smoke)
-from tasks.targets import target
+from tasks.config import RunConfig
+from tasks.evaluation.evaluate import shard_bounds
+from tasks.run.cache import StepCache
+from tasks.context import RunContext, versions
+from tasks.run.rundir import atomic_write_json, create_run_dir, default_run_id, set_run_state, sha256_file
+from tasks.steps.calibrate import step_calibration
+from tasks.steps.evaluate import latency_fields, step_eval_merge, step_eval_shard, step_evaluate, step_latency
+from tasks.steps.guard import step_accuracy_guard, step_sensitivity
+from tasks.steps.inputs import check_inputs
+from tasks.steps.quantize import finish, raw_quantize
+from tasks.steps.report import step_report
+from tasks.steps.smoke import step_smoke
+from tasks.steps.static_model import static_copy
+from tasks.targets.table import target
+
+
+class RegressionGateError(RuntimeError):
+    """The INT8 model is worse than the run's budget allows (its report and artifacts are written)."""
+
+
+def prepare_run(cfg: RunConfig) -> RunContext:
+    """Check the inputs, then create the run folder (state: running): bad input leaves no folder."""
+    inputs = check_inputs(cfg)
+    cfg, eval_files = inputs.cfg, inputs.eval_files
+    run_dir = create_run_dir(cfg.run_root, cfg.run_id or default_run_id())
+    cfg.run_id = run_dir.name
+    atomic_write_json(run_dir / "run-config.json", cfg.model_dump(mode="json"))
+    ctx = RunContext(cfg=cfg, run_dir=run_dir, cache=StepCache(cfg.cache_dir), versions=versions())
+    setup = inputs.setup
+    source, sha = None, sha256_file(cfg.model)
+    pinned = static_copy(Path(cfg.model), sha, setup.in_shape, cfg.eval.imgsz, ctx.cache, ctx.key_versions, run_dir)
+    if pinned is not None:  # a dynamic-shape export: every step runs its static copy at the run's size
+        cfg.model, source = pinned
+        sha = source["static_copy_sha256"]
+    ctx.model = {"path": str(cfg.model), "sha256": sha, "input": setup.input_name,
+                 "input_shape": list(setup.in_shape), "output_format": setup.fmt,
+                 "num_classes": setup.nc, **setup.fmt_info,
+                 "eval_image_files": [str(p) for p in eval_files],
+                 # hashed once here: both evaluations key their cache entries on these bytes
+                 "eval_image_sha256": [sha256_file(p) for p in eval_files],
+                 "annotations_sha256": sha256_file(cfg.annotations)}
+    if source is not None:
+        ctx.model["source"] = source
+    g = inputs.guard
+    if g is not None:
+        ctx.guard = {"images": str(g.images), "annotations": str(g.annotations), "subset": g.subset, "how": g.how,
+                     "description": g.description, "count": len(g.files),
+                     "image_sha256": [sha256_file(p) for p in g.files],
+                     "annotations_sha256": sha256_file(g.annotations)}
+    return ctx
+
 
 # Keys a step's result may carry back from the process it ran in (see `placed`); `execute` takes
 # them off before the result is used.
@@ -86,83 +127,6 @@ class _Spawner:
             self.pool.shutdown(wait=True)
 
 
-def step_eval_shard(ctx: RunContext, which: str, model_path: Path, model_sha: str, bounds: list[int],
-                    runtime: str | None = None) -> dict[str, Any]:
-    """Detections of one shard of the evaluated images on `runtime`, cached by the model's bytes, the
-    shard's image bytes and the settings that change detections (threads and warm-up do not)."""
-    t0 = time.perf_counter()
-    cfg = ctx.cfg
-    settings = eval_settings(ctx, runtime)
-    lo, hi = bounds
-    key = cache_key("eval-shard", {
-        "model": model_sha, "annotations": ctx.model["annotations_sha256"], "images": ctx.model["eval_image_sha256"][lo:hi],
-        "bounds": [lo, hi], "subset": cfg.subset, "subset_seed": cfg.subset_seed,
-        "settings": settings.model_dump(exclude={"threads", "warmup", "bootstrap_resamples", "bootstrap_seed"}),
-        "versions": ctx.key_versions})
-    entry = ctx.cache.get("eval-shard", key)
-    cached = entry is not None
-    if entry is None:
-        with Progress(f"evaluate {which} [{lo}:{hi}]") as progress:
-            res = detect_shard(model_path, cfg.images, cfg.annotations, cfg.subset, settings, cfg.subset_seed,
-                               (lo, hi), cfg.worker_threads(), progress, io_model=Path(cfg.model))
-        fault_point(f"{which}-shard-computed")  # detections in memory, nothing in the cache yet
-        with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
-            atomic_write_json(Path(td) / "detections.json", res)
-            entry = ctx.cache.put("eval-shard", key, {"detections.json": Path(td) / "detections.json"}, {})
-    return _timed(t0, {"entry": str(entry.path), "key": key, "bounds": [lo, hi], "cached": cached})
-
-
-def step_eval_merge(ctx: RunContext, which: str, model_path: Path, model_sha: str,
-                    shards: list[dict[str, Any]], runtime: str | None = None) -> dict[str, Any]:
-    """The shards' detections merged and scored once with pycocotools (cached by the shard keys);
-    latency is the latency step's."""
-    t0 = time.perf_counter()
-    cfg = ctx.cfg
-    settings = eval_settings(ctx, runtime)
-    key = cache_key("eval-merge", {"shards": [s["key"] for s in shards], "versions": ctx.key_versions,
-                                   "bootstrap": [settings.bootstrap_resamples, settings.bootstrap_seed]})
-    entry = ctx.cache.get("eval-merge", key)
-    cached = entry is not None
-    if entry is None:
-        parts = [json.loads((Path(s["entry"]) / "detections.json").read_text()) for s in shards]
-        metrics = score_shards(model_path, cfg.images, cfg.annotations, cfg.subset, settings,
-                               cfg.subset_seed, parts, io_model=Path(cfg.model))
-        with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
-            atomic_write_json(Path(td) / "metrics.json", metrics)
-            entry = ctx.cache.put("eval-merge", key, {"metrics.json": Path(td) / "metrics.json"}, {})
-    atomic_copy(entry.file("metrics.json"), ctx.run_dir / f"{which}-coco" / "metrics.json")
-    metrics = json.loads(entry.file("metrics.json").read_text())
-    metrics["cached"] = cached and all(s["cached"] for s in shards)
-    return _timed(t0, metrics)
-
-
-def step_latency(ctx: RunContext, models: dict[str, str], runtimes: dict[str, str] | None = None) -> dict[str, Any]:
-    """Every model timed in one step (each on its runtime), in interleaved rounds, when no other step
-    of the run is running; each `<which>-coco/metrics.json` of the run gets the figures."""
-    t0 = time.perf_counter()
-    cfg = ctx.cfg
-    images = [Path(p) for p in ctx.model["eval_image_files"][:cfg.latency_images]]
-    timed = time_models({w: Path(p) for w, p in models.items()}, images, cfg.eval, cfg.eval.threads,
-                        runtimes=runtimes)
-    for which, t in timed.items():
-        path = ctx.run_dir / f"{which}-coco" / "metrics.json"
-        if path.is_file():
-            atomic_write_json(path, {**json.loads(path.read_text()), **_latency_fields(t)})
-    return _timed(t0, {"models": timed})
-
-
-def _latency_fields(t: dict[str, Any]) -> dict[str, Any]:
-    """What a model's metrics take from the latency step."""
-    return {"latency_ms": t["latency_ms"], "latency_measured": _measured(t),
-            **{k: t[k] for k in ("latency_deployed_ms", "latency_deployed_session") if k in t}}
-
-
-def _measured(t: dict[str, Any]) -> dict[str, Any]:
-    return {"how": "latency step: every model alone, after all other steps, interleaved rounds",
-            "images": t["images"], "rounds": t["rounds"], "threads": t["runtime"]["threads"],
-            "cpu": t["runtime"]["cpu"], "runtime": t["runtime"]["runtime"]}
-
-
 class _Run:
     """One execute call's bookkeeping: each step's placement and cache damage, taken off its result."""
 
@@ -212,8 +176,8 @@ def _target_chain(run: _Run, spawn: _Spawner, ctx: RunContext, calib_f: Any, fp3
     qdir, which, rt = t.qdir, t.which, t.runtime
     sfx = which.removeprefix("int8")
     calib = calib_f.result()
-    raw = run(qdir, _raw_quantize, ctx, calib, name)
-    quant = run(f"recover{sfx}", _finish, ctx, calib, raw)
+    raw = run(qdir, raw_quantize, ctx, calib, name)
+    quant = run(f"recover{sfx}", finish, ctx, calib, raw)
     quant = {**quant, "quantize_wall_s": raw.get("step_wall_s")}
     auto = cfg.accuracy_budget is not None
     # in auto mode the smoke check judges the chosen model (a collapsed candidate is for the guard to reject)
@@ -261,11 +225,36 @@ def execute(ctx: RunContext, call: Callable[..., Any] = _direct, parallel: bool 
         models = {"fp32": str(cfg.model), **{target(t).which: r["quant"]["artifact"] for t, r in targets.items()}}
         runtimes = {target(t).which: target(t).runtime for t in targets}
         lat = run("latency", step_latency, ctx, models, runtimes)["models"]
-        fp32 = {**fp32, **_latency_fields(lat["fp32"])}
+        fp32 = {**fp32, **latency_fields(lat["fp32"])}
         for t, t_res in targets.items():
             which = target(t).which
-            t_res["int8"] = {**t_res["int8"], **_latency_fields(lat[which])}
+            t_res["int8"] = {**t_res["int8"], **latency_fields(lat[which])}
     extra = {"runner": cfg.runner, "workers": cfg.workers if parallel else 1, "placement": run.placement}
     summary = run("report", step_report, ctx, calib, targets, fp32, extra)
     return summary
 
+
+@contextmanager
+def run_state(ctx: RunContext) -> Iterator[None]:
+    """The run folder's state when the body ends: completed, or failed with the error (re-raised)."""
+    try:
+        yield
+    except BaseException as e:
+        set_run_state(ctx.run_dir, "failed", error=f"{type(e).__name__}: {e}")
+        raise
+    set_run_state(ctx.run_dir, "completed")
+
+
+def check_gate(summary: dict[str, Any]) -> None:
+    """A failed regression gate fails the run (its report and artifacts are written by then)."""
+    if not summary["gate"]["passed"]:
+        raise RegressionGateError(summary["gate"]["message"])
+
+
+def run_int8(cfg: RunConfig) -> dict[str, Any]:
+    """The whole run without Prefect (benchmarks and tests compare the flow against this)."""
+    ctx = prepare_run(cfg)
+    with run_state(ctx):
+        summary = execute(ctx)
+        check_gate(summary)
+    return summary

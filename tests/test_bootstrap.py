@@ -133,7 +133,7 @@ def test_the_budget_reading_of_an_interval():
 
 
 def test_the_report_states_the_interval_and_when_the_subset_cannot_tell():
-    from tasks.run.report import console_table, regression_gate
+    from tasks.steps.report import console_table, regression_gate
 
     def side(m):
         return {"map50_95": m, "map50": m, "latency_ms": {"p50": 1.0, "p90": 1.0}, "provider": "CPU", "images": 79,

@@ -60,7 +60,7 @@ def test_invalid_settings_name_the_setting(values, match):
 
 
 def test_missing_eval_data_and_unwritable_run_root(tmp_path, tiny_model, tiny_data):
-    from tasks.steps import prepare_run
+    from tasks.pipeline import prepare_run
 
     with pytest.raises(ConfigError, match="--images"):
         build_config(None, {"model": str(tiny_model), "calib_images": str(tmp_path)}).resolved()
@@ -75,7 +75,7 @@ def test_missing_eval_data_and_unwritable_run_root(tmp_path, tiny_model, tiny_da
 
 
 def test_missing_eval_image_is_refused_before_any_run_folder(tmp_path, tiny_model, tiny_data):
-    from tasks.steps import prepare_run
+    from tasks.pipeline import prepare_run
 
     (tiny_data["images"] / "val0002.png").unlink()
     cfg = build_config(None, {"model": str(tiny_model), "images": str(tiny_data["images"]),
@@ -225,13 +225,14 @@ def _candidates(path, info):
     """Command-line texts for a value other than the default, most natural first."""
     from typing import Literal, get_args, get_origin
 
-    from tasks.options import _unwrap_optional
+    from tasks.options import unwrap_optional
 
-    tp, _ = _unwrap_optional(info.annotation)
+    tp, _ = unwrap_optional(info.annotation)
     default = info.default_factory() if info.default_factory else info.default
     texts = {"calib_eps": ["cpu"], "providers": ["cpu"], "exclude_nodes": ["/model.0/conv"],
              "exclude_op_types": ["Add"], "class_map": ["1,2,3"], "subset": ["10"], "run_id": ["r1"],
-             "guard_min_mac_share": ["tensorrt=0.9,ort-cpu=0.8"], "dask_address": ["tcp://127.0.0.1:8786"]}
+             "guard_min_mac_share": ["tensorrt=0.9,ort-cpu=0.8"], "dask_address": ["tcp://127.0.0.1:8786"],
+             "imgsz": ["640"]}
     name = path.rsplit(".", 1)[-1]
     if name in texts:
         return texts[name]
@@ -287,3 +288,49 @@ def test_every_runconfig_field_is_reachable_from_the_command_line():
         # Nothing else moved: the value landed in the field's own section.
         changed = {p for p, _ in fields if _field_value(cfg, p) != _field_value(default, p)}
         assert changed == {path} | COMPANIONS.get(path, ([], set()))[1], (path, changed)
+
+
+def _console_script():
+    """The `yolo-lowbit` command pip installed beside this interpreter (pyproject's [project.scripts])."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "yolo-lowbit"
+    found = str(exe) if exe.exists() else shutil.which("yolo-lowbit")
+    assert found, "the yolo-lowbit command is not installed: pip install -e . (make install) installs it"
+    return found
+
+
+def test_the_console_command_lists_its_commands_and_refuses_an_unknown_one():
+    import subprocess
+
+    exe = _console_script()
+    r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "int8" in r.stdout and "evaluate" in r.stdout
+    r = subprocess.run([exe, "quantize"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "unknown command 'quantize'; choose from int8, evaluate" in r.stderr
+    r = subprocess.run([exe], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "commands:" in r.stderr
+
+
+def test_each_command_takes_its_flows_options_under_its_own_name(capsys):
+    from flows.cli import main as cli
+
+    with pytest.raises(SystemExit) as e:
+        cli(["int8", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: yolo-lowbit int8") and "--imgsz" in out and "--accuracy-budget" in out
+    assert "yolo-lowbit int8 --demo" in out and "python flows/int8.py" not in out
+    with pytest.raises(SystemExit):
+        cli(["evaluate", "--help"])
+    assert capsys.readouterr().out.startswith("usage: yolo-lowbit evaluate")
+
+
+def test_the_console_command_refuses_bad_input_like_the_flow_script(tmp_path):
+    import subprocess
+
+    r = subprocess.run([_console_script(), "int8", "--model", str(tmp_path / "missing.onnx")],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and "missing.onnx does not exist" in r.stderr

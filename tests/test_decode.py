@@ -87,7 +87,7 @@ def test_block_nms_equals_reference_greedy(seed):
 
 
 def test_class_aware_nms_equals_per_class_reference_and_caps_at_max_det():
-    from tasks.evaluation.decode import _class_aware_nms
+    from tasks.evaluation.decode import class_aware_nms
 
     rng = np.random.default_rng(7)
     n = 1500
@@ -100,6 +100,6 @@ def test_class_aware_nms_equals_per_class_reference_and_caps_at_max_det():
         idx = np.flatnonzero(classes == c)
         ref += idx[nms(boxes[idx], scores[idx], 0.6, 10 ** 6)].tolist()
     ref = sorted(ref, key=lambda i: (-scores[i], i))[:300]
-    d = _class_aware_nms(boxes, scores, classes, 0.6, max_det=300)
+    d = class_aware_nms(boxes, scores, classes, 0.6, max_det=300)
     assert len(d) == 300
     assert np.allclose(d.scores, scores[ref]) and (d.classes == classes[ref]).all()

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +30,15 @@ def test_demo_command_end_to_end(tmp_path):
     assert s["int8"]["detections"] > 0 and s["quantization"]["topk_kept_float"]
     assert s["calibration"]["count"] == 32 and s["gate"]["passed"]
     assert json.loads((run / "STATE.json").read_text())["state"] == "completed"
+    # the console command runs the same flow: with the same run root (and so the same cache) its
+    # table is the script's, line for line
+    exe = Path(sys.executable).parent / "yolo-lowbit"
+    r2 = subprocess.run([str(exe), "int8", "--demo", "--run-root", str(tmp_path / "runs"), "--run-id", "demo-cli"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r2.returncode == 0, r2.stderr[-4000:]
+
+    def table(out: str) -> list[str]:  # the printed table: from its header to the run folder's line
+        before = out.split("\nrun folder:")[0]
+        return before[before.rindex("mAP50-95    mAP50"):].strip().splitlines()
+
+    assert table(r2.stdout) == table(r.stdout) and len(table(r.stdout)) >= 3

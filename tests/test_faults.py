@@ -18,7 +18,7 @@ RUNNER = """
 import json, sys
 sys.path.insert(0, {root!r})
 from tasks.config import RunConfig
-from tasks.steps import run_int8
+from tasks.pipeline import run_int8
 cfg = RunConfig.model_validate(json.loads(sys.argv[1]))
 s = run_int8(cfg)
 print(json.dumps(s["cached"]))
@@ -106,7 +106,7 @@ def test_two_runs_at_once_on_one_run_root(tmp_path, tiny_model, tiny_data):
 def test_truncated_cached_model_is_detected_and_recomputed(tmp_path, tiny_model, tiny_data):
     from tasks.config import RunConfig
     from tasks.run.rundir import sha256_file
-    from tasks.steps import run_int8
+    from tasks.pipeline import run_int8
 
     s1 = run_int8(RunConfig.model_validate(_cfg(tmp_path, tiny_model, tiny_data, "a")))
     # the cache also holds ModelOpt's max model that the default mse ranges start from: damage the published one

@@ -144,7 +144,7 @@ def test_artifacts_are_published(harness, tmp_path, tiny_model, tiny_data):
 
 def test_regression_gate_fails_the_run_but_keeps_report_and_artifacts(harness, tmp_path, tiny_model, tiny_data):
     from flows.int8 import int8_flow
-    from tasks.steps import RegressionGateError
+    from tasks.pipeline import RegressionGateError
 
     with pytest.raises(RegressionGateError, match=r"over the budget of -50 points"):
         int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="gated", max_map_drop=-50))
@@ -156,7 +156,7 @@ def test_regression_gate_fails_the_run_but_keeps_report_and_artifacts(harness, t
 
 
 def test_gate_flags_a_model_without_detections():
-    from tasks.run.report import regression_gate
+    from tasks.steps.report import regression_gate
 
     s = {"delta": {"map50_95": 0.0}, "int8": {"detections": 0, "images": 5, "map50_95": 0.0},
          "fp32": {"map50_95": 0.0}}
@@ -218,7 +218,7 @@ def test_flow_targets_side_by_side_and_alone(harness, tmp_path, tiny_model, tiny
 
 
 def test_gate_off_says_so_in_the_report_and_the_console():
-    from tasks.run.report import console_table, regression_gate
+    from tasks.steps.report import console_table, regression_gate
 
     side = {"map50_95": 0.50, "map50": 0.65, "latency_ms": {"p50": 10.0, "p90": 11.0, "mean": 10.0},
             "provider": "CPUExecutionProvider", "images": 79, "detections": 100}

@@ -1,10 +1,10 @@
-"""Auto mode chooses on annotated images it does not report (tasks/run/guard_data.py)."""
+"""Auto mode chooses on annotated images it does not report (tasks/steps/guard_data.py)."""
 from __future__ import annotations
 
 import pytest
 
 from tasks.config import ConfigError, RunConfig
-from tasks.run.inputs import check_inputs
+from tasks.steps.inputs import check_inputs
 
 
 def _cfg(tiny_model, data, **kw) -> RunConfig:

@@ -90,12 +90,12 @@ def test_a_target_whose_packages_cannot_be_imported_is_refused_before_any_work(m
                                                                                tiny_data):
     import dataclasses
 
-    from tasks import targets
     from tasks.config import ConfigError
-    from tasks.steps import prepare_run
+    from tasks.targets import table
+    from tasks.pipeline import prepare_run
 
-    monkeypatch.setitem(targets.TARGETS, "openvino",
-                        dataclasses.replace(targets.TARGETS["openvino"], requires=("openvino", "no_such_module_xyz")))
+    monkeypatch.setitem(table.TARGETS, "openvino",
+                        dataclasses.replace(table.TARGETS["openvino"], requires=("openvino", "no_such_module_xyz")))
     with pytest.raises(ConfigError, match=r"target openvino needs the Python package\(s\) no_such_module_xyz"):
         prepare_run(_cfg(tmp_path, tiny_model, tiny_data))
     assert not (tmp_path / "runs").exists()
@@ -103,7 +103,7 @@ def test_a_target_whose_packages_cannot_be_imported_is_refused_before_any_work(m
 
 def test_a_bad_exclusion_pattern_is_refused_before_any_work(tmp_path, tiny_model, tiny_data):
     from tasks.config import ConfigError
-    from tasks.steps import prepare_run
+    from tasks.pipeline import prepare_run
 
     with pytest.raises(ConfigError, match=r"--exclude-nodes pattern '\(' is not a valid regex"):
         prepare_run(_cfg(tmp_path, tiny_model, tiny_data, quant={"exclude_nodes": ["("]}))

@@ -62,7 +62,7 @@ def _families(flags: set[str]) -> tuple[str | None, list[tuple[str, str]]]:
 @pytest.mark.timeout(3600)  # a whole run and up to three more evaluations of 300 images: past the 900 s default
 def test_yolov10s_openvino_target_holds_on_300_images_on_every_kernel_family(tmp_path):
     from tasks.evaluation.bootstrap import paired_interval
-    from tasks.steps import run_int8
+    from tasks.pipeline import run_int8
 
     model = shared_path("models/yolov10s-coco/yolov10s.onnx")
     images = shared_path("data/coco-val2017-300/images")

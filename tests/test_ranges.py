@@ -115,7 +115,9 @@ def test_a_method_sweep_reusing_the_max_and_histogram_passes_builds_the_same_byt
 @pytest.mark.slow
 def test_the_estimators_of_one_calibration_set_share_one_max_and_one_histogram_pass(tmp_path, tiny_model, tiny_data):
     from tasks.config import RunConfig
-    from tasks.steps import prepare_run, step_calibration, step_quantize
+    from tasks.pipeline import prepare_run
+    from tasks.steps.calibrate import step_calibration
+    from tasks.targets.tensorrt import step_quantize
 
     cfg = RunConfig.model_validate({"model": str(tiny_model), "images": str(tiny_data["images"]),
                                     "annotations": str(tiny_data["annotations"]),

@@ -9,13 +9,13 @@ import pytest
 from conftest import shared_path
 from tasks.config import RunConfig
 from tasks.quantization.layers import quantized_layers
-from tasks.run.report import per_target
+from tasks.steps.report import per_target
 
 
 @pytest.mark.slow
 @pytest.mark.shared
 def test_yolov10s_auto_mode_chooses_on_other_images_and_keeps_nearly_every_convolution_in_int8(tmp_path):
-    from tasks.steps import run_int8
+    from tasks.pipeline import run_int8
 
     model = shared_path("models/yolov10s-coco/yolov10s.onnx")
     data = shared_path("data")

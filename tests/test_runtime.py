@@ -67,15 +67,38 @@ def test_truncated_model(tmp_path, tiny_model):
         check_model_file(t)
 
 
-def test_dynamic_input_is_refused(tmp_path):
+def _identity(dims, meta=None):
     from onnx import TensorProto, helper
 
     g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, "h", "w"])])
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    with pytest.raises(ModelError, match="static 1x3xHxW"):
-        model_io(m)
+    for k, v in (meta or {}).items():
+        m.metadata_props.add(key=k, value=v)
+    return m
+
+
+def test_a_dynamic_input_runs_at_its_metadata_size_or_imgsz_and_is_refused_without_either():
+    dyn = ["n", 3, "h", "w"]
+    assert model_io(_identity(dyn, {"imgsz": "[480, 640]"}))[1] == (1, 3, 480, 640)
+    assert model_io(_identity(dyn, {"imgsz": "320"}))[1] == (1, 3, 320, 320)
+    assert model_io(_identity(dyn, {"imgsz": "[480, 640]"}), [256])[1] == (1, 3, 256, 256)  # --imgsz wins
+    assert model_io(_identity(dyn), [384, 512])[1] == (1, 3, 384, 512)
+    assert model_io(_identity(["batch", 3, 64, 64]))[1] == (1, 3, 64, 64)  # dynamic batch only: its own size
+    with pytest.raises(ModelError, match=r"dynamic height/width .* no imgsz; pass --imgsz H W"):
+        model_io(_identity(dyn))
+    with pytest.raises(ModelError, match=r"not a positive multiple of the model's stride 32; pass --imgsz"):
+        model_io(_identity(dyn), [300])
+    with pytest.raises(ModelError, match=r"--imgsz 320 320 but input 'x' is static 64x64; drop --imgsz"):
+        model_io(_identity([1, 3, 64, 64]), [320])
+    with pytest.raises(ModelError, match=r"3 channels"):
+        model_io(_identity(["n", "c", "h", "w"]), [64])
+
+
+def test_a_model_with_two_inputs_is_refused():
+    from onnx import TensorProto, helper
+
     g2 = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "g",
                            [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1]),
                             helper.make_tensor_value_info("b", TensorProto.FLOAT, [1])],

@@ -47,8 +47,8 @@ def test_ranking_puts_the_fragile_layer_first(tmp_path, fragile, tiny_data):
 @pytest.mark.parametrize("target", ["tensorrt", "ort-cpu", "openvino"])
 def test_auto_mode_keeps_the_fragile_layer_in_float(tmp_path, fragile, tiny_data, target):
     from tasks.quantization.layers import convs_of, layer_macs
-    from tasks.steps import run_int8
-    from tasks.targets import target as target_of
+    from tasks.pipeline import run_int8
+    from tasks.targets.table import target as target_of
 
     cfg = RunConfig.model_validate({
         "model": str(fragile), "images": str(tiny_data["images"]), "annotations": str(tiny_data["annotations"]),

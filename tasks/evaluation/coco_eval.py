@@ -28,7 +28,7 @@ class SubsetError(ValueError):
 
 def load_coco(path: Path):
     """Validate and load a COCO instances file into a pycocotools COCO object."""
-    from pycocotools.coco import COCO
+    from pycocotools.coco import COCO  # heavy: loaded when used, not on --help
 
     path = Path(path)
     if not path.is_file():
@@ -222,7 +222,7 @@ def evaluate_detections(coco, detections: list[dict], image_ids: Sequence[int],
                         bootstrap: tuple[int, int] | None = None) -> dict[str, Any]:
     """Run COCOeval (bbox) restricted to image_ids; zero detections give zeros, not a crash.
     `bootstrap` = (resamples, seed): also each resample's mAP50-95 and mAP50 (tasks/evaluation/bootstrap.py)."""
-    from pycocotools.cocoeval import COCOeval
+    from pycocotools.cocoeval import COCOeval  # heavy: loaded when used, not on --help
 
     n_gt = len(coco.getAnnIds(imgIds=list(image_ids), iscrowd=False))
     if not detections:

@@ -155,7 +155,7 @@ def greedy_nms_sorted(boxes: np.ndarray, iou_thres: float, limit: int | None = N
 _MAX_WH = 7680.0  # class offset, larger than any input side: boxes of different classes never overlap
 
 
-def _class_aware_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_thres: float,
+def class_aware_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_thres: float,
                      max_det: int, max_nms: int = 30000) -> Detections:
     if scores.size == 0:
         return Detections.empty()
@@ -207,4 +207,4 @@ def decode(output: np.ndarray, fmt: OutputFormat, conf_thres: float = 0.001, iou
         raise DecodeError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
     keep = scores > conf_thres
     boxes = _xywh_to_xyxy(pred[keep, :4].astype(np.float32))
-    return _class_aware_nms(boxes, scores[keep], classes[keep], iou_thres, max_det)
+    return class_aware_nms(boxes, scores[keep], classes[keep], iou_thres, max_det)

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from tasks import __version__
 from tasks.evaluation.coco_eval import AnnotationError, category_map, evaluate_detections, load_coco, select_subset
 from tasks.evaluation.decode import DecodeError, decode, detect_format
 from tasks.run.progress import ProgressFn
 from tasks.evaluation.sessions import open_session
+from tasks.evaluation.shapes import dynamic_axes, pin
 from tasks.evaluation.preprocess import ImageError, PreprocessSpec, load_rgb, letterbox, to_original
 from tasks.run.rundir import sha256_file
 from tasks.evaluation.runtime import (
@@ -53,6 +54,16 @@ class EvalSettings(BaseModel):
         "image resamples of the paired bootstrap that puts a 95% interval on every mAP delta (the same "
         "resamples for every model on the same images); 0: no intervals"))
     bootstrap_seed: int = Field(0, description="seed of the bootstrap's resamples")
+    imgsz: list[int] | None = Field(None, min_length=1, max_length=2, description=(
+        "height and width (one number: both) to run a dynamic-shape export at; default: the export's "
+        "imgsz metadata. A static export runs at its own size"))
+
+    @field_validator("imgsz")
+    @classmethod
+    def _positive(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and min(v) <= 0:
+            raise ValueError(f"imgsz {v}: sizes must be positive (e.g. --imgsz 640)")
+        return v
 
 
 def _metadata_names(meta: dict[str, str]) -> dict[int, str] | None:
@@ -128,7 +139,9 @@ def prepare_eval(model_path: Path, images_dir: Path, annotations: Path, subset: 
     describe `model_path` when that is not an ONNX file itself (an OpenVINO IR made from it).
     `load_annotations`: how the annotation file is read (the input check shares one parse)."""
     model = check_model_file(Path(io_model or model_path))
-    input_name, in_shape, _ = model_io(model)
+    input_name, in_shape, _ = model_io(model, settings.imgsz)
+    if dynamic_axes(model):  # the outputs' shapes at the run's size tell the decoder the layout
+        model = pin(model, in_shape)
     try:
         fmt, nc, fmt_info = resolve_format(model, settings)
     except DecodeError as e:  # say which model, like every other model check
@@ -311,7 +324,8 @@ def score_shards(model_path: Path, images_dir: Path, annotations: Path, subset: 
 
 
 def time_models(models: dict[str, Path], images: Sequence[Path], settings: EvalSettings, threads: int | None,
-                rounds: int = 3, runtimes: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+                rounds: int = 3, runtimes: dict[str, str] | None = None,
+                size_hw: tuple[int, int] | None = None) -> dict[str, dict[str, Any]]:
     """Per-image inference latency of several models on the same letterboxed images, in interleaved
     rounds (model A on every image, then B, ... then A again) so that a slower moment of the machine
     falls on every model alike; each model warmed up first. `runtimes`: a model's runtime where it is
@@ -321,9 +335,18 @@ def time_models(models: dict[str, Path], images: Sequence[Path], settings: EvalS
     opened = {name: open_session(Path(p), own[name], threads) for name, p in models.items()}
     sessions = {name: s for name, (s, _) in opened.items()}
     batches = {}
+
+    def hw(sess: Any) -> tuple[int, int]:
+        """The model's own static size, else (a dynamic-shape export) the run's, `size_hw`."""
+        shape = sess.get_inputs()[0].shape
+        if all(isinstance(d, int) and d > 0 for d in shape[2:]):
+            return int(shape[2]), int(shape[3])
+        if size_hw is None:
+            raise ValueError(f"a model has a dynamic input {shape}: pass size_hw, the size to time it at")
+        return size_hw
+
     for name, sess in sessions.items():
-        inp = sess.get_inputs()[0]
-        h, w = int(inp.shape[2]), int(inp.shape[3])
+        h, w = hw(sess)
         if (h, w) not in batches:
             batches[(h, w)] = [letterbox(load_rgb(p), (h, w), settings.preprocess)[0][None].astype(np.float32)
                                for p in images]
@@ -334,8 +357,7 @@ def time_models(models: dict[str, Path], images: Sequence[Path], settings: EvalS
     dtimes: dict[str, list[float]] = {name: [] for name in deployed}
 
     def inputs(sess: Any) -> list[np.ndarray]:
-        shape = sess.get_inputs()[0].shape
-        return batches[(int(shape[2]), int(shape[3]))]
+        return batches[hw(sess)]
 
     for sess in [*sessions.values(), *(s for s, _ in deployed.values())]:
         _run_times(sess, inputs(sess)[0], settings.warmup)

@@ -20,6 +20,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper
+
+from tasks.evaluation.shapes import ShapeError, resolve_hw
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +77,7 @@ def normalise_provider(name: str) -> str:
 def probe_provider(provider: str) -> tuple[bool, str]:
     """Can a session really run on `provider`? onnxruntime-gpu lists CUDA and TensorRT as available
     even on a machine with no GPU, then silently runs on CPU; a one-node session tells the truth."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
+    import onnxruntime as ort  # heavy: loaded when used, not on --help
 
     if provider == "CPUExecutionProvider":
         return True, "always available"
@@ -114,7 +116,7 @@ def probe_provider(provider: str) -> tuple[bool, str]:
 def select_providers(requested: Sequence[str] = DEFAULT_PROVIDERS, available: Sequence[str] | None = None,
                      strict: bool = False) -> ProviderChoice:
     """Keep the requested providers this ORT build offers, in order; CPU always ends the list."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy: loaded when used, not on --help
 
     names = [normalise_provider(p) for p in requested] or ["CPUExecutionProvider"]
     selected, reasons = [], []
@@ -162,8 +164,10 @@ def check_model_file(path: Path) -> onnx.ModelProto:
     return model
 
 
-def model_io(model: onnx.ModelProto) -> tuple[str, tuple[int, int, int, int], list[tuple[str, tuple]]]:
-    """(input name, static NCHW input shape, [(output name, shape)]) with clear errors."""
+def model_io(model: onnx.ModelProto, imgsz: Sequence[int] | None = None
+             ) -> tuple[str, tuple[int, int, int, int], list[tuple[str, tuple]]]:
+    """(input name, NCHW input shape the run uses, [(output name, shape)]) with clear errors. A
+    dynamic-shape export runs at batch 1 and `imgsz` (else its Ultralytics `imgsz` metadata)."""
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:
@@ -173,15 +177,19 @@ def model_io(model: onnx.ModelProto) -> tuple[str, tuple[int, int, int, int], li
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in inp.type.tensor_type.shape.dim]
     if len(dims) != 4:
         raise ModelError(f"input {inp.name!r} has rank {len(dims)}; expected NCHW (1x3xHxW)")
-    if any(not isinstance(d, int) for d in dims[1:]) or dims[1] != 3 or min(dims[2:]) <= 0:
-        raise ModelError(f"input {inp.name!r} has shape {dims}; the run needs a static 1x3xHxW input "
-                         f"(re-export with dynamic=False and a fixed imgsz)")
+    if dims[1] != 3 or any(isinstance(d, int) and d <= 0 for d in dims):
+        raise ModelError(f"input {inp.name!r} has shape {dims}; the run needs a 1x3xHxW image input "
+                         f"(3 channels; height and width static or dynamic)")
+    try:
+        (h, w), _ = resolve_hw(model, dims, imgsz)
+    except ShapeError as e:
+        raise ModelError(str(e)) from None
     elem = inp.type.tensor_type.elem_type
     if elem != onnx.TensorProto.FLOAT:  # the evaluator and the calibration feed float32 pixels
         kind = onnx.TensorProto.DataType.Name(elem).lower() if elem else "not a tensor of known type"
         raise ModelError(f"input {inp.name!r} is {kind}; the run feeds float32 images: re-export with a float32 "
                          f"input (without half=True)")
-    shape = (1, 3, int(dims[2]), int(dims[3]))
+    shape = (1, 3, h, w)
     if not model.graph.output:
         raise ModelError("model has no outputs; a YOLO export has one detection output: re-export it")
     outs = []
@@ -201,7 +209,7 @@ def make_session(model_path: Path, choice: ProviderChoice, threads: int | None =
 
     `spin=True` keeps ORT's default of worker threads spinning between parallel sections (what a
     deployed session does); the evaluator turns it off."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy: loaded when used, not on --help
 
     so = ort.SessionOptions()
     if threads:
@@ -295,7 +303,7 @@ def cpu_label(info: dict[str, Any] | None = None) -> str:
 
 
 def runtime_info(choice: ProviderChoice, threads: int | None) -> dict[str, Any]:
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy: loaded when used, not on --help
 
     return {"provider": choice.primary, "providers": choice.as_dict(), "runtime": "onnxruntime",
             "version": ort.__version__, "ort_version": ort.__version__, "threads": threads or os.cpu_count(), "device": device_name(choice.primary),

@@ -27,7 +27,7 @@ def _onnxruntime(path: Path, settings: Any, threads: int | None, spin: bool) -> 
 @dataclass
 class _Port:
     name: str
-    shape: list[int]
+    shape: list[int | str]  # a dynamic dimension as ONNX Runtime names one: a string
 
 
 class OpenVinoSession:
@@ -39,7 +39,8 @@ class OpenVinoSession:
         self._outputs = list(compiled.outputs)
 
     def get_inputs(self) -> list[_Port]:
-        return [_Port(p.get_any_name(), [int(d) for d in p.get_shape()]) for p in self.compiled.inputs]
+        return [_Port(p.get_any_name(), [d.get_length() if d.is_static else "?" for d in p.get_partial_shape()])
+                for p in self.compiled.inputs]
 
     def run(self, output_names: Any, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         res = self.request.infer(feed)
@@ -57,7 +58,7 @@ def openvino_config(threads: int | None, spin: bool = False) -> dict[str, Any]:
 
 
 def _openvino(path: Path, settings: Any, threads: int | None, spin: bool) -> tuple[Any, dict[str, Any]]:
-    import openvino as ov
+    import openvino as ov  # heavy: loaded when used, not on --help
 
     core = ov.Core()
     compiled = core.compile_model(core.read_model(str(path)), "CPU", openvino_config(threads, spin))

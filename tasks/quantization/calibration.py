@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tasks.config import DEFAULT_CALIB_COUNT
 from tasks.evaluation.preprocess import PreprocessSpec, list_images, preprocess_file
 from tasks.run.progress import ProgressFn
 from tasks.run.rundir import atomic_writer, sha256_file
@@ -113,11 +114,6 @@ def load_calib_tensor(path: Path, input_name: str, input_shape: Sequence[int], s
             "images": []}
     return arr, info
 
-
-# Calibration images taken when --calib-count is not given (all of them if the folder holds fewer).
-# The default range estimators do not lose accuracy as samples are added, and YOLOv5n gained from
-# 32 to 128 (bench/ranges.py); 512 cost 3.5x the calibration time of 128 for no further gain.
-DEFAULT_CALIB_COUNT = 128
 
 
 def list_calib_images(folder: Path, count: int | None) -> list[Path]:

@@ -92,8 +92,8 @@ def ort_entropy_threshold(hist: np.ndarray, amax: float, first_amax: float, vmin
     own: outliers folded into the end bins, 128 merged bins expanded over the non-zero ones
     (integer counts, as ORT keeps them), both smoothed, then ORT's `entropy`. Returns the
     symmetric range (max of |low|, |high| after ORT's clamp to the observed min/max)."""
-    from onnxruntime.quantization.calibrate import entropy
-    from onnxruntime.quantization.quant_utils import smooth_distribution
+    from onnxruntime.quantization.calibrate import entropy  # heavy: loaded when used, not on --help
+    from onnxruntime.quantization.quant_utils import smooth_distribution  # heavy: loaded when used, not on --help
 
     n = len(hist)
     zero, half_q = n // 2, num_quantized_bins // 2
@@ -134,8 +134,8 @@ def write_calibration_cache(path: Path, scales: dict[str, float]) -> None:
 def apply_calibration_cache(model_path: Path, cache_path: Path) -> int:
     """Replace activation scales in a ModelOpt Q/DQ model with a cache's, with ModelOpt's own reader
     and writer (what `quantize(calibration_cache_path=...)` does after its calibration)."""
-    from modelopt.onnx.quantization.calib_utils import import_scales_from_calib_cache
-    from modelopt.onnx.quantization.qdq_utils import replace_scale_values
+    from modelopt.onnx.quantization.calib_utils import import_scales_from_calib_cache  # heavy: loaded when used, not on --help
+    from modelopt.onnx.quantization.qdq_utils import replace_scale_values  # heavy: loaded when used, not on --help
 
     scales = import_scales_from_calib_cache(str(cache_path))
     model = onnx.load(str(model_path))

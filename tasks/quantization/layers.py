@@ -18,7 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from tasks.quantization.probe import tensor_session
-from tasks.quantization.quantize import QUANTIZABLE_OPS
+from tasks.quantization.quantize import QUANTIZABLE_OPS, ort_optimized_graph
 
 
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
@@ -96,8 +96,6 @@ def qdq_int8_convs(qmodel: onnx.ModelProto) -> list[str]:
 
 def ort_int8_convs(model_path: Path) -> list[str]:
     """ort-cpu: the convolutions ONNX Runtime's CPU EP runs as QLinearConv."""
-    from tasks.quantization.quantize import ort_optimized_graph
-
     return [n.name for n in ort_optimized_graph(model_path).graph.node if n.op_type == "QLinearConv"]
 
 

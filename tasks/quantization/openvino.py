@@ -18,6 +18,7 @@ guard (layers put back in float).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -25,6 +26,10 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import onnx
 
+from tasks.evaluation.runtime import cpu_info
+from tasks.evaluation.shapes import judge_restored
+from tasks.evaluation.sessions import openvino_config
+from tasks.quantization.layers import layer_macs
 from tasks.quantization.quantize import PeakRSS, decode_tail_nodes, expand_exclusions
 
 log = logging.getLogger(__name__)
@@ -91,9 +96,9 @@ def nncf_quantize(model_path: Path, samples: Iterable[np.ndarray], count: int, o
     get 7-bit weights (enable: all; first_layer_only; disable), so that CPUs without VNNI, whose u8 x s8
     multiply-add sums pairs in 16 bits, cannot saturate: the same IR then computes the same on every
     x86 kernel family."""
-    import nncf
-    import openvino as ov
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    import nncf  # heavy: loaded when used, not on --help
+    import openvino as ov  # heavy: loaded when used, not on --help
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix  # heavy: loaded when used, not on --help
 
     t0 = time.perf_counter()
     with PeakRSS() as rss:
@@ -129,10 +134,7 @@ def build_openvino(model_path: Path, samples: Iterable[np.ndarray], count: int, 
 def runtime_convolutions(model_file: Path, threads: int | None = None) -> dict[str, Any]:
     """How OpenVINO's CPU plugin runs each convolution on this CPU, read from the compiled model's
     runtime graph: its precision (i8/u8 = an integer kernel) and oneDNN primitive."""
-    import openvino as ov
-
-    from tasks.evaluation.runtime import cpu_info
-    from tasks.evaluation.sessions import openvino_config
+    import openvino as ov  # heavy: loaded when used, not on --help
 
     core = ov.Core()
     compiled = core.compile_model(core.read_model(str(model_file)), "CPU", openvino_config(threads))
@@ -155,8 +157,6 @@ def runtime_convolutions(model_file: Path, threads: int | None = None) -> dict[s
 def conv_summary(fp32: onnx.ModelProto, model_file: Path, threads: int | None = None) -> dict[str, Any]:
     """INT8 convolutions as OpenVINO runs them, and their share of the FP32 model's convolution MACs
     (each runtime convolution matched to its ONNX Conv by the names OpenVINO keeps)."""
-    from tasks.quantization.layers import layer_macs
-
     rc = runtime_convolutions(model_file, threads)
     macs = layer_macs(fp32)
     convs = [n.name for n in fp32.graph.node if n.op_type == "Conv"]
@@ -179,3 +179,32 @@ def conv_summary(fp32: onnx.ModelProto, model_file: Path, threads: int | None = 
             "conv_quantized_share": round(len(rc["int8"]) / max(1, len(rc["int8"]) + len(rc["float"])), 4),
             "runtime_primitives": rc["primitives"], "read_on_cpu": rc["cpu"],
             "read_with": f"openvino {rc['openvino_version']}: compiled model's runtime graph"}
+
+
+def keep_dynamic_axes(xml: Path, axes: dict[str, list[Any]], input_name: str, sample: np.ndarray,
+                      threads: int | None = None) -> dict[str, Any]:
+    """A dynamic-shape export's axes back on the IR (OpenVINO's reshape to a partial shape), where it
+    still runs with them and gives the static IR's outputs (tasks/evaluation/shapes.py judges it);
+    the IR at `xml` is replaced then, else left pinned. Returns the record."""
+    import openvino as ov  # heavy: loaded when used, not on --help
+
+    core = ov.Core()
+    cfg = openvino_config(threads)
+    pinned = core.compile_model(core.read_model(str(xml)), "CPU", cfg)
+    dynamic = core.read_model(str(xml))
+    try:
+        dynamic.reshape(ov.PartialShape([d if isinstance(d, int) and d > 0 else -1 for d in axes[input_name]]))
+    except Exception as e:  # OpenVINO raises its own kinds when a reshape cannot propagate
+        return {"kept": False, "reason": f"OpenVINO cannot reshape the IR to the export's axes: {str(e)[:200]}"}
+    compiled = core.compile_model(dynamic, "CPU", cfg)
+
+    def runner(c: Any) -> Any:
+        return lambda x: [np.asarray(v) for v in c(x).values()]
+
+    rec = judge_restored(runner(pinned), runner(compiled), axes, input_name, sample)
+    if rec["kept"]:  # written beside it, then renamed over it (the caller's folder is a temporary one)
+        tmp = xml.with_name(xml.stem + ".dynamic.xml")
+        ov.save_model(dynamic, str(tmp), compress_to_fp16=False)
+        os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
+        os.replace(tmp, xml)
+    return rec

@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import onnx
+from onnx import version_converter
 
 from tasks.config import OrtCpuSettings
 from tasks.quantization import ort_ranges
@@ -78,8 +80,6 @@ def with_min_opset(model_path: Path, work: Path, min_opset: int = MIN_OPSET) -> 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset >= min_opset:
         return Path(model_path), opset
-    from onnx import version_converter
-
     out = Path(work) / f"opset{min_opset}.onnx"
     onnx.save(version_converter.convert_version(model, min_opset), str(out))
     return out, opset
@@ -152,8 +152,6 @@ class MinMaxSafeReader:
 def symmetric_overrides(amax: dict[str, float]) -> dict[str, list[dict[str, Any]]]:
     """ORT `TensorQuantOverrides` that give uint8 tensors symmetric ranges [-amax, amax] (zero point
     128): how ModelOpt's max scales (int8, symmetric) map onto this target, for comparison."""
-    import numpy as np
-
     return {t: [{"scale": np.array(2 * a / 255, dtype=np.float32), "zero_point": np.array(128, dtype=np.uint8)}]
             for t, a in amax.items() if a > 0}
 
@@ -165,7 +163,7 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
 
     `tensor_overrides` (ORT's TensorQuantOverrides) fixes the scales of some tensors instead of
     calibrating them (the benchmark uses it to try ModelOpt's scales)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # heavy: loaded when used, not on --help
 
     model_path, out_path, log_path = Path(model_path), Path(out_path), Path(log_path)
     src = onnx.load(str(model_path))

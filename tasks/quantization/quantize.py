@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import copy
+import inspect
 import logging
 import os
 import re
@@ -16,8 +19,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import onnx
+import psutil
 
-from tasks.config import QuantSettings
+from tasks.config import ConfigError, QuantSettings
+from tasks.quantization.calibration import CalibReader
 from tasks.run.faults import fault_point
 from tasks.run.rundir import atomic_copy, sha256_file, temp_sibling
 from tasks.evaluation.runtime import probe_provider
@@ -77,8 +82,6 @@ class PeakRSS:
     """Sample this process's resident memory while a block runs (peak in MiB)."""
 
     def __init__(self, interval: float = 0.05) -> None:
-        import psutil
-
         self._proc, self._interval = psutil.Process(), interval
         self.peak = self.start = self._proc.memory_info().rss
         self._stop = threading.Event()
@@ -181,7 +184,7 @@ def decode_tail_nodes(model: onnx.ModelProto) -> list[str]:
 def ort_optimized_graph(model_path: Path) -> onnx.ModelProto:
     """The graph ONNX Runtime's CPU EP actually runs, after its Q/DQ fusions (fused nodes keep the
     names of the nodes they replace)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy: loaded when used, not on --help
 
     with tempfile.TemporaryDirectory() as td:
         so = ort.SessionOptions()
@@ -197,8 +200,6 @@ def ort_optimized_graph(model_path: Path) -> onnx.ModelProto:
 def ort_cpu_kernels(model_path: Path) -> dict[str, int]:
     """Op counts of the graph ONNX Runtime's CPU EP runs: how many convolutions became integer
     kernels (QLinearConv) and how many stayed float (Conv)."""
-    import collections
-
     counts = collections.Counter(n.op_type for n in ort_optimized_graph(model_path).graph.node)
     keep = ("QLinearConv", "Conv", "FusedConv", "QLinearMatMul", "MatMulInteger", "QLinearSigmoid", "QLinearMul",
             "QLinearAdd", "QLinearConcat", "QuantizeLinear", "DequantizeLinear")
@@ -208,8 +209,6 @@ def ort_cpu_kernels(model_path: Path) -> dict[str, int]:
 def compile_exclusions(patterns: Sequence[str]) -> list[re.Pattern[str]]:
     """The user's --exclude-nodes regexes, compiled; a bad one is a ConfigError naming it (the run's
     input check calls this before any work)."""
-    from tasks.config import ConfigError
-
     out = []
     for pat in patterns:
         try:
@@ -297,9 +296,6 @@ def ort_quantization_restored() -> Iterator[None]:
     TensorRT-oriented calibration. So both are restored: every attribute of the modules and their
     classes, and the contents of their module-level dicts, lists and sets (in place: other modules
     hold the same objects through `from ... import`)."""
-    import copy
-    import inspect
-
     import onnxruntime.quantization  # noqa: F401  (loads the submodules snapshotted below)
 
     saved: list[tuple[Any, str, Any]] = []
@@ -345,8 +341,7 @@ def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettin
     For the histogram estimators, `max_model` (ModelOpt's max output for the same model, samples and
     settings) and `stats` (their histogram pass) are the two passes already made: a method sweep
     over one calibration set pays for them once."""
-    from tasks.quantization.calibration import CalibReader
-    from modelopt.onnx.quantization import quantize
+    from modelopt.onnx.quantization import quantize  # heavy: loaded when used, not on --help
 
     model_path, out_path, log_path = Path(model_path), Path(out_path), Path(log_path)
     eps, ep_reasons = resolve_calibration_eps(settings.calib_eps)
@@ -499,7 +494,7 @@ def weights_dq_only(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, 
     q_before = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
     if blocker is not None:
         return model, {"applied": False, "reason": blocker}
-    from modelopt.onnx.quantization.qdq_utils import qdq_to_dq
+    from modelopt.onnx.quantization.qdq_utils import qdq_to_dq  # heavy: loaded when used, not on --help
 
     out = onnx.ModelProto()
     out.CopyFrom(model)

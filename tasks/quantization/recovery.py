@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import onnx
+from onnx import version_converter
 
 from tasks.config import RecoverySettings
 from tasks.quantization.layers import (bias_correct, conv_mac_share, convs_of, exclude_layers, layer_macs, local_stats,
@@ -53,8 +54,6 @@ def fp32_at_opset_of(fp32_path: Path, qmodel: onnx.ModelProto) -> onnx.ModelProt
     13+) into it, and the quantizers raise old exports (YOLOv5's opset 12) to 13 first."""
     fp = onnx.load(str(fp32_path))
     if _opset(qmodel) > _opset(fp):
-        from onnx import version_converter
-
         fp = version_converter.convert_version(fp, _opset(qmodel))
     return fp
 

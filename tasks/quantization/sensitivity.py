@@ -7,6 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
+from PIL import Image, ImageDraw
+
 _SPLIT_ABOVE = 8  # a module with more quantized layers than this is split one level deeper
 
 
@@ -47,8 +49,6 @@ def block_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def plot_sensitivity(rows: list[dict[str, Any]], path: Path, top: int = 20) -> Path:
     """A horizontal bar chart (PNG, drawn with Pillow: no plotting dependency) of the top blocks' cost."""
-    from PIL import Image, ImageDraw
-
     rows = rows[:top]
     row_h, label_w, bar_w, pad = 22, 260, 420, 12
     img = Image.new("RGB", (label_w + bar_w + 90, pad * 3 + 20 + row_h * max(len(rows), 1)), "white")

@@ -33,7 +33,7 @@ def tensorrt_timing(fp32_path: Path, qdq_path: Path, x: np.ndarray, input_name: 
     ok, why = probe(TRT)
     if not ok:
         return {"ran": False, "reason": why}
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy: loaded when used, not on --help
 
     out: dict[str, Any] = {"ran": True}
     with tempfile.TemporaryDirectory() as cache:

@@ -1,1 +1,1 @@
-"""Run bookkeeping: the step cache, run folders, input checks, progress, the report."""
+"""Utilities every layer uses: the content-addressed step cache, run folders and atomic writes, progress of long loops, fault injection points for tests."""

@@ -9,24 +9,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks.targets import Result, Target
+import numpy as np
+import onnx
+
+from tasks.quantization.openvino import BUILD_VERSION, Samples, build_openvino, conv_summary, keep_dynamic_axes
+from tasks.quantization.recovery import float_by_rules
+from tasks.run.cache import cache_key
+from tasks.context import Result, RunContext, calib_array, timed
+from tasks.run.progress import Progress
+from tasks.run.rundir import atomic_write_json
+from tasks.targets import tensorrt
+from tasks.targets.base import Target, publish_quantized, quant_result
+from tasks.targets.recover import step_layer_stats
 
 NAME = "openvino"
 
 
-def step_quantize_openvino(ctx: Any, calib: Result, floats: dict[str, list[str]] | None = None,
+def step_quantize_openvino(ctx: RunContext, calib: Result, floats: dict[str, list[str]] | None = None,
                            publish: bool = True) -> Result:
     """NNCF quantize of the OpenVINO model on the run's calibration samples, cached by the model and
     calibration bytes, the settings, the exclusions, the layers kept in float and the versions.
     `floats`: layers kept in float by recovery's rules ("head", "nsr") and on request ("requested")."""
-    import onnx
-
-    from tasks.quantization.openvino import BUILD_VERSION, Samples, build_openvino, conv_summary
-    from tasks.run.cache import cache_key
-    from tasks.run.progress import Progress
-    from tasks.run.rundir import atomic_write_json
-    from tasks.steps import _calib_array, _quant_result, _timed, publish_quantized
-
     t0 = time.perf_counter()
     cfg, m = ctx.cfg, ctx.model
     settings = cfg.openvino
@@ -37,11 +40,13 @@ def step_quantize_openvino(ctx: Any, calib: Result, floats: dict[str, list[str]]
         "model": m["sha256"], "calib": calib["sha256"], "settings": settings.model_dump(),
         "exclude_nodes": cfg.quant.exclude_nodes, "exclude_op_types": cfg.quant.exclude_op_types,
         "float": floats, "bias_correction": bias, "build_version": BUILD_VERSION,
-        "versions": ctx.key_versions})
+        "versions": ctx.key_versions,
+        # a dynamic-shape export's axes, put back on the IR (only such runs have this)
+        **({"dynamic_axes": m["source"]["dynamic_axes"]} if "source" in m else {})})
     entry = ctx.cache.get("quantize-openvino", key)
     cached = entry is not None
     if entry is None:
-        arr = _calib_array(ctx, calib)
+        arr = calib_array(ctx, calib)
         n = calib["count"]
         with Progress("read calibration samples (openvino)", unit="samples") as progress:
             with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
@@ -49,6 +54,9 @@ def step_quantize_openvino(ctx: Any, calib: Result, floats: dict[str, list[str]]
                 rec = build_openvino(Path(cfg.model), Samples(arr, n, progress), n, tdir / "model.xml", settings,
                                      cfg.quant.exclude_nodes, cfg.quant.exclude_op_types, extra, bias)
                 convs = conv_summary(onnx.load(str(cfg.model)), tdir / "model.xml", cfg.eval.threads)
+                axes = None if "source" not in m else keep_dynamic_axes(
+                    tdir / "model.xml", m["source"]["dynamic_axes"], m["input"],
+                    np.asarray(arr[0:1], dtype=np.float32), cfg.eval.threads)
                 bias_done = rec["bias_correction"]
                 conf = {**rec, "target": NAME, "settings": settings.model_dump(),
                         "recovery": {"float_layers": extra, "float_head": floats.get("head", []),
@@ -56,6 +64,7 @@ def step_quantize_openvino(ctx: Any, calib: Result, floats: dict[str, list[str]]
                                      "float_requested": floats.get("requested", []),
                                      "bias_correction": {"method": f"NNCF {bias_done} bias correction"}
                                      if bias_done else None},
+                        **({"dynamic_axes": axes} if axes is not None else {}),
                         "inputs": {"model": {"path": str(cfg.model), "sha256": m["sha256"]},
                                    "calibration": {"sha256": calib["sha256"], "count": n}},
                         "versions": ctx.versions, "cache_key": key}
@@ -64,40 +73,33 @@ def step_quantize_openvino(ctx: Any, calib: Result, floats: dict[str, list[str]]
                 entry = ctx.cache.put("quantize-openvino", key, {n_: tdir / n_ for n_ in
                                       ("model.bin", "model.xml", "config.json", "qdq-summary.json")},
                                       {"wall_s": rec["wall_s"]})
-    res = _quant_result(entry, cached, NAME)
-    return _timed(t0, publish_quantized(ctx, res) if publish else res)
+    res = quant_result(entry, cached, TARGET)
+    return timed(t0, publish_quantized(ctx, res, TARGET) if publish else res)
 
 
-def _build(ctx: Any, calib: Result, settings: Any = None) -> Result:
+def _build(ctx: RunContext, calib: Result, settings: Any = None) -> Result:
     return step_quantize_openvino(ctx, calib, None, publish=False)
 
 
-def recovery_floats(ctx: Any, calib: Result) -> dict[str, list[str]]:
+def recovery_floats(ctx: RunContext, calib: Result) -> dict[str, list[str]]:
     """The layers recovery's rules keep in float (tasks/quantization/recovery.py: the head's final
     convolutions within the MAC cap, then the NSR rule), ranked as for every target on ModelOpt's
     Q/DQ model of the same FP32 model and calibration (cached, and shared with the tensorrt target)."""
-    import onnx
-
-    from tasks.quantization.recovery import float_by_rules
-    from tasks.steps import _raw_quantize, step_layer_stats
-
     rs = ctx.cfg.recovery
     if not ctx.cfg.openvino.float_rules or (not rs.head_float and rs.float_nsr_above is None):
         return {}
-    stats = step_layer_stats(ctx, calib, _raw_quantize(ctx, calib, "tensorrt"))
+    stats = step_layer_stats(ctx, calib, tensorrt.TARGET.build(ctx, calib, None))
     rules = float_by_rules(onnx.load(str(ctx.cfg.model)), stats, rs)
     return {"head": rules["head"], "nsr": rules["by_rule"]}
 
 
-def _finish(ctx: Any, calib: Result, raw: Result, extra_float: list[str] | None = None, publish: bool = True) -> Result:
+def _finish(ctx: RunContext, calib: Result, raw: Result, extra_float: list[str] | None = None, publish: bool = True) -> Result:
     """Recovery for NNCF's output: the layers recovery's rules and the accuracy guard keep in float
     go into NNCF's ignored scope (another NNCF run); bias correction is NNCF's own, inside it."""
-    from tasks.steps import publish_quantized
-
     floats = {**recovery_floats(ctx, calib), "requested": sorted(extra_float or [])}
     if any(floats.values()):
         return step_quantize_openvino(ctx, calib, floats, publish)
-    return publish_quantized(ctx, raw) if publish else raw
+    return publish_quantized(ctx, raw, TARGET) if publish else raw
 
 
 def describe(cfg: Any, quant: Result) -> Result:
@@ -115,7 +117,7 @@ def describe(cfg: Any, quant: Result) -> Result:
         "read_on_cpu": q.get("read_on_cpu"),
         "onnx": None, "artifact": str(xml), "artifact_files": [str(f) for f in files], "runtime": "openvino",
         "sha256": quant["sha256"], "size_bytes": sum(f.stat().st_size for f in files),
-        "wall_s": c["wall_s"], "peak_rss_mib": c["peak_rss_mib"],
+        "wall_s": c["wall_s"], "peak_rss_mib": c["peak_rss_mib"], "dynamic_axes": c.get("dynamic_axes"),
     }
 
 

@@ -2,22 +2,52 @@
 
 from __future__ import annotations
 
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from tasks.targets import Result, Target
+from tasks.quantization.ortcpu import BUILD_VERSION, build_ort_cpu, cpu_has_vnni
+from tasks.run.cache import cache_key
+from tasks.context import Result, RunContext, cache_quantized, calib_reader, timed
+from tasks.targets.base import Target, publish_quantized, quant_result
+from tasks.targets.recover import step_refine
 
 
-def _build(ctx: Any, calib: Result, settings: Any = None) -> Result:
-    from tasks.steps import step_quantize_ort_cpu
+def step_quantize_ort_cpu(ctx: RunContext, calib: Result, publish: bool = True) -> Result:
+    """The ort-cpu target (tasks/quantization/ortcpu.py), cached like the ModelOpt step and published under its own names."""
+    t0 = time.perf_counter()
+    cfg, m = ctx.cfg, ctx.model
+    settings = cfg.ort_cpu
+    key = cache_key("quantize-ort-cpu", {
+        "model": m["sha256"], "calib": calib["sha256"], "settings": settings.model_dump(),
+        "exclude_nodes": cfg.quant.exclude_nodes, "exclude_op_types": cfg.quant.exclude_op_types,
+        # reduce_range "auto" resolves per CPU: a model built on another CPU kind is another entry
+        "cpu_vnni": cpu_has_vnni(), "build_version": BUILD_VERSION, "versions": ctx.key_versions})
+    entry = ctx.cache.get("quantize-ort-cpu", key)
+    cached = entry is not None
+    if entry is None:
+        with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
+            tdir = Path(td)
+            rec = build_ort_cpu(Path(cfg.model), calib_reader(ctx, calib, "calibrate ort-cpu"), settings, tdir / "model.onnx",
+                                tdir / "ort-quantize.log", cfg.quant.exclude_nodes, cfg.quant.exclude_op_types)
+            snapshot = {**{k: v for k, v in rec.items() if k != "qdq"}, "target": "ort-cpu",
+                        "settings": settings.model_dump(), "method_note": (
+                            "ort-cpu calibrates asymmetric min/max; --method entropy applies to the tensorrt target"
+                            if cfg.quant.method == "entropy" else None),
+                        "output_sha256": rec["onnx_sha256"]}
+            entry = cache_quantized(ctx, "quantize-ort-cpu", key, calib, tdir, "ort-quantize.log", snapshot, rec)
+    res = quant_result(entry, cached, TARGET)
+    return timed(t0, publish_quantized(ctx, res, TARGET) if publish else res)
 
+
+def _build(ctx: RunContext, calib: Result, settings: Any = None) -> Result:
     return step_quantize_ort_cpu(ctx, calib, publish=False)
 
 
-def _finish(ctx: Any, calib: Result, raw: Result, extra_float: list[str] | None = None, publish: bool = True) -> Result:
-    from tasks.steps import step_refine
-
-    return step_refine(ctx, calib, raw, extra_float, publish)
+def _finish(ctx: RunContext, calib: Result, raw: Result, extra_float: list[str] | None = None,
+            publish: bool = True) -> Result:
+    return step_refine(ctx, calib, raw, TARGET, extra_float, publish)
 
 
 def describe(cfg: Any, quant: Result) -> Result:
@@ -37,7 +67,7 @@ def describe(cfg: Any, quant: Result) -> Result:
         "left_in_float": quant["qdq"]["left_in_float"],
         "onnx": quant["onnx"], "artifact": quant["artifact"], "runtime": "onnxruntime",
         "sha256": quant["sha256"], "size_bytes": Path(quant["onnx"]).stat().st_size,
-        "wall_s": c["wall_s"], "peak_rss_mib": c["peak_rss_mib"], "note": c.get("method_note"),
+        "wall_s": c["wall_s"], "peak_rss_mib": c["peak_rss_mib"], "dynamic_axes": c.get("dynamic_axes"), "note": c.get("method_note"),
     }
 
 

@@ -1,4 +1,4 @@
-"""summary.json and report.md: FP32 vs INT8 side by side."""
+"""The report step: summary.json and report.md, FP32 vs INT8 side by side, with the regression gate."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 from tasks.evaluation.bootstrap import budget_reading, paired_interval
 from tasks.evaluation.runtime import cpu_info, cpu_label
 from tasks.run.rundir import atomic_write_json, atomic_write_text
-from tasks.targets import TARGETS, target
+from tasks.context import RunContext
+from tasks.targets.table import TARGETS, target
 
 
 def _runtime(rt: dict[str, Any]) -> dict[str, Any]:
@@ -67,7 +68,7 @@ def ci_text(delta: dict[str, Any], stat: str = "map50_95") -> str:
     return f"{_pt(delta[stat])} pt" + (f" [{_pt(ci[0])}, {_pt(ci[1])}]" if ci else "")
 
 
-def build_summary(ctx, calib: dict[str, Any], targets: dict[str, dict[str, Any]], fp32: dict[str, Any],
+def build_summary(ctx: RunContext, calib: dict[str, Any], targets: dict[str, dict[str, Any]], fp32: dict[str, Any],
                   corrupt: list[str]) -> dict[str, Any]:
     """The run's record. The first target fills `quantization`, `int8`, `delta` and `smoke` (the
     INT8 flow's shape, whichever target that is); with several, `targets` holds each one's."""
@@ -94,7 +95,9 @@ def build_summary(ctx, calib: dict[str, Any], targets: dict[str, dict[str, Any]]
         "run_dir": str(ctx.run_dir),
         "model": {"path": ctx.model["path"], "sha256": ctx.model["sha256"],
                   "output_format": ctx.model["output_format"], "input_shape": ctx.model["input_shape"],
-                  "size_bytes": Path(ctx.model["path"]).stat().st_size},
+                  "size_bytes": Path(ctx.model["path"]).stat().st_size,
+                  # a dynamic-shape export: what was pinned for the run (tasks/evaluation/shapes.py)
+                  **({"source": ctx.model["source"]} if "source" in ctx.model else {})},
         "calibration": {"source": calib["source"], "count": calib["count"], "sha256": calib["sha256"],
                         "seed": calib.get("seed"), "path": calib.get("folder") or calib.get("path")},
         "quantization": p["quantization"],
@@ -180,6 +183,23 @@ def _interval_note(readings: dict[str, dict[str, Any]], budget: float | None, mu
                                                        else "; the point estimate sits on the budget")}[r["reading"]]
         parts.append(f"{who}95% interval of the mAP50-95 delta [{lo:+.2f}, {hi:+.2f}] points: {what}")
     return "; ".join(parts)
+
+
+def _shape_lines(model: dict[str, Any], ts: dict[str, dict[str, Any]]) -> list[str]:
+    """A dynamic-shape export: the size it ran at, and which INT8 models keep its axes."""
+    src = model.get("source")
+    if not src:
+        return []
+    axes = src["dynamic_axes"]
+    lines = [f"- dynamic-shape export `{src['path']}` ({', '.join(f'{k} {v}' for k, v in axes.items())}): "
+             f"quantized and evaluated as its static copy at {'x'.join(map(str, src['run_at']))} "
+             f"(size from {src['size_from']})"]
+    for name, t in ts.items():
+        d = t["quantization"].get("dynamic_axes") or {}
+        lines.append(f"- {name}: " + (f"keeps the export's dynamic axes (checked: runs at "
+                                      f"{' and '.join('x'.join(map(str, c)) for c in d['checked_at'])})"
+                                      if d.get("kept") else f"pinned to the run's size: {d.get('reason', 'not checked')}"))
+    return lines
 
 
 def _quant_lines(q: dict[str, Any], calib: dict[str, Any]) -> list[str]:
@@ -281,6 +301,7 @@ def render_markdown(s: dict[str, Any]) -> str:
     ]
     cached = [k for k, v in s["cached"].items() if v]
     lines += ["", "## Quantization"]
+    lines += _shape_lines(s["model"], ts)
     for name, t in ts.items():
         lines += _quant_lines(t["quantization"], s["calibration"])
         lines += _mac_lines(name, t["quantization"])
@@ -397,3 +418,15 @@ def console_table(s: dict[str, Any]) -> str:
 
 def gate_verdict(gate: dict[str, Any]) -> str:
     return "FAILED" if not gate["passed"] else "off" if gate.get("off") else "passed"
+
+
+def step_report(ctx: RunContext, calib: dict[str, Any], targets: dict[str, dict[str, Any]],
+                fp32: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """summary.json and report.md, with the regression gate's verdict in them.
+
+    `targets` maps each target to its {"quant", "smoke", "int8"} results, in the run's target order."""
+    summary = build_summary(ctx, calib, targets, fp32, ctx.cache.corrupt)
+    summary.update(extra)
+    summary["gate"] = regression_gate(summary, ctx.cfg.max_map_drop)
+    write_report(ctx.run_dir, summary)
+    return summary

@@ -8,11 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.config import RunConfig
-from tasks.evaluation.coco_eval import load_coco
+from tasks.config import ConfigError, RunConfig
+from tasks.evaluation.coco_eval import AnnotationError, SubsetError, load_coco
+from tasks.evaluation.decode import DecodeError
 from tasks.evaluation.evaluate import EvalSetup, prepare_eval
-from tasks.run.guard_data import GuardSet, choose_guard_set
-from tasks.quantization.calibration import check_calib_shape, list_calib_images, open_array
+from tasks.evaluation.runtime import ModelError
+from tasks.quantization.calibration import CalibrationError, check_calib_shape, list_calib_images, open_array
+from tasks.quantization.quantize import compile_exclusions
+from tasks.steps.guard_data import GuardSet, choose_guard_set
+from tasks.targets.table import missing_modules
 
 
 @dataclass
@@ -69,10 +73,6 @@ def check_inputs(cfg: RunConfig) -> Inputs:
 
 def _check_targets_and_patterns(cfg: RunConfig) -> None:
     """Every target's packages importable, every --exclude-nodes pattern a valid regex."""
-    from tasks.config import ConfigError
-    from tasks.quantization.quantize import compile_exclusions
-    from tasks.targets import missing_modules
-
     for t in cfg.targets:
         missing = missing_modules(t)
         if missing:
@@ -83,12 +83,6 @@ def _check_targets_and_patterns(cfg: RunConfig) -> None:
 
 def input_error_types() -> tuple[type[BaseException], ...]:
     """The errors `check_inputs` raises for bad input (the command line turns them into one line)."""
-    from tasks.quantization.calibration import CalibrationError
-    from tasks.evaluation.coco_eval import AnnotationError, SubsetError
-    from tasks.config import ConfigError
-    from tasks.evaluation.decode import DecodeError
-    from tasks.evaluation.runtime import ModelError
-
     return (ConfigError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ModelError,
             DecodeError, CalibrationError, AnnotationError, SubsetError)
 

@@ -1,0 +1,108 @@
+"""Recovery as a cached step, shared by the targets whose quantizer writes a Q/DQ ONNX model
+(tensorrt, ort-cpu; openvino reads the layer statistics for its rules): the per-layer statistics of
+a quantizer's output on the calibration samples, and the model that is shipped after recovery
+(tasks/quantization/recovery.py holds the rules themselves)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from tasks.evaluation.shapes import check_restored, restore_axes
+from tasks.quantization.recovery import compute_stats, refine, stats_from_arrays, stats_to_arrays
+from tasks.run.cache import cache_key
+from tasks.context import Result, RunContext, calib_array, timed
+from tasks.run.rundir import atomic_write_json, sha256_file
+from tasks.targets.base import Target, publish_quantized, quant_result
+
+# Part of the recovery cache keys: raised whenever the same inputs start giving another model.
+RECOVERY_VERSION = 1
+
+
+def step_layer_stats(ctx: RunContext, calib: Result, raw: Result) -> dict[str, dict[str, Any]]:
+    """Per-layer statistics of a quantizer's output on the calibration samples, cached by the FP32 and
+    Q/DQ model bytes, the calibration bytes and the sample count."""
+    cfg, m = ctx.cfg, ctx.model
+    n = min(cfg.recovery.stats_samples, calib["count"])
+    key = cache_key("layer-stats", {"model": m["sha256"], "qdq": raw["sha256"], "calib": calib["sha256"],
+                                    "samples": n, "version": RECOVERY_VERSION, "versions": ctx.key_versions})
+    entry = ctx.cache.get("layer-stats", key)
+    if entry is None:
+        arr = calib_array(ctx, calib)
+        samples = [np.asarray(arr[i:i + 1], dtype=np.float32) for i in range(n)]
+        stats = compute_stats(Path(cfg.model), Path(raw["onnx"]), samples, m["input"], cfg.eval.threads)
+        shifts, meta = stats_to_arrays(stats)
+        with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
+            np.savez(Path(td) / "shifts.npz", **{f"s{i}": v for i, v in enumerate(shifts.values())})
+            atomic_write_json(Path(td) / "stats.json", {"layers": list(shifts), "meta": meta})
+            entry = ctx.cache.put("layer-stats", key, {"shifts.npz": Path(td) / "shifts.npz",
+                                                       "stats.json": Path(td) / "stats.json"}, {})
+    js = json.loads(entry.file("stats.json").read_text())
+    with np.load(entry.file("shifts.npz")) as z:
+        shifts = {name: z[f"s{i}"] for i, name in enumerate(js["layers"])}
+    return stats_from_arrays(shifts, js["meta"])
+
+
+def keep_dynamic_axes(ctx: RunContext, calib: Result, path: Path) -> dict[str, Any] | None:
+    """A dynamic-shape export's axes back on a finished ONNX model, where it still runs with them
+    (tasks/evaluation/shapes.py checks it); otherwise the model stays pinned and the record says why.
+    None for a static export."""
+    src = ctx.model.get("source")
+    if src is None:
+        return None
+    model = onnx.load(str(path))
+    restored = restore_axes(model, src["dynamic_axes"])
+    sample = np.asarray(calib_array(ctx, calib)[0:1], dtype=np.float32)
+    rec = check_restored(model, restored, src["dynamic_axes"], sample)
+    if rec["kept"]:
+        onnx.save(restored, str(path))
+    return rec
+
+
+def step_refine(ctx: RunContext, calib: Result, raw: Result, t: Target, extra_float: list[str] | None = None,
+                publish: bool = True, dq_only: bool = False) -> Result:
+    """A target's Q/DQ output -> the model that is evaluated and shipped: half-float layers fixed, NSR
+    rule and `extra_float` layers in float, bias correction. Cached. `dq_only`: the model keeps its
+    weights as INT8 initializers with DequantizeLinear only (tensorrt's option)."""
+    t0 = time.perf_counter()
+    cfg = ctx.cfg
+    rs = cfg.recovery
+    bc = t.name in rs.bias_correction
+    extra = sorted(extra_float or [])
+    key = cache_key("refine", {"model": ctx.model["sha256"], "qdq": raw["sha256"], "calib": calib["sha256"],
+                               "target": t.name, "bias_correction": bc, "above": rs.float_nsr_above,
+                               "cap": rs.float_mac_cap, "head": rs.head_float, "samples": rs.stats_samples, "extra_float": extra,
+                               "dq_only": dq_only, "version": RECOVERY_VERSION, "versions": ctx.key_versions,
+                               # a dynamic-shape export's axes, put back on the model (only such runs have this)
+                               **({"dynamic_axes": ctx.model["source"]["dynamic_axes"]} if "source" in ctx.model else {})})
+    entry = ctx.cache.get("refine", key)
+    cached = entry is not None
+    if entry is None:
+        stats = step_layer_stats(ctx, calib, raw)
+        with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
+            tdir = Path(td)
+            rec = refine(Path(cfg.model), Path(raw["onnx"]), stats, tdir / "model.onnx", t.name, rs, extra, dq_only)
+            axes = keep_dynamic_axes(ctx, calib, tdir / "model.onnx")
+            conf = {**raw["config"], "recovery": {k: v for k, v in rec.items() if k not in ("qdq", "mac")},
+                    **({"dynamic_axes": axes} if axes is not None else {}),
+                    "output_sha256": sha256_file(tdir / "model.onnx"), "raw_sha256": raw["sha256"],
+                    "refine_cache_key": key}
+            atomic_write_json(tdir / "config.json", conf)
+            atomic_write_json(tdir / "qdq-summary.json", {**rec["qdq"], **rec["mac"]})
+            files = {"model.onnx": tdir / "model.onnx", "config.json": tdir / "config.json",
+                     "qdq-summary.json": tdir / "qdq-summary.json"}
+            raw_entry = Path(raw["entry"])
+            for name in raw["files"]:  # the quantizer's log and calibration cache travel with it
+                if name not in files:
+                    files[name] = raw_entry / name
+            entry = ctx.cache.put("refine", key, files, {})
+    res = quant_result(entry, cached and raw["cached"], t, settings=raw.get("settings"))
+    if publish:
+        res = publish_quantized(ctx, res, t)
+    return timed(t0, res)
