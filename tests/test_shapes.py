@@ -86,3 +86,31 @@ def test_the_evaluator_reads_a_dynamic_export_at_its_metadata_size(tmp_path):
     with pytest.raises(Exception, match="pass --imgsz"):
         del m.metadata_props[:]
         model_io(m)
+
+
+def test_shape_arithmetic_is_found_and_nothing_that_reads_the_image():
+    """Shape -> Gather -> Cast -> Range -> Add(0.5) -> Concat: an anchor grid built from a feature map's
+    size, as a dynamic YOLO export's decode does; the Conv and a Reshape of image data are not in it."""
+    from tasks.quantization.quantize import shape_nodes
+
+    i64 = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Shape", ["c"], ["s"], name="shape"),
+        helper.make_node("Gather", ["s", "idx"], ["h"], name="gather", axis=0),
+        helper.make_node("Cast", ["h"], ["hf"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Range", ["zero", "hf", "one"], ["r"], name="range"),
+        helper.make_node("Add", ["r", "half"], ["grid"], name="add_half"),
+        helper.make_node("Concat", ["grid", "grid"], ["anchors"], name="concat", axis=0),
+        helper.make_node("Concat", ["s", "minus1"], ["target"], name="target"),
+        helper.make_node("Reshape", ["c", "flat"], ["y"], name="reshape_data"),
+    ]
+    inits = [numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w"), i64("idx", 2),
+             numpy_helper.from_array(np.array(0, np.float32), "zero"), numpy_helper.from_array(np.array(1, np.float32), "one"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "half"), i64("minus1", [-1]), i64("flat", [1, -1])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                           helper.make_tensor_value_info("anchors", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    assert shape_nodes(m) == ["gather", "cast", "range", "add_half", "concat", "target"]
+    assert shape_nodes(_conv_model([1, 3, 64, 96])) == []  # no Shape op: nothing

@@ -135,7 +135,7 @@ def prepare_eval(model_path: Path, images_dir: Path, annotations: Path, subset: 
                  settings: EvalSettings, subset_seed: int = 0, io_model: Path | None = None,
                  load_annotations: Callable[[Path], Any] = load_coco) -> EvalSetup:
     """Check and read everything an evaluation needs before its first image (the run's input check,
-    tasks/run/inputs.py, is this too). `io_model`: the ONNX model whose input, output and metadata
+    tasks/steps/inputs.py, is this too). `io_model`: the ONNX model whose input, output and metadata
     describe `model_path` when that is not an ONNX file itself (an OpenVINO IR made from it).
     `load_annotations`: how the annotation file is read (the input check shares one parse)."""
     model = check_model_file(Path(io_model or model_path))

@@ -23,7 +23,7 @@ from onnx import version_converter
 
 from tasks.config import OrtCpuSettings
 from tasks.quantization import ort_ranges
-from tasks.quantization.quantize import (PeakRSS, stderr_to, checked_qdq, decode_tail_nodes, expand_exclusions, head_final_convs,
+from tasks.quantization.quantize import (PeakRSS, stderr_to, checked_qdq, decode_tail_nodes, expand_exclusions, head_final_convs, shape_nodes,
                             ort_cpu_kernels, quantizer_workspace)
 from tasks.run.rundir import sha256_file
 
@@ -55,7 +55,8 @@ MIN_OPSET = 13
 # Part of the ort-cpu step's cache key: raised whenever the same inputs start giving another model,
 # so entries built by the older code are not reused. 2: ORT's op registries restored after ModelOpt
 # (before, an ort-cpu model built after a fresh ModelOpt run in the same process quantized fewer ops).
-BUILD_VERSION = 2
+# 3: a dynamic-shape export's shape arithmetic kept in float (quantize.shape_nodes).
+BUILD_VERSION = 3
 
 
 def stem_nodes(model: onnx.ModelProto) -> list[str]:
@@ -178,7 +179,8 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
     stem = stem_nodes(src) if stem_float else []
     user = expand_exclusions(src, exclude_nodes, model_path.name)
     by_type = [n.name for n in src.graph.node if n.op_type in set(exclude_op_types)]
-    excluded = list(dict.fromkeys(tail + preset + stem + user + by_type))
+    shapes = shape_nodes(src)  # a dynamic-shape export's shape arithmetic (a static one has none)
+    excluded = list(dict.fromkeys(tail + preset + stem + user + by_type + shapes))
     act = QuantType.QUInt8 if settings.activation_type == "uint8" else QuantType.QInt8
     ours = settings.calibrate_method in ort_ranges.METHODS
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -227,7 +229,7 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
         "activation_type": settings.activation_type, "weight_type": "int8", "per_channel": settings.per_channel,
         "reduce_range": reduce_range, "reduce_range_reason": rr_reason, "cpu_vnni": vnni,
         "decode_tail_nodes": tail, "head_preset_nodes": preset, "stem_nodes": stem, "excluded_nodes": user,
-        "excluded_by_type": by_type,
+        "excluded_by_type": by_type, "shape_nodes_float": shapes,
         "source_opset": opset, "opset_converted_to": MIN_OPSET if opset < MIN_OPSET else None,
         "tensor_overrides": len(tensor_overrides or {}), "calib_samples": ranges_rec["samples"] if ranges_rec else len(reader), "wall_s": round(wall, 3), "peak_rss_mib": round(mem.peak / 2**20, 1),
         "rss_growth_mib": round((mem.peak - mem.start) / 2**20, 1), "metadata_props_restored": restored,

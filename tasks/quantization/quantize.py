@@ -181,6 +181,27 @@ def decode_tail_nodes(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.name in tail]
 
 
+def shape_nodes(model: onnx.ModelProto) -> list[str]:
+    """Nodes that compute from tensor shapes alone (a Shape op's output, constants): in a dynamic-shape
+    export, the anchor grid and reshape targets its decode builds from the feature maps' sizes. Their
+    values do not depend on the image, and quantizing them (ORT's quantize_static would: an Add, a
+    Concat) moves every anchor by up to half a quantization step, so they stay in float, as NNCF
+    leaves ShapeOf subgraphs out. A static export, whose exporter folded them into constants, has none."""
+    known = {i.name for i in model.graph.initializer}
+    derived: set[str] = set()  # outputs computed from a shape (and constants)
+    out: list[str] = []
+    for n in model.graph.node:  # topologically sorted, as onnx.checker requires
+        ins = [i for i in n.input if i]
+        if n.op_type == "Shape" or (n.op_type != "Constant" and ins and any(i in derived for i in ins)
+                                    and all(i in derived or i in known for i in ins)):
+            derived.update(n.output)
+            if n.op_type != "Shape":
+                out.append(n.name)
+        elif n.op_type == "Constant" or (ins and all(i in known for i in ins)):
+            known.update(n.output)
+    return out
+
+
 def ort_optimized_graph(model_path: Path) -> onnx.ModelProto:
     """The graph ONNX Runtime's CPU EP actually runs, after its Q/DQ fusions (fused nodes keep the
     names of the nodes they replace)."""
