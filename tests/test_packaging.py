@@ -71,3 +71,25 @@ def test_every_package_folder_is_installed():
     found = {".".join(p.parent.relative_to(ROOT).parts) for top in ("tasks", "flows")
              for p in (ROOT / top).rglob("__init__.py")}
     assert found <= listed, f"not in pyproject's packages: {sorted(found - listed)}"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a markdown heading: lowercase, punctuation dropped, spaces to dashes."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_the_readme_is_a_front_page_and_every_link_of_the_docs_resolves():
+    readme = ROOT / "README.md"
+    assert len(readme.read_text().splitlines()) <= 300, "the README is a front page: move detail to docs/"
+    pages = [readme, *sorted((ROOT / "docs").glob("*.md"))]
+    linked = set()
+    for page in pages:
+        for target, anchor in re.findall(r"\]\(([^)#\s]+\.md)?(?:#([^)\s]+))?\)", page.read_text()):
+            dest = (page.parent / target).resolve() if target else page
+            assert dest.is_file(), f"{page.name} links to {target}, which does not exist"
+            linked.add(dest)
+            if anchor:
+                heads = {_slug(h) for h in re.findall(r"^#+ (.+)$", dest.read_text(), re.M)}
+                assert anchor in heads, f"{page.name} links to {target or page.name}#{anchor}: no such heading"
+    orphans = [p.name for p in pages[1:] if p.resolve() not in linked]
+    assert not orphans, f"docs pages no page links to: {orphans}"
