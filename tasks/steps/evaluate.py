@@ -109,13 +109,13 @@ def step_latency(ctx: RunContext, models: dict[str, str], runtimes: dict[str, st
     t0 = time.perf_counter()
     cfg = ctx.cfg
     images = [Path(p) for p in ctx.model["eval_image_files"][:cfg.latency_images]]
-    timed = time_models({w: Path(p) for w, p in models.items()}, images, cfg.eval, cfg.eval.threads,
-                        runtimes=runtimes, size_hw=tuple(ctx.model["input_shape"][2:]))
-    for which, t in timed.items():
+    measured = time_models({w: Path(p) for w, p in models.items()}, images, cfg.eval, cfg.eval.threads,
+                           runtimes=runtimes, size_hw=tuple(ctx.model["input_shape"][2:]))
+    for which, t in measured.items():
         path = ctx.run_dir / f"{which}-coco" / "metrics.json"
         if path.is_file():
             atomic_write_json(path, {**json.loads(path.read_text()), **latency_fields(t)})
-    return timed(t0, {"models": timed})
+    return timed(t0, {"models": measured})
 
 
 def latency_fields(t: dict[str, Any]) -> dict[str, Any]:
