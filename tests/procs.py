@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 
 
 def free_port() -> int:
@@ -27,3 +28,21 @@ def stop(proc: subprocess.Popen) -> None:
         except ProcessLookupError:
             pass
         proc.wait(timeout=10)
+
+
+def stop_all(procs: list[subprocess.Popen], grace: float = 20) -> None:
+    """`stop` for several at once: every group is asked to end first, then all get one shared grace
+    period (a server and three workers each taking their time would otherwise cost it four times)."""
+    live = [p for p in procs if p.poll() is None]
+    for p in live:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + grace
+    for p in live:
+        try:
+            p.wait(timeout=max(deadline - time.time(), 0.1))
+        except subprocess.TimeoutExpired:
+            stop(p)  # terminated again, then killed
+

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from conftest import ROOT
-from procs import free_port, stop
+from procs import free_port, stop_all
 
 pytestmark = pytest.mark.slow
 
@@ -72,8 +72,8 @@ def stack(tmp_path_factory):
         start(["worker", "start", "--pool", "yolo-lowbit-sweeps", "--name", "sweeps"], "worker-sweeps")
         yield {"api": api, "port": port, "env": env, "logs": logs, "worker_pids": [w.pid for w in workers]}
     finally:
-        for p in reversed(procs):
-            stop(p)
+        stop_all(procs[1:])  # the workers together, then the server they report to
+        stop_all(procs[:1])
 
 
 def _api(method: str, url: str, **kw) -> httpx.Response:
