@@ -50,9 +50,9 @@ def prepare_run(cfg: RunConfig) -> RunContext:
     ctx = RunContext(cfg=cfg, run_dir=run_dir, cache=StepCache(cfg.cache_dir), versions=versions())
     setup = inputs.setup
     source, sha = None, sha256_file(cfg.model)
-    pinned = static_copy(Path(cfg.model), sha, setup.in_shape, cfg.eval.imgsz, ctx.cache, ctx.key_versions, run_dir)
-    if pinned is not None:  # a dynamic-shape export: every step runs its static copy at the run's size
-        cfg.model, source = pinned
+    if setup.dynamic:  # a dynamic-shape export: every step runs its static copy at the run's size
+        cfg.model, source = static_copy(Path(cfg.model), sha, setup.in_shape, setup.dynamic, ctx.cache,
+                                        ctx.key_versions, run_dir)
         sha = source["static_copy_sha256"]
     ctx.model = {"path": str(cfg.model), "sha256": sha, "input": setup.input_name,
                  "input_shape": list(setup.in_shape), "output_format": setup.fmt,

@@ -6,7 +6,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tasks.evaluation.shapes import (check_restored, dynamic_axes, metadata_imgsz, other_shape, pin, restore_axes)
+from tasks.evaluation.shapes import (check_restored, declared_dims, dynamic_axes, dynamic_record, metadata_imgsz,
+                                     other_shape, pin, restore_axes)
 
 
 def _conv_model(dims, reshape_to=None):
@@ -30,31 +31,34 @@ def _conv_model(dims, reshape_to=None):
     return m
 
 
-def _dims(v):
-    return [d.dim_value or d.dim_param or None for d in v.type.tensor_type.shape.dim]
-
-
 def test_axes_and_metadata_are_read():
     m = _conv_model(["n", 3, "h", "w"])
     assert dynamic_axes(m) == {"x": ["n", 3, "h", "w"], "y": ["n", 4, "h", "w"]}
     assert dynamic_axes(_conv_model([1, 3, 64, 96])) == {}
     assert metadata_imgsz(m) == (64, 96)
     assert other_shape(dynamic_axes(m), "x", (1, 3, 64, 96)) == (2, 3, 32, 32)  # batch 2, two strides smaller
+    assert other_shape(dynamic_axes(m), "x", (1, 3, 640, 640), 64) == (2, 3, 512, 512)  # a P6 model's stride
+    assert dynamic_record(m, None) == {"dynamic_axes": dynamic_axes(m), "size_from": "the export's imgsz metadata",
+                                       "metadata_imgsz": (64, 96), "stride": 32}
+    assert dynamic_record(m, [32])["size_from"] == "--imgsz"
+    assert dynamic_record(_conv_model([1, 3, 64, 96]), None) == {}
+    m.metadata_props.add(key="stride", value="64")
+    assert dynamic_record(m, [128])["stride"] == 64
 
 
 def test_the_static_copy_has_the_run_size_and_the_output_shapes_it_then_has():
     m = _conv_model(["n", 3, "h", "w"])
     p = pin(m, (1, 3, 64, 96))
-    assert _dims(p.graph.input[0]) == [1, 3, 64, 96] and _dims(p.graph.output[0]) == [1, 4, 64, 96]
+    assert declared_dims(p.graph.input[0]) == [1, 3, 64, 96] and declared_dims(p.graph.output[0]) == [1, 4, 64, 96]
     assert dynamic_axes(p) == {}
-    assert _dims(m.graph.input[0]) == ["n", 3, "h", "w"]  # the source is left as it was
+    assert declared_dims(m.graph.input[0]) == ["n", 3, "h", "w"]  # the source is left as it was
 
 
 def test_axes_put_back_are_kept_when_the_model_runs_at_other_sizes_with_the_same_outputs():
     m = _conv_model(["n", 3, "h", "w"])
     p = pin(m, (1, 3, 64, 96))
     r = restore_axes(p, dynamic_axes(m))
-    assert _dims(r.graph.input[0]) == ["n", 3, "h", "w"] and _dims(r.graph.output[0]) == ["n", 4, "h", "w"]
+    assert declared_dims(r.graph.input[0]) == ["n", 3, "h", "w"] and declared_dims(r.graph.output[0]) == ["n", 4, "h", "w"]
     x = np.random.RandomState(1).rand(1, 3, 64, 96).astype(np.float32)
     rec = check_restored(p, r, dynamic_axes(m), x)
     assert rec["kept"] and rec["checked_at"] == [[1, 3, 64, 96], [2, 3, 32, 32]]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -18,7 +18,7 @@ from tasks.evaluation.coco_eval import AnnotationError, category_map, evaluate_d
 from tasks.evaluation.decode import DecodeError, decode, detect_format
 from tasks.run.progress import ProgressFn
 from tasks.evaluation.sessions import open_session
-from tasks.evaluation.shapes import dynamic_axes, pin
+from tasks.evaluation.shapes import dynamic_record, pin
 from tasks.evaluation.preprocess import ImageError, PreprocessSpec, load_rgb, letterbox, to_original
 from tasks.run.rundir import sha256_file
 from tasks.evaluation.runtime import (
@@ -129,6 +129,8 @@ class EvalSetup:
     image_ids: list[int]
     cat_ids: list[int]
     items: list[tuple[int, Path]]
+    # a dynamic-shape export: its axes, where the run's size came from, its stride (shapes.dynamic_record)
+    dynamic: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare_eval(model_path: Path, images_dir: Path, annotations: Path, subset: str | int | None,
@@ -140,7 +142,8 @@ def prepare_eval(model_path: Path, images_dir: Path, annotations: Path, subset: 
     `load_annotations`: how the annotation file is read (the input check shares one parse)."""
     model = check_model_file(Path(io_model or model_path))
     input_name, in_shape, _ = model_io(model, settings.imgsz)
-    if dynamic_axes(model):  # the outputs' shapes at the run's size tell the decoder the layout
+    dynamic = dynamic_record(model, settings.imgsz)
+    if dynamic:  # the outputs' shapes at the run's size tell the decoder the layout
         model = pin(model, in_shape)
     try:
         fmt, nc, fmt_info = resolve_format(model, settings)
@@ -158,7 +161,7 @@ def prepare_eval(model_path: Path, images_dir: Path, annotations: Path, subset: 
     image_ids = select_subset(coco, subset, seed=subset_seed, source=annotations)
     cat_ids = category_map(coco, nc, settings.class_map)
     items = _check_image_files(coco, image_ids, images_dir)
-    return EvalSetup(input_name, in_shape, fmt, nc, fmt_info, coco, image_ids, cat_ids, items)
+    return EvalSetup(input_name, in_shape, fmt, nc, fmt_info, coco, image_ids, cat_ids, items, dynamic)
 
 
 def _detect(sess: Any, setup: EvalSetup, items: Sequence[tuple[int, Path]], settings: EvalSettings,

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from tasks.evaluation.shapes import ShapeError, resolve_hw
+from tasks.evaluation.shapes import ShapeError, declared_dims, resolve_hw
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def model_io(model: onnx.ModelProto, imgsz: Sequence[int] | None = None
         raise ModelError(f"model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
                          f"a YOLO export has one image input")
     inp = inputs[0]
-    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in inp.type.tensor_type.shape.dim]
+    dims = declared_dims(inp)
     if len(dims) != 4:
         raise ModelError(f"input {inp.name!r} has rank {len(dims)}; expected NCHW (1x3xHxW)")
     if dims[1] != 3 or any(isinstance(d, int) and d <= 0 for d in dims):
@@ -192,12 +192,7 @@ def model_io(model: onnx.ModelProto, imgsz: Sequence[int] | None = None
     shape = (1, 3, h, w)
     if not model.graph.output:
         raise ModelError("model has no outputs; a YOLO export has one detection output: re-export it")
-    outs = []
-    for o in model.graph.output:
-        od = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                   for d in o.type.tensor_type.shape.dim)
-        outs.append((o.name, od))
-    return inp.name, shape, outs
+    return inp.name, shape, [(o.name, tuple(declared_dims(o))) for o in model.graph.output]
 
 
 def model_metadata(model: onnx.ModelProto) -> dict[str, str]:

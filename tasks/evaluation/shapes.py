@@ -28,7 +28,8 @@ def graph_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
     return next(i for i in model.graph.input if i.name not in inits)
 
 
-def _dims(v: onnx.ValueInfoProto) -> list[Dim]:
+def declared_dims(v: onnx.ValueInfoProto) -> list[Dim]:
+    """A graph input's or output's declared dims: an int, a symbolic name, or None where unknown."""
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in v.type.tensor_type.shape.dim]
 
 
@@ -36,9 +37,9 @@ def dynamic_axes(model: onnx.ModelProto) -> dict[str, list[Dim]]:
     """{input or output name: its declared dims} when the image input has a symbolic or unknown
     dimension, else {} (a static export)."""
     inp = graph_input(model)
-    if all(isinstance(d, int) and d > 0 for d in _dims(inp)):
+    if all(isinstance(d, int) and d > 0 for d in declared_dims(inp)):
         return {}
-    return {v.name: _dims(v) for v in (inp, *model.graph.output)}
+    return {v.name: declared_dims(v) for v in (inp, *model.graph.output)}
 
 
 def metadata_imgsz(model: onnx.ModelProto) -> tuple[int, int] | None:
@@ -53,6 +54,12 @@ def metadata_imgsz(model: onnx.ModelProto) -> tuple[int, int] | None:
     if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v):
         return int(v[0]), int(v[1])
     return None
+
+
+def model_stride(model: onnx.ModelProto) -> int:
+    """Ultralytics' `stride` metadata (the largest feature-map stride: 64 for P6 models), else 32."""
+    raw = {p.key: p.value for p in model.metadata_props}.get("stride", "32")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else 32
 
 
 def resolve_hw(model: onnx.ModelProto, dims: Sequence[Dim], imgsz: Sequence[int] | None) -> tuple[tuple[int, int], str]:
@@ -74,12 +81,22 @@ def resolve_hw(model: onnx.ModelProto, dims: Sequence[Dim], imgsz: Sequence[int]
             raise ShapeError(f"input {name!r} has dynamic height/width {list(dims)} and the export records no imgsz; "
                              f"pass --imgsz H W (the size it was trained at, e.g. --imgsz 640)")
         hw, how = hw_meta, "the export's imgsz metadata"
-    stride = {p.key: p.value for p in model.metadata_props}.get("stride", "32")
-    s = int(stride) if stride.isdigit() and int(stride) > 0 else 32
+    s = model_stride(model)
     if hw[0] % s or hw[1] % s or min(hw) <= 0:
         raise ShapeError(f"imgsz {hw[0]}x{hw[1]} ({how}) is not a positive multiple of the model's stride {s}; "
                          f"pass --imgsz with multiples of {s}")
     return hw, how
+
+
+def dynamic_record(model: onnx.ModelProto, imgsz: Sequence[int] | None) -> dict[str, Any]:
+    """What a run records of a dynamic-shape export (its axes, where its size came from, its
+    stride); {} for a static export. The size itself is `resolve_hw`'s, checked before this."""
+    axes = dynamic_axes(model)
+    if not axes:
+        return {}
+    _, how = resolve_hw(model, axes[graph_input(model).name], imgsz)
+    return {"dynamic_axes": axes, "size_from": how, "metadata_imgsz": metadata_imgsz(model),
+            "stride": model_stride(model)}
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
@@ -135,12 +152,12 @@ def other_shape(axes: dict[str, list[Dim]], input_name: str, shape: Sequence[int
 
 def judge_restored(run_pinned: Callable[[np.ndarray], list[np.ndarray]],
                    run_restored: Callable[[np.ndarray], list[np.ndarray]], axes: dict[str, list[Dim]],
-                   input_name: str, sample: np.ndarray) -> dict[str, Any]:
+                   input_name: str, sample: np.ndarray, stride: int = 32) -> dict[str, Any]:
     """Does a model with the export's axes put back keep them? At the run's size it must give the
     pinned model's outputs (to float rounding: a runtime may pick other kernels for a dynamic shape),
     and it must run at another shape its axes allow. Returns the record: `kept` and, when not, why
     (the caller then ships the pinned model). The runners are a runtime's: ORT's, OpenVINO's."""
-    probe = other_shape(axes, input_name, sample.shape)
+    probe = other_shape(axes, input_name, sample.shape, stride)
     try:
         diff = max(float(np.max(np.abs(a - b))) if a.size else 0.0
                    for a, b in zip(run_pinned(sample), run_restored(sample)))
@@ -156,11 +173,11 @@ def judge_restored(run_pinned: Callable[[np.ndarray], list[np.ndarray]],
 
 
 def check_restored(pinned: onnx.ModelProto, restored: onnx.ModelProto, axes: dict[str, list[Dim]],
-                   sample: np.ndarray) -> dict[str, Any]:
+                   sample: np.ndarray, stride: int = 32) -> dict[str, Any]:
     """`judge_restored` for an ONNX model on ONNX Runtime's CPU EP."""
     try:
         onnx.checker.check_model(restored)
     except Exception as e:  # onnx.checker raises ValidationError and protobuf errors
         return {"kept": False, "reason": f"with the export's axes the model fails onnx.checker: {str(e)[:200]}"}
     return judge_restored(lambda x: _run(pinned, x), lambda x: _run(restored, x), axes, graph_input(pinned).name,
-                          sample)
+                          sample, stride)

@@ -182,7 +182,7 @@ def conv_summary(fp32: onnx.ModelProto, model_file: Path, threads: int | None = 
 
 
 def keep_dynamic_axes(xml: Path, axes: dict[str, list[Any]], input_name: str, sample: np.ndarray,
-                      threads: int | None = None) -> dict[str, Any]:
+                      stride: int = 32, threads: int | None = None) -> dict[str, Any]:
     """A dynamic-shape export's axes back on the IR (OpenVINO's reshape to a partial shape), where it
     still runs with them and gives the static IR's outputs (tasks/evaluation/shapes.py judges it);
     the IR at `xml` is replaced then, else left pinned. Returns the record."""
@@ -201,7 +201,7 @@ def keep_dynamic_axes(xml: Path, axes: dict[str, list[Any]], input_name: str, sa
     def runner(c: Any) -> Any:
         return lambda x: [np.asarray(v) for v in c(x).values()]
 
-    rec = judge_restored(runner(pinned), runner(compiled), axes, input_name, sample)
+    rec = judge_restored(runner(pinned), runner(compiled), axes, input_name, sample, stride)
     if rec["kept"]:  # written beside it, then renamed over it (the caller's folder is a temporary one)
         tmp = xml.with_name(xml.stem + ".dynamic.xml")
         ov.save_model(dynamic, str(tmp), compress_to_fp16=False)

@@ -56,7 +56,7 @@ def step_quantize_openvino(ctx: RunContext, calib: Result, floats: dict[str, lis
                 convs = conv_summary(onnx.load(str(cfg.model)), tdir / "model.xml", cfg.eval.threads)
                 axes = None if "source" not in m else keep_dynamic_axes(
                     tdir / "model.xml", m["source"]["dynamic_axes"], m["input"],
-                    np.asarray(arr[0:1], dtype=np.float32), cfg.eval.threads)
+                    np.asarray(arr[0:1], dtype=np.float32), m["source"]["stride"], cfg.eval.threads)
                 bias_done = rec["bias_correction"]
                 conf = {**rec, "target": NAME, "settings": settings.model_dump(),
                         "recovery": {"float_layers": extra, "float_head": floats.get("head", []),

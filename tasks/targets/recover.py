@@ -59,7 +59,7 @@ def keep_dynamic_axes(ctx: RunContext, calib: Result, path: Path) -> dict[str, A
     model = onnx.load(str(path))
     restored = restore_axes(model, src["dynamic_axes"])
     sample = np.asarray(calib_array(ctx, calib)[0:1], dtype=np.float32)
-    rec = check_restored(model, restored, src["dynamic_axes"], sample)
+    rec = check_restored(model, restored, src["dynamic_axes"], sample, src["stride"])
     if rec["kept"]:
         onnx.save(restored, str(path))
     return rec
