@@ -194,9 +194,10 @@ def keep_dynamic_axes(xml: Path, axes: dict[str, list[Any]], input_name: str, sa
     dynamic = core.read_model(str(xml))
     try:
         dynamic.reshape(ov.PartialShape([d if isinstance(d, int) and d > 0 else -1 for d in axes[input_name]]))
-    except Exception as e:  # OpenVINO raises its own kinds when a reshape cannot propagate
-        return {"kept": False, "reason": f"OpenVINO cannot reshape the IR to the export's axes: {str(e)[:200]}"}
-    compiled = core.compile_model(dynamic, "CPU", cfg)
+        compiled = core.compile_model(dynamic, "CPU", cfg)
+    except Exception as e:  # OpenVINO raises its own kinds when a reshape cannot propagate or a plugin refuses
+        return {"kept": False, "reason": f"OpenVINO cannot reshape and compile the IR with the export's axes: "
+                                         f"{str(e)[:200]}"}
 
     def runner(c: Any) -> Any:
         return lambda x: [np.asarray(v) for v in c(x).values()]
