@@ -4,14 +4,16 @@
     .venv/bin/python bench/accuracy.py --models yolov10s --budget 0.5
     .venv/bin/python bench/accuracy.py --extra yolov8n=/path/yolov8n.onnx   # a model the defaults never saw
 
-    .venv/bin/python bench/accuracy.py --models yolov5n --variants plain,no-head,no-nsr,no-bias  # recovery ablation
+    .venv/bin/python bench/accuracy.py --models yolov5n --variants plain,no-head,nsr,bias  # recovery ablation
+    .venv/bin/python bench/accuracy.py --out bench/results/accuracy-ablation-300.json --effects  # paired effects
 
 For each model, two runs with their own fresh cache, side by side: the plain command (defaults, no
 budget) and auto mode (`--accuracy-budget`), both with every target, the flow's steps called
 directly (bench/flow_cache.py measures the Prefect overhead apart). Real models calibrate on
 `--calib-count` images of ../shared/data/coco-calib-512 and are evaluated on the 300 of
 coco-val2017-300 (`--data mini`: 32 of coco-val2017-calib, the 79 of coco-val2017-mini).
-`--variants` runs the plain command with one recovery rule turned off each instead of auto mode.
+`--variants` runs the plain command with one recovery rule toggled each instead of auto mode; `--effects`
+prints each one's paired effect against the defaults (same resampled images), per model and pooled.
 Prints a table and writes bench/results/accuracy.json: per target the mAP50-95 delta with its 95%
 interval, the share of convolution MACs in INT8, what auto mode chose, and the wall time of each
 run with the CPU it ran on.
@@ -27,11 +29,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared_data import SHARED  # noqa: E402
 from tasks.config import RunConfig, load_demo_config  # noqa: E402
+from tasks.evaluation.bootstrap import paired_interval  # noqa: E402
 from tasks.evaluation.runtime import device_name  # noqa: E402
 from tasks.pipeline import run_int8  # noqa: E402
 
@@ -42,10 +47,12 @@ DATA = {
     "mini": {"calib_images": SHARED / "data/coco-val2017-calib/images", "images": SHARED / "data/coco-val2017-mini/images",
              "annotations": SHARED / "data/coco-val2017-mini/annotations/instances_val2017.json"}}
 TARGETS = ["tensorrt", "ort-cpu", "openvino"]
-# one recovery rule off each (tasks/config.py RecoverySettings): what the larger set confirms stays
+# one recovery rule toggled each against the defaults (tasks/config.py RecoverySettings): the head rule off,
+# the two rules 300 images did not confirm (bias correction, the NSR rule) back on
 VARIANTS: dict[str, dict[str, Any]] = {
-    "plain": {}, "no-head": {"recovery": {"head_float": False}}, "no-nsr": {"recovery": {"float_nsr_above": None}},
-    "no-bias": {"recovery": {"bias_correction": []}}}
+    "plain": {}, "no-head": {"recovery": {"head_float": False}}, "nsr": {"recovery": {"float_nsr_above": 0.02}},
+    "bias": {"recovery": {"bias_correction": TARGETS}}}
+WHICH = {"tensorrt": "int8", "ort-cpu": "int8-ort-cpu", "openvino": "int8-openvino"}  # evaluation folder prefix
 SHARED_MODELS = {"yolov10s": SHARED / "models/yolov10s-coco/yolov10s.onnx",
                  "yolov5n": SHARED / "models/yolov5n-coco/yolov5n.onnx"}
 
@@ -73,7 +80,7 @@ def one_run(base: dict[str, Any], root: Path, budget: float | None, threads: int
     s = run_int8(cfg)
     wall = time.perf_counter() - t0
     out = {"wall_s": round(wall, 1), "fp32_map50_95": s["fp32"]["map50_95"], "calib_count": s["calibration"]["count"],
-           "targets": {}}
+           "run_dir": s["run_dir"], "targets": {}}
     for name, t in s["targets"].items():
         q, g = t["quantization"], t.get("accuracy_guard")
         out["targets"][name] = {
@@ -87,6 +94,57 @@ def one_run(base: dict[str, Any], root: Path, budget: float | None, threads: int
                                              "candidates": len(g["candidates"]), "float_layers": g["float_layers"],
                                              "wall_s": g["wall_s"]}}
     return out
+
+
+def replicates(run_dir: str | Path, target: str) -> dict[str, Any]:
+    """The INT8 evaluation's bootstrap record (mAP50-95 of each seeded resample of the images)."""
+    return json.loads((Path(run_dir) / f"{WHICH[target]}-coco" / "metrics.json").read_text())["bootstrap"]
+
+
+def rule_effects(variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each variant against the plain run, per target: variant minus plain in points with its paired 95%
+    interval (the same resamples score both: the noise the two models share cancels)."""
+    out: dict[str, dict[str, Any]] = {}
+    plain = variants["plain"]
+    for v, r in variants.items():
+        if v == "plain":
+            continue
+        for t in r["targets"]:
+            a, b = replicates(plain["run_dir"], t), replicates(r["run_dir"], t)
+            ci = paired_interval(a, b, "map50_95")
+            out.setdefault(v, {})[t] = {
+                "effect_pt": round((r["targets"][t]["map50_95"] - plain["targets"][t]["map50_95"]) * 100, 3),
+                "ci_pt": None if ci is None else [round(x * 100, 2) for x in ci],
+                "diff": (np.asarray(b["map50_95"]) - np.asarray(a["map50_95"])) * 100}
+    return out
+
+
+def pooled(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean effect over models and targets, its interval from the per-resample mean of the paired
+    differences (each model's images resampled on their own: independent estimates averaged)."""
+    d = np.mean([c["diff"] for c in cells], axis=0)
+    lo, hi = np.quantile(d, [0.025, 0.975])
+    return {"effect_pt": round(float(np.mean([c["effect_pt"] for c in cells])), 3),
+            "ci_pt": [round(float(lo), 2), round(float(hi), 2)], "cells": len(cells)}
+
+
+def effects_table(results: dict[str, Any]) -> str:
+    """Each rule's effect (variant minus the defaults) per model and target, and pooled over them."""
+    lines = ["| variant | model | " + " | ".join(f"`{t}`" for t in TARGETS) + " |", "|---|---|" + "---:|" * len(TARGETS)]
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for name, r in results["models"].items():
+        if "variants" not in r:
+            continue
+        for v, per_t in rule_effects(r["variants"]).items():
+            by_variant.setdefault(v, []).extend(per_t.values())
+            lines.append(f"| {v} | {name} | " + " | ".join(
+                f"{c['effect_pt']:+.2f} [{c['ci_pt'][0]:+.2f}, {c['ci_pt'][1]:+.2f}]" if (c := per_t.get(t)) else ""
+                for t in TARGETS) + " |")
+    lines.append("")
+    for v, cells in by_variant.items():
+        p = pooled(cells)
+        lines.append(f"- pooled `{v}`: {p['effect_pt']:+.2f} [{p['ci_pt'][0]:+.2f}, {p['ci_pt'][1]:+.2f}] over {p['cells']} model x target cells")
+    return "\n".join(lines)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -119,13 +177,18 @@ def main() -> None:
                                            "accuracy and wall time against the sample count")
     ap.add_argument("--data", choices=sorted(DATA), default="300")
     ap.add_argument("--calib-count", type=int, help="calibration images (default: the run's own default)")
-    ap.add_argument("--variants", help="plain runs with one recovery rule off each, instead of auto mode: "
+    ap.add_argument("--variants", help="plain runs with one recovery rule toggled each, instead of auto mode: "
                                        + ",".join(VARIANTS))
     ap.add_argument("--out", type=Path, default=OUT / "accuracy.json")
     ap.add_argument("--table", action="store_true", help="print --out (plain and auto runs) as the README's table")
+    ap.add_argument("--effects", action="store_true", help="print --out (a --variants run) as each rule's paired "
+                                                          "effect against the defaults, per model and pooled")
     a = ap.parse_args()
     if a.table:
         print(markdown(json.loads(a.out.read_text())))
+        return
+    if a.effects:
+        print(effects_table(json.loads(a.out.read_text())))
         return
     if a.variants and (bad := [v for v in a.variants.split(",") if v not in VARIANTS]):
         ap.error(f"--variants: unknown {', '.join(bad)}; choose from {', '.join(VARIANTS)}")  # before any run
@@ -159,6 +222,7 @@ def main() -> None:
                     for t, x in r["targets"].items()), flush=True)
             a.out.parent.mkdir(parents=True, exist_ok=True)
             a.out.write_text(json.dumps(results, indent=2))
+            print(effects_table({"models": {name: results["models"][name]}}), flush=True)
             continue
         plain = one_run(base, root / "plain", None, a.threads, a.calib_count)
         auto = one_run(base, root / "auto", a.budget, a.threads, a.calib_count)

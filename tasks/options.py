@@ -27,7 +27,8 @@ _NO_COMMA_SPLIT = {"quant.exclude_nodes"}
 # Switches: flag -> (dotted path, value, help).
 _SWITCHES: dict[str, tuple[str, Any, str]] = {
     "--no-gate": ("max_map_drop", None, "disable the regression gate (same as --max-map-drop off)"),
-    "--no-bias-correction": ("recovery.bias_correction", [], "no fast bias correction on any target"),
+    "--no-bias-correction": ("recovery.bias_correction", [], "no fast bias correction on any target (the default "
+                                                             "now; kept so existing commands still parse)"),
 }
 _OFF = {"none", "off", "null"}
 

@@ -36,6 +36,10 @@ def test_cli_options_fill_the_one_config_model(tmp_path):
     assert cfg.recovery.bias_correction == [] and cfg.recovery.float_nsr_above is None
     assert cfg.recovery.float_mac_cap == 0.05 and cfg.recovery.head_float is False and cfg.min_mac_share("ort-cpu") == 0.9
     assert cfg.targets == ["tensorrt"] and not cfg.ort_cpu.head_preset and cfg.ort_cpu.reduce_range == "auto"
+    # the rules 300 images did not confirm are off by default and can be turned back on
+    _, back = parse_args(["--bias-correction", "tensorrt,openvino", "--float-nsr-above", "0.02"])
+    cfg = build_config(None, back)
+    assert cfg.recovery.bias_correction == ["tensorrt", "openvino"] and cfg.recovery.float_nsr_above == 0.02
     _, t = parse_args(["--target", "ort-cpu,tensorrt,ort-cpu", "--ort-reduce-range", "off", "--ort-stem-float", "on"])
     cfg = build_config(None, t)
     assert cfg.targets == ["ort-cpu", "tensorrt"] and cfg.ort_cpu.reduce_range == "off"  # order kept, deduplicated

@@ -1,0 +1,133 @@
+"""Where a `tensorrt` INT8 model's accuracy goes: weights or activations.
+
+    .venv/bin/python bench/loss_split.py --run tmp/bench-accuracy/yolov5n/plain/run
+    .venv/bin/python bench/loss_split.py --run RUN_DIR --images DIR --annotations JSON
+
+From a finished run's `tensorrt` model (INT8 weights behind a DequantizeLinear, activation Q/DQ pairs;
+the run's FP32 export beside it) two models are built and evaluated on the run's images:
+`weights only` (every activation Q/DQ pair removed: only the weights' rounding remains) and
+`activations only` (every weight put back to its FP32 value: only the activation ranges remain).
+Each INT8 delta against FP32 is printed with its paired 95% interval, beside the whole INT8 model's
+(bench/results/loss-split.json). Recovery's corrected biases stay in both, so the two parts need not
+add up to the whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tasks.config import RunConfig  # noqa: E402
+from tasks.evaluation.bootstrap import paired_interval  # noqa: E402
+from tasks.evaluation.evaluate import evaluate_model  # noqa: E402
+from tasks.evaluation.runtime import device_name  # noqa: E402
+
+OUT = ROOT / "bench" / "results" / "loss-split.json"
+
+
+def _rewire(graph: onnx.GraphProto, rename: dict[str, str], drop: set[str]) -> None:
+    """Consumers read `rename[x]` for x; dropped nodes and whatever only fed them are removed."""
+    for n in graph.node:
+        for k, i in enumerate(n.input):
+            if i in rename:
+                n.input[k] = rename[i]
+    keep = [n for n in graph.node if n.name not in drop]
+    while True:
+        used = {i for n in keep for i in n.input} | {o.name for o in graph.output}
+        live = [n for n in keep if any(o in used for o in n.output)]
+        if len(live) == len(keep):
+            break
+        keep = live
+    del graph.node[:]
+    graph.node.extend(keep)
+
+
+def weights_only(q: onnx.ModelProto) -> onnx.ModelProto:
+    """Every activation QuantizeLinear -> DequantizeLinear pair bypassed (weights are stored INT8 with a
+    DequantizeLinear only, so they stay quantized)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(q)
+    inits = {i.name for i in m.graph.initializer}
+    prod = {o: n for n in m.graph.node for o in n.output}
+    rename, drop = {}, set()
+    for n in m.graph.node:
+        if n.op_type != "DequantizeLinear":
+            continue
+        p = prod.get(n.input[0])
+        if p is not None and p.op_type == "QuantizeLinear" and p.input[0] not in inits:
+            rename[n.output[0]] = p.input[0]
+            drop.add(n.name)
+    _rewire(m.graph, rename, drop)
+    return m
+
+
+def activations_only(q: onnx.ModelProto, fp32: onnx.ModelProto) -> onnx.ModelProto:
+    """Every stored INT8 weight replaced by the FP32 export's weight of the same node (matched by node
+    name), so only the activations stay quantized."""
+    m = onnx.ModelProto()
+    m.CopyFrom(q)
+    fp_init = {i.name: i for i in fp32.graph.initializer}
+    fp_weight = {n.name: fp_init[n.input[1]] for n in fp32.graph.node
+                 if n.op_type in ("Conv", "MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in fp_init}
+    inits = {i.name for i in m.graph.initializer}
+    dq_of = {n.output[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    rename, drop = {}, set()
+    for n in m.graph.node:
+        if n.name in fp_weight and len(n.input) > 1 and n.input[1] in dq_of:
+            w = onnx.TensorProto()
+            w.CopyFrom(fp_weight[n.name])
+            w.name = n.input[1] + "_fp32"
+            m.graph.initializer.append(w)
+            rename[n.input[1]] = w.name
+            drop.add(dq_of[n.input[1]].name)
+    _rewire(m.graph, rename, drop)
+    return m
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True, help="a finished run folder with a tensorrt model")
+    ap.add_argument("--images", type=Path, help="default: the run's")
+    ap.add_argument("--annotations", type=Path, help="default: the run's")
+    ap.add_argument("--out", type=Path, default=OUT)
+    a = ap.parse_args()
+    cfg = RunConfig.model_validate(json.loads((a.run / "run-config.json").read_text()))
+    s = json.loads((a.run / "results" / "summary.json").read_text())
+    q_path = Path(s["targets"]["tensorrt"]["quantization"]["onnx"]) if "targets" in s else None
+    if q_path is None or not q_path.exists():
+        sys.exit(f"{a.run}: no tensorrt model in its summary (run it with --target tensorrt)")
+    images, annotations = a.images or cfg.images, a.annotations or cfg.annotations
+    settings = cfg.eval.model_copy(update={"providers": ["cpu"]})
+    q, fp = onnx.load(str(q_path)), onnx.load(str(cfg.model))
+    out: dict[str, Any] = {"cpu": device_name("CPUExecutionProvider"), "run": str(a.run), "model": str(cfg.model),
+                           "images": str(images), "rows": {}}
+    with tempfile.TemporaryDirectory() as td:
+        paths = {"fp32": Path(cfg.model), "int8": q_path}
+        for name, m in (("weights only", weights_only(q)), ("activations only", activations_only(q, fp))):
+            paths[name] = Path(td) / f"{name.replace(' ', '-')}.onnx"
+            onnx.save(m, str(paths[name]))
+        metrics = {k: evaluate_model(p, Path(images), Path(annotations), cfg.subset, settings) for k, p in paths.items()}
+    base = metrics["fp32"]
+    print(f"CPU: {out['cpu']}; {len(base['image_ids'])} images; FP32 mAP50-95 {base['map50_95']:.4f}; INT8 minus FP32 in points, 95% CI")
+    for k in ("int8", "weights only", "activations only"):
+        ci = paired_interval(base["bootstrap"], metrics[k]["bootstrap"], "map50_95")
+        d = (metrics[k]["map50_95"] - base["map50_95"]) * 100
+        out["rows"][k] = {"map50_95": metrics[k]["map50_95"], "delta_pt": round(d, 3),
+                          "ci_pt": None if ci is None else [round(x * 100, 2) for x in ci]}
+        print(f"  {k:17s} {metrics[k]['map50_95']:.4f}  {d:+.2f}" + (f" [{ci[0] * 100:+.2f}, {ci[1] * 100:+.2f}]" if ci else ""))
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(out, indent=2))
+    print(f"written {a.out}")
+
+
+if __name__ == "__main__":
+    main()
