@@ -39,6 +39,7 @@ from tasks.config import RunConfig, load_demo_config  # noqa: E402
 from tasks.evaluation.bootstrap import paired_interval  # noqa: E402
 from tasks.evaluation.runtime import device_name  # noqa: E402
 from tasks.pipeline import run_int8  # noqa: E402
+from tasks.targets.table import target as target_of  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
 DATA = {
@@ -52,7 +53,6 @@ TARGETS = ["tensorrt", "ort-cpu", "openvino"]
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {}, "no-head": {"recovery": {"head_float": False}}, "nsr": {"recovery": {"float_nsr_above": 0.02}},
     "bias": {"recovery": {"bias_correction": TARGETS}}}
-WHICH = {"tensorrt": "int8", "ort-cpu": "int8-ort-cpu", "openvino": "int8-openvino"}  # evaluation folder prefix
 SHARED_MODELS = {"yolov10s": SHARED / "models/yolov10s-coco/yolov10s.onnx",
                  "yolov5n": SHARED / "models/yolov5n-coco/yolov5n.onnx"}
 
@@ -98,7 +98,7 @@ def one_run(base: dict[str, Any], root: Path, budget: float | None, threads: int
 
 def replicates(run_dir: str | Path, target: str) -> dict[str, Any]:
     """The INT8 evaluation's bootstrap record (mAP50-95 of each seeded resample of the images)."""
-    return json.loads((Path(run_dir) / f"{WHICH[target]}-coco" / "metrics.json").read_text())["bootstrap"]
+    return json.loads((Path(run_dir) / f"{target_of(target).which}-coco" / "metrics.json").read_text())["bootstrap"]
 
 
 def rule_effects(variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -112,9 +112,12 @@ def rule_effects(variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any
         for t in r["targets"]:
             a, b = replicates(plain["run_dir"], t), replicates(r["run_dir"], t)
             ci = paired_interval(a, b, "map50_95")
+            if ci is None:  # other images, seed or count: no paired difference, and none to pool
+                raise SystemExit(f"{v} / {t}: its evaluation was not resampled like the plain run's "
+                                 f"({r['run_dir']} vs {plain['run_dir']}); run the variants again together")
             out.setdefault(v, {})[t] = {
                 "effect_pt": round((r["targets"][t]["map50_95"] - plain["targets"][t]["map50_95"]) * 100, 3),
-                "ci_pt": None if ci is None else [round(x * 100, 2) for x in ci],
+                "ci_pt": [round(x * 100, 2) for x in ci],
                 "diff": (np.asarray(b["map50_95"]) - np.asarray(a["map50_95"])) * 100}
     return out
 

@@ -95,13 +95,22 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def _sibling_imports(tree: ast.AST, path: Path) -> list[tuple[str, list[str]]]:
+    """(module, names) for each `from X import ...` of a module beside `path` (tests/ and bench/ import
+    their helpers by bare name: `from tiny import ...`, `from shared_data import ...`)."""
+    return [(f"{path.parent.name}/{n.module}", [a.name for a in n.names]) for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module
+            and (path.parent / f"{n.module}.py").is_file() and n.module != path.stem]
+
+
 def private_imports() -> list[str]:
     """'file: from module import _name' for each private name one module takes from another."""
     modules = project_modules()
     found = []
     for top in USERS:
         for p in sorted((ROOT / top).rglob("*.py")):
-            for dst, names, _ in _imports(ast.parse(p.read_text()), modules, _module_name(p)):
+            tree = ast.parse(p.read_text())
+            for dst, names in [(d, n) for d, n, _ in _imports(tree, modules, _module_name(p))] + _sibling_imports(tree, p):
                 found += [f"{p.relative_to(ROOT)}: from {dst} import {n}" for n in names
                           if n.startswith("_") and not n.startswith("__")]
     return found
@@ -149,6 +158,11 @@ def test_the_checks_find_what_they_look_for(tmp_path):
     tree = ast.parse("def f():\n    from tasks.config import _x, RunConfig\n")
     (dst, names, lazy), = _imports(tree, project_modules(), "tasks.somewhere")
     assert (dst, names, lazy) == ("tasks.config", ["_x", "RunConfig"], True)
+    # a helper module beside the file, imported by bare name (tests/, bench/), counts as one of ours
+    (tmp_path / "helpers.py").write_text("def _build(): pass\n")
+    user = tmp_path / "test_user.py"
+    user.write_text("from helpers import _build, public\nfrom numpy import _private_of_theirs\n")
+    assert _sibling_imports(ast.parse(user.read_text()), user) == [(f"{tmp_path.name}/helpers", ["_build", "public"])]
     # the graph is read: the pipeline sits above the steps, which sit above the run context
     g = import_graph()
     assert "tasks.steps.calibrate" in g["tasks.pipeline"] and "tasks.context" in g["tasks.steps.calibrate"]

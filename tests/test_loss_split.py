@@ -9,7 +9,7 @@ import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 
 from tasks.quantization.quantize import weights_dq_only
-from test_dq_only import _qdq_conv_model, _run
+from tiny import qdq_conv_model, run_model
 
 _spec = importlib.util.spec_from_file_location("loss_split", Path(__file__).parents[1] / "bench" / "loss_split.py")
 loss_split = importlib.util.module_from_spec(_spec)
@@ -40,7 +40,7 @@ def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def test_weights_only_and_activations_only_keep_exactly_their_half():
-    qdq = _qdq_conv_model()
+    qdq = qdq_conv_model()
     fp32 = _fp32_twin(qdq)
     q, _ = weights_dq_only(qdq)
     init = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
@@ -52,7 +52,7 @@ def test_weights_only_and_activations_only_keep_exactly_their_half():
     wo = loss_split.weights_only(q)
     ops = [n.op_type for n in wo.graph.node]
     assert ops.count("QuantizeLinear") == 0 and ops.count("DequantizeLinear") == 1  # the weight's DQ stays
-    np.testing.assert_allclose(_run(wo, x), _conv(x, w_int8.astype(np.float32), b), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run_model(wo, x), _conv(x, w_int8.astype(np.float32), b), rtol=1e-5, atol=1e-5)
 
     ao = loss_split.activations_only(q, fp32)
     ops = [n.op_type for n in ao.graph.node]
@@ -61,6 +61,6 @@ def test_weights_only_and_activations_only_keep_exactly_their_half():
     fw = next(i for i in ao.graph.initializer if i.name == conv.input[1])
     assert fw.data_type == TensorProto.FLOAT
     np.testing.assert_array_equal(numpy_helper.to_array(fw), w)
-    np.testing.assert_allclose(_run(ao, x), _conv(x_q.astype(np.float32), w, b), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run_model(ao, x), _conv(x_q.astype(np.float32), w, b), rtol=1e-5, atol=1e-5)
     # the model given is untouched
     assert [n.op_type for n in q.graph.node].count("QuantizeLinear") == 1
