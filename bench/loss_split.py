@@ -100,11 +100,17 @@ def main() -> None:
     ap.add_argument("--annotations", type=Path, help="default: the run's")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args()
+    for need in ("run-config.json", "results/summary.json"):
+        if not (a.run / need).is_file():
+            ap.error(f"{a.run}: no {need}; give --run the folder of a finished run (it prints 'run folder: ...')")
     cfg = RunConfig.model_validate(json.loads((a.run / "run-config.json").read_text()))
     s = json.loads((a.run / "results" / "summary.json").read_text())
-    q_path = Path(s["targets"]["tensorrt"]["quantization"]["onnx"]) if "targets" in s else None
+    # one target: summary.json names it in quantization.target; several: under targets
+    quant = s["targets"].get("tensorrt", {}).get("quantization") if "targets" in s else \
+        (s["quantization"] if s["quantization"].get("target", "tensorrt") == "tensorrt" else None)
+    q_path = Path(quant["onnx"]) if quant else None
     if q_path is None or not q_path.exists():
-        sys.exit(f"{a.run}: no tensorrt model in its summary (run it with --target tensorrt)")
+        ap.error(f"{a.run}: no tensorrt model in its summary (run it with --target tensorrt)")
     images, annotations = a.images or cfg.images, a.annotations or cfg.annotations
     settings = cfg.eval.model_copy(update={"providers": ["cpu"]})
     q, fp = onnx.load(str(q_path)), onnx.load(str(cfg.model))
