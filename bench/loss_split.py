@@ -7,8 +7,12 @@ From a finished run's `tensorrt` model (INT8 weights behind a DequantizeLinear, 
 the run's FP32 export beside it) two models are built and evaluated on the run's images:
 `weights only` (every activation Q/DQ pair removed: only the weights' rounding remains) and
 `activations only` (every weight put back to its FP32 value: only the activation ranges remain).
+Two more split the activations' part into clipping and resolution: `activations, no clipping` (each
+activation pair widened to 16 bits at the same step: the rounding stays, nothing is clipped) and
+`activations, half step` (16 bits at half the step: what one more bit would give). If the first is
+near `activations only`, no choice of range can recover the loss: the 8-bit grid itself costs it.
 Each INT8 delta against FP32 is printed with its paired 95% interval, beside the whole INT8 model's
-(bench/results/loss-split.json). Recovery's corrected biases stay in both, so the two parts need not
+(bench/results/loss-split.json). Recovery's corrected biases stay in all, so the parts need not
 add up to the whole.
 """
 
@@ -21,7 +25,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -51,22 +57,24 @@ def _rewire(graph: onnx.GraphProto, rename: dict[str, str], drop: set[str]) -> N
     graph.node.extend(keep)
 
 
+def _activation_pairs(m: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
+    inits = {i.name for i in m.graph.initializer}
+    prod = {o: n for n in m.graph.node for o in n.output}
+    pairs = []
+    for n in m.graph.node:
+        p = prod.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
+        if p is not None and p.op_type == "QuantizeLinear" and p.input[0] not in inits:
+            pairs.append((p, n))
+    return pairs
+
+
 def weights_only(q: onnx.ModelProto) -> onnx.ModelProto:
     """Every activation QuantizeLinear -> DequantizeLinear pair bypassed (weights are stored INT8 with a
     DequantizeLinear only, so they stay quantized)."""
     m = onnx.ModelProto()
     m.CopyFrom(q)
-    inits = {i.name for i in m.graph.initializer}
-    prod = {o: n for n in m.graph.node for o in n.output}
-    rename, drop = {}, set()
-    for n in m.graph.node:
-        if n.op_type != "DequantizeLinear":
-            continue
-        p = prod.get(n.input[0])
-        if p is not None and p.op_type == "QuantizeLinear" and p.input[0] not in inits:
-            rename[n.output[0]] = p.input[0]
-            drop.add(n.name)
-    _rewire(m.graph, rename, drop)
+    pairs = _activation_pairs(m)
+    _rewire(m.graph, {dq.output[0]: qn.input[0] for qn, dq in pairs}, {dq.name for _, dq in pairs})
     return m
 
 
@@ -90,6 +98,30 @@ def activations_only(q: onnx.ModelProto, fp32: onnx.ModelProto) -> onnx.ModelPro
             rename[n.input[1]] = w.name
             drop.add(dq_of[n.input[1]].name)
     _rewire(m.graph, rename, drop)
+    return m
+
+
+def widened(q: onnx.ModelProto, step: float) -> onnx.ModelProto:
+    """Every activation Q/DQ pair made 16-bit with its scale times `step` (zero point kept): at step 1
+    the grid is the same but nothing is clipped; at 0.5 it is one bit finer. ONNX's own Q/DQ take
+    int16 only from opset 21, so the pairs move to ORT's com.microsoft Q/DQ, which take it at any opset."""
+    m = onnx.ModelProto()
+    m.CopyFrom(q)
+    init = {i.name: i for i in m.graph.initializer}
+    for k, (qn, dq) in enumerate(_activation_pairs(m)):
+        if qn.input[1] not in init or (len(qn.input) > 2 and qn.input[2] and qn.input[2] not in init):
+            raise ValueError(f"{qn.name}: its scale or zero point is not an initializer")
+        scale = numpy_helper.to_array(init[qn.input[1]]).astype(np.float32) * np.float32(step)
+        zp = (numpy_helper.to_array(init[qn.input[2]]) if len(qn.input) > 2 and qn.input[2]
+              else np.zeros(scale.shape, np.int8)).astype(np.int16)  # a uint8 zero point keeps its value
+        names = (f"{qn.name}_wide_scale_{k}", f"{qn.name}_wide_zp_{k}")
+        m.graph.initializer.extend([numpy_helper.from_array(scale, names[0]), numpy_helper.from_array(zp, names[1])])
+        for node in (qn, dq):
+            del node.input[1:]
+            node.input.extend(names)
+            node.domain = "com.microsoft"
+    if not any(o.domain == "com.microsoft" for o in m.opset_import):
+        m.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     return m
 
 
@@ -118,18 +150,20 @@ def main() -> None:
                            "images": str(images), "rows": {}}
     with tempfile.TemporaryDirectory() as td:
         paths = {"fp32": Path(cfg.model), "int8": q_path}
-        for name, m in (("weights only", weights_only(q)), ("activations only", activations_only(q, fp))):
+        act = activations_only(q, fp)
+        for name, m in (("weights only", weights_only(q)), ("activations only", act),
+                        ("activations, no clipping", widened(act, 1.0)), ("activations, half step", widened(act, 0.5))):
             paths[name] = Path(td) / f"{name.replace(' ', '-')}.onnx"
             onnx.save(m, str(paths[name]))
         metrics = {k: evaluate_model(p, Path(images), Path(annotations), cfg.subset, settings) for k, p in paths.items()}
     base = metrics["fp32"]
     print(f"CPU: {out['cpu']}; {len(base['image_ids'])} images; FP32 mAP50-95 {base['map50_95']:.4f}; INT8 minus FP32 in points, 95% CI")
-    for k in ("int8", "weights only", "activations only"):
+    for k in ("int8", "weights only", "activations only", "activations, no clipping", "activations, half step"):
         ci = paired_interval(base["bootstrap"], metrics[k]["bootstrap"], "map50_95")
         d = (metrics[k]["map50_95"] - base["map50_95"]) * 100
         out["rows"][k] = {"map50_95": metrics[k]["map50_95"], "delta_pt": round(d, 3),
                           "ci_pt": None if ci is None else [round(x * 100, 2) for x in ci]}
-        print(f"  {k:17s} {metrics[k]['map50_95']:.4f}  {d:+.2f}" + (f" [{ci[0] * 100:+.2f}, {ci[1] * 100:+.2f}]" if ci else ""))
+        print(f"  {k:25s} {metrics[k]['map50_95']:.4f}  {d:+.2f}" + (f" [{ci[0] * 100:+.2f}, {ci[1] * 100:+.2f}]" if ci else ""))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=2))
     print(f"written {a.out}")

@@ -64,3 +64,20 @@ def test_weights_only_and_activations_only_keep_exactly_their_half():
     np.testing.assert_allclose(run_model(ao, x), _conv(x_q.astype(np.float32), w, b), rtol=1e-5, atol=1e-5)
     # the model given is untouched
     assert [n.op_type for n in q.graph.node].count("QuantizeLinear") == 1
+
+
+def test_widened_activations_keep_the_grid_and_drop_the_clip():
+    """`no clipping` rounds on the same 1/127 grid without clipping; `half step` on a 1/254 grid."""
+    qdq = qdq_conv_model()
+    ao = loss_split.activations_only(weights_dq_only(qdq)[0], _fp32_twin(qdq))
+    init = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    x = np.random.default_rng(3).random((1, 3, 8, 8), dtype=np.float32) * 1.7  # 30% past the 8-bit clip at 1.0
+    for step, grid in ((1.0, 127), (0.5, 254)):
+        m = loss_split.widened(ao, step)
+        pairs = [n for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+        assert len(pairs) == 2 and {n.domain for n in pairs} == {"com.microsoft"}
+        zp = next(i for i in m.graph.initializer if i.name == pairs[0].input[2])
+        assert zp.data_type == TensorProto.INT16
+        expect = _conv((np.round(x * grid) / grid).astype(np.float32), init["w"], init["b"])
+        np.testing.assert_allclose(run_model(m, x), expect, rtol=1e-5, atol=1e-5)
+    assert [n.domain for n in ao.graph.node if n.op_type == "QuantizeLinear"] == [""]  # the model given is untouched
