@@ -170,3 +170,25 @@ def test_mean_max_ranges_arrive_unchanged_in_the_ort_cpu_model(tmp_path):
     assert checked >= 5
     # never wider than the extremes ORT's minmax would start from
     assert all(st["min"] <= mean_minmax(st)[0] <= mean_minmax(st)[1] <= st["max"] for st in ext.values())
+
+
+def test_silu_floors_keep_the_integer_kernels_and_reach_the_floor(tmp_path):
+    from onnx import numpy_helper
+
+    from tiny import tiny_silu_net
+
+    src = tiny_silu_net(tmp_path / "t.onnx")
+    off = build_ort_cpu(src, CalibReader(CAL, "images"), OrtCpuSettings(), tmp_path / "off.onnx", tmp_path / "off.log")
+    on = build_ort_cpu(src, CalibReader(CAL, "images"), OrtCpuSettings(silu_floor=True), tmp_path / "on.onnx",
+                       tmp_path / "on.log")
+    assert off["silu_floors"]["tensors"] == 0 and on["silu_floors"]["tensors"] >= 1
+    assert on["ort_cpu_kernels"] == off["ort_cpu_kernels"]  # QLinearConv / QLinearSigmoid / QLinearMul all stay
+    q = onnx.load(str(tmp_path / "on.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    for f in on["silu_floors"]["floors"]:
+        node = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == f["tensor"])
+        scale, zp = float(inits[node.input[1]]), int(inits[node.input[2]])
+        assert f["old_min"] < -zp * scale <= f["floor"] and f["step_ratio"] < 1
+    y = ort.InferenceSession(str(tmp_path / "on.onnx"), providers=["CPUExecutionProvider"]).run(None, {"images": CAL[:1]})[0]
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"images": CAL[:1]})[0]
+    assert np.abs(y - ref).mean() < 0.03

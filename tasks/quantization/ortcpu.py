@@ -22,7 +22,7 @@ import onnx
 from onnx import version_converter
 
 from tasks.config import OrtCpuSettings
-from tasks.quantization import ort_ranges
+from tasks.quantization import ort_ranges, silu_floor
 from tasks.quantization.quantize import (PeakRSS, stderr_to, checked_qdq, decode_tail_nodes, expand_exclusions, head_final_convs, shape_nodes,
                             ort_cpu_kernels, quantizer_workspace)
 from tasks.run.rundir import sha256_file
@@ -56,7 +56,8 @@ MIN_OPSET = 13
 # so entries built by the older code are not reused. 2: ORT's op registries restored after ModelOpt
 # (before, an ort-cpu model built after a fresh ModelOpt run in the same process quantized fewer ops).
 # 3: a dynamic-shape export's shape arithmetic kept in float (quantize.shape_nodes).
-BUILD_VERSION = 3
+# 4: SiLU pre-activation floors (silu_floor), when settings.silu_floor is on.
+BUILD_VERSION = 4
 
 
 def stem_nodes(model: onnx.ModelProto) -> list[str]:
@@ -211,6 +212,12 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
                             reduce_range=reduce_range, calibrate_method=method,
                             nodes_to_exclude=excluded, extra_options=extra,
                             calibration_providers=["CPUExecutionProvider"])
+        floors: list[dict[str, Any]] = []
+        if settings.silu_floor:
+            qm = onnx.load(str(tmp_out))
+            floors = silu_floor.raise_silu_floors(qm)
+            if floors:
+                onnx.save(qm, str(tmp_out))
         wall = time.perf_counter() - t0
         restored, summary = checked_qdq(
             src, tmp_out, "ONNX Runtime", f"{len(excluded)} nodes kept in float: the decode, the head preset, the stem "
@@ -231,6 +238,8 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
         "decode_tail_nodes": tail, "head_preset_nodes": preset, "stem_nodes": stem, "excluded_nodes": user,
         "excluded_by_type": by_type, "shape_nodes_float": shapes,
         "source_opset": opset, "opset_converted_to": MIN_OPSET if opset < MIN_OPSET else None,
+        "silu_floors": {"tensors": len(floors), "median_step_ratio": float(np.median([f["step_ratio"] for f in floors]))
+                        if floors else None, "floors": floors},
         "tensor_overrides": len(tensor_overrides or {}), "calib_samples": ranges_rec["samples"] if ranges_rec else len(reader), "wall_s": round(wall, 3), "peak_rss_mib": round(mem.peak / 2**20, 1),
         "rss_growth_mib": round((mem.peak - mem.start) / 2**20, 1), "metadata_props_restored": restored,
         "qdq": summary, "ort_cpu_kernels": kernels, "onnx_sha256": sha256_file(out_path),
