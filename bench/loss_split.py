@@ -1,10 +1,11 @@
-"""Where a `tensorrt` INT8 model's accuracy goes: weights or activations.
+"""Where an INT8 Q/DQ model's accuracy goes: weights or activations.
 
     .venv/bin/python bench/loss_split.py --run tmp/bench-accuracy/yolov5n/plain/run
+    .venv/bin/python bench/loss_split.py --run tmp/bench-accuracy/yolov5n/plain/run --target ort-cpu
     .venv/bin/python bench/loss_split.py --run RUN_DIR --images DIR --annotations JSON
 
-From a finished run's `tensorrt` model (INT8 weights behind a DequantizeLinear, activation Q/DQ pairs;
-the run's FP32 export beside it) two models are built and evaluated on the run's images:
+From a finished run's `tensorrt` (or `ort-cpu`) model (INT8 weights behind a DequantizeLinear,
+activation Q/DQ pairs; the run's FP32 export beside it) two models are built and evaluated on the run's images:
 `weights only` (every activation Q/DQ pair removed: only the weights' rounding remains) and
 `activations only` (every weight put back to its FP32 value: only the activation ranges remain).
 Two more split the activations' part into clipping and resolution: `activations, no clipping` (each
@@ -12,7 +13,7 @@ activation pair widened to 16 bits at the same step: the rounding stays, nothing
 `activations, half step` (16 bits at half the step: what one more bit would give). If the first is
 near `activations only`, no choice of range can recover the loss: the 8-bit grid itself costs it.
 Each INT8 delta against FP32 is printed with its paired 95% interval, beside the whole INT8 model's
-(bench/results/loss-split.json). Recovery's corrected biases stay in all, so the parts need not
+(bench/results/loss-split.json; loss-split-ort-cpu.json for `--target ort-cpu`). Recovery's corrected biases stay in all, so the parts need not
 add up to the whole.
 """
 
@@ -127,10 +128,13 @@ def widened(q: onnx.ModelProto, step: float) -> onnx.ModelProto:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", type=Path, required=True, help="a finished run folder with a tensorrt model")
+    ap.add_argument("--run", type=Path, required=True, help="a finished run folder with a tensorrt or ort-cpu model")
+    ap.add_argument("--target", choices=("tensorrt", "ort-cpu"), default="tensorrt",
+                    help="whose model to split (openvino's is an IR, not a Q/DQ ONNX model)")
     ap.add_argument("--images", type=Path, help="default: the run's")
     ap.add_argument("--annotations", type=Path, help="default: the run's")
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--out", type=Path, help="default: bench/results/loss-split.json (tensorrt), "
+                                                "loss-split-ort-cpu.json (ort-cpu)")
     a = ap.parse_args()
     for need in ("run-config.json", "results/summary.json"):
         if not (a.run / need).is_file():
@@ -138,15 +142,17 @@ def main() -> None:
     cfg = RunConfig.model_validate(json.loads((a.run / "run-config.json").read_text()))
     s = json.loads((a.run / "results" / "summary.json").read_text())
     # one target: summary.json names it in quantization.target; several: under targets
-    quant = s["targets"].get("tensorrt", {}).get("quantization") if "targets" in s else \
-        (s["quantization"] if s["quantization"].get("target", "tensorrt") == "tensorrt" else None)
+    quant = s["targets"].get(a.target, {}).get("quantization") if "targets" in s else \
+        (s["quantization"] if s["quantization"].get("target", "tensorrt") == a.target else None)
     q_path = Path(quant["onnx"]) if quant else None
     if q_path is None or not q_path.exists():
-        ap.error(f"{a.run}: no tensorrt model in its summary (run it with --target tensorrt)")
+        ap.error(f"{a.run}: no {a.target} model in its summary (run it with --target {a.target})")
+    out_path = a.out or (OUT if a.target == "tensorrt" else OUT.with_name(f"loss-split-{a.target}.json"))
     images, annotations = a.images or cfg.images, a.annotations or cfg.annotations
     settings = cfg.eval.model_copy(update={"providers": ["cpu"]})
     q, fp = onnx.load(str(q_path)), onnx.load(str(cfg.model))
-    out: dict[str, Any] = {"cpu": device_name("CPUExecutionProvider"), "run": str(a.run), "model": str(cfg.model),
+    out: dict[str, Any] = {"cpu": device_name("CPUExecutionProvider"), "run": str(a.run), "target": a.target,
+                           "model": str(cfg.model),
                            "images": str(images), "rows": {}}
     with tempfile.TemporaryDirectory() as td:
         paths = {"fp32": Path(cfg.model), "int8": q_path}
@@ -157,16 +163,16 @@ def main() -> None:
             onnx.save(m, str(paths[name]))
         metrics = {k: evaluate_model(p, Path(images), Path(annotations), cfg.subset, settings) for k, p in paths.items()}
     base = metrics["fp32"]
-    print(f"CPU: {out['cpu']}; {len(base['image_ids'])} images; FP32 mAP50-95 {base['map50_95']:.4f}; INT8 minus FP32 in points, 95% CI")
+    print(f"CPU: {out['cpu']}; {a.target}; {len(base['image_ids'])} images; FP32 mAP50-95 {base['map50_95']:.4f}; INT8 minus FP32 in points, 95% CI")
     for k in ("int8", "weights only", "activations only", "activations, no clipping", "activations, half step"):
         ci = paired_interval(base["bootstrap"], metrics[k]["bootstrap"], "map50_95")
         d = (metrics[k]["map50_95"] - base["map50_95"]) * 100
         out["rows"][k] = {"map50_95": metrics[k]["map50_95"], "delta_pt": round(d, 3),
                           "ci_pt": None if ci is None else [round(x * 100, 2) for x in ci]}
         print(f"  {k:25s} {metrics[k]['map50_95']:.4f}  {d:+.2f}" + (f" [{ci[0] * 100:+.2f}, {ci[1] * 100:+.2f}]" if ci else ""))
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(out, indent=2))
-    print(f"written {a.out}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(out, indent=2))
+    print(f"written {out_path}")
 
 
 if __name__ == "__main__":
