@@ -37,6 +37,7 @@ from tasks.config import RunConfig  # noqa: E402
 from tasks.evaluation.bootstrap import paired_interval  # noqa: E402
 from tasks.evaluation.evaluate import evaluate_model  # noqa: E402
 from tasks.evaluation.runtime import device_name  # noqa: E402
+from tasks.quantization.graph import producer_map  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "loss-split.json"
 
@@ -60,7 +61,7 @@ def _rewire(graph: onnx.GraphProto, rename: dict[str, str], drop: set[str]) -> N
 
 def _activation_pairs(m: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
     inits = {i.name for i in m.graph.initializer}
-    prod = {o: n for n in m.graph.node for o in n.output}
+    prod = producer_map(m)
     pairs = []
     for n in m.graph.node:
         p = prod.get(n.input[0]) if n.op_type == "DequantizeLinear" else None

@@ -17,27 +17,16 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from tasks.quantization.graph import consumer_map, producer_map
 from tasks.quantization.probe import tensor_session
 from tasks.quantization.quantize import QUANTIZABLE_OPS, ort_optimized_graph
-
-
-def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {o: n for n in model.graph.node for o in n.output}
-
-
-def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    out: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            out.setdefault(i, []).append(n)
-    return out
 
 
 def quantized_layers(qmodel: onnx.ModelProto) -> list[str]:
     """Names of the layers that compute in INT8, in graph order: every data input (a Conv's input
     and weight, both inputs of a MatMul) reads a DequantizeLinear. An excluded layer of the ort-cpu
     model still reads its quantized neighbour's DQ output but keeps a float weight: not a layer."""
-    prod = _producers(qmodel)
+    prod = producer_map(qmodel)
 
     def dq(name: str) -> bool:
         p = prod.get(name)
@@ -140,7 +129,7 @@ def layer_group(qmodel: onnx.ModelProto, layer: str) -> list[str]:
     Q/DQ: on the ort-cpu model its pre-activation output and the Sigmoid output are quantized too, and
     putting the layer in float means computing that whole group in float (its output stays
     quantized for the next layer)."""
-    prod, cons = _producers(qmodel), _consumers(qmodel)
+    prod, cons = producer_map(qmodel), consumer_map(qmodel)
     inits = {i.name for i in qmodel.graph.initializer}
     nodes = {n.name: n for n in qmodel.graph.node}
     members = [layer]
@@ -191,7 +180,7 @@ def exclude_layers(qmodel: onnx.ModelProto, fp32: onnx.ModelProto, names: Sequen
     of a Q/DQ keeps reading it; Q/DQ nodes left unread are removed. All other scales are unchanged:
     the result is "this PTQ, with these layers in float"."""
     m = copy.deepcopy(qmodel)
-    prod = _producers(m)
+    prod = producer_map(m)
     inits = _init_map(m)
     fp_nodes = {n.name: n for n in fp32.graph.node}
     fp_inits = _init_map(fp32)
@@ -200,7 +189,7 @@ def exclude_layers(qmodel: onnx.ModelProto, fp32: onnx.ModelProto, names: Sequen
     if missing:
         raise ValueError(f"layer(s) {sorted(missing)[:3]} are not in the quantized model")
     groups = {g for layer in wanted for g in layer_group(m, layer)}
-    cons = _consumers(m)
+    cons = consumer_map(m)
     added: dict[str, onnx.TensorProto] = {}
     for n in m.graph.node:
         if n.name not in groups:
@@ -238,7 +227,7 @@ def _float_reads_float(m: onnx.ModelProto, groups: set[str]) -> bool:
     head convolution) reads the float tensor, as if the quantizer had never quantized the group.
     (ORT's CPU EP quantizes the float weight of a convolution that has DQ on its input and Q on
     its output by itself, so a float layer must not be left between the two.) True if it rewired."""
-    cons = _consumers(m)
+    cons = consumer_map(m)
     int8 = set(quantized_layers(m))
     outs = {o for n in m.graph.node if n.name in groups for o in n.output}
     changed = False
@@ -268,7 +257,7 @@ def local_branches(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, layers: Seque
     the layer's output (`out`, `out_q`) and of its group's output as the next layer reads it
     (`group`, `group_q`)."""
     m = copy.deepcopy(fp32)
-    prod = _producers(qmodel)
+    prod = producer_map(qmodel)
     qinits = _init_map(qmodel)
     fp_names = {n.name: n for n in m.graph.node}
     fp_tensors = {o for n in m.graph.node for o in n.output} | {i.name for i in m.graph.input} | \
@@ -307,7 +296,7 @@ def local_branches(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, layers: Seque
             copied.update(o + tag for o in p.output)
         return out
 
-    cons = _consumers(qmodel)
+    cons = consumer_map(qmodel)
     qnodes = {n.name: n for n in qmodel.graph.node}
     for k, name in enumerate(layers if layers is not None else quantized_layers(qmodel)):
         ref = fp_names.get(name)
@@ -375,7 +364,7 @@ def apply_bias_shift(qmodel: onnx.ModelProto, layer: str, shift: np.ndarray) -> 
     """Add `shift` (one value per output channel) to a layer's bias, in place: a float bias directly;
     an int32 bias stored behind a DequantizeLinear (ort-cpu) in units of its scale. A layer without
     a bias gets a float one. Returns the largest absolute change applied."""
-    prod = _producers(qmodel)
+    prod = producer_map(qmodel)
     inits = _init_map(qmodel)
     node = next(n for n in qmodel.graph.node if n.name == layer)
     shift = np.asarray(shift, dtype=np.float64)

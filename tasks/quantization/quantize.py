@@ -26,6 +26,7 @@ from tasks.quantization.calibration import CalibReader
 from tasks.run.faults import fault_point
 from tasks.run.rundir import atomic_copy, sha256_file, temp_sibling
 from tasks.evaluation.runtime import probe_provider
+from tasks.quantization.graph import consumer_map, producer_map
 from tasks.quantization.entropy import apply_calibration_cache, write_calibration_cache
 from tasks.quantization.ranges import HISTOGRAM_METHODS, histogram_scales
 
@@ -103,7 +104,7 @@ class PeakRSS:
 
 def qdq_summary(model: onnx.ModelProto) -> dict[str, Any]:
     """Count Q/DQ nodes and list quantizable nodes left in float (no DequantizeLinear feeding input 0)."""
-    producers = {o: n for n in model.graph.node for o in n.output}
+    producers = producer_map(model)
     q = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
     dq = sum(n.op_type == "DequantizeLinear" for n in model.graph.node)
     quantized, left_float = [], []
@@ -144,10 +145,7 @@ def head_final_convs(model: onnx.ModelProto) -> list[str]:
     if not mods:
         return []
     head = max(mods)[1] + "/"
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = consumer_map(model)
 
     def feeds_conv(name: str, depth: int = 0) -> bool:
         # look through activations (SiLU = Sigmoid * Mul) to the next op that computes
@@ -167,10 +165,7 @@ def decode_tail_nodes(model: onnx.ModelProto) -> list[str]:
     strides, score sigmoid, TopK/gather). Integer kernels there coarsen boxes and scores for little
     speed, so targets built for ORT keep it in float; a model with no recognisable head gives []."""
     finals = set(head_final_convs(model))
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = consumer_map(model)
     tail: dict[str, None] = {}
     todo = [o for n in model.graph.node if n.name in finals for o in n.output]
     while todo:
@@ -472,10 +467,7 @@ def _dq_only_blocker(model: onnx.ModelProto) -> str | None:
     QuantizeLinear fed by an initializer and stops at the first it cannot, so we check them all first."""
     inits = {i.name: i for i in model.graph.initializer}
     graph_inputs = {i.name for i in model.graph.input}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for x in n.input:
-            consumers.setdefault(x, []).append(n)
+    consumers = consumer_map(model)
     for n in model.graph.node:
         if n.op_type != "QuantizeLinear" or n.input[0] not in inits:
             continue

@@ -22,6 +22,7 @@ import onnx
 from onnx import version_converter
 
 from tasks.config import RecoverySettings
+from tasks.quantization.graph import producer_map
 from tasks.quantization.layers import (bias_correct, conv_mac_share, convs_of, exclude_layers, layer_macs, local_stats,
                           ort_int8_convs, qdq_int8_convs, quantized_layers)
 from tasks.quantization.quantize import QUANTIZABLE_OPS, head_final_convs, qdq_summary, weights_dq_only
@@ -29,7 +30,7 @@ from tasks.quantization.quantize import QUANTIZABLE_OPS, head_final_convs, qdq_s
 
 def half_float_layers(qmodel: onnx.ModelProto) -> list[str]:
     """Float layers (not in INT8) whose data input still reads a DequantizeLinear."""
-    prod = {o: n for n in qmodel.graph.node for o in n.output}
+    prod = producer_map(qmodel)
     q = set(quantized_layers(qmodel))
     return [n.name for n in qmodel.graph.node if n.op_type in QUANTIZABLE_OPS and n.name not in q and n.input
             and (p := prod.get(n.input[0])) is not None and p.op_type == "DequantizeLinear"]

@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from tasks.quantization.graph import consumer_map
+
 _RANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
 
 
@@ -57,10 +59,7 @@ def raise_silu_floors(model: onnx.ModelProto) -> list[dict[str, Any]]:
     the quantized sigmoid is 0. Returns one record per tensor changed."""
     g = model.graph
     init = {i.name: i for i in g.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = consumer_map(model)
     out, replaced = [], set()
     for q in list(g.node):
         if q.op_type != "QuantizeLinear" or q.input[0] in init:
