@@ -5,11 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 
 from tasks.quantization.quantize import weights_dq_only
-from tiny import qdq_conv_model, run_model
+from tiny import opset17_model, qdq_conv_model, run_model
 
 _spec = importlib.util.spec_from_file_location("loss_split", Path(__file__).parents[1] / "bench" / "loss_split.py")
 loss_split = importlib.util.module_from_spec(_spec)
@@ -32,11 +31,9 @@ def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     g = onnx.helper.make_graph(
         [onnx.helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])], "c",
         [onnx.helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-        [onnx.helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [onnx.helper.make_tensor_value_info("y", TensorProto.FLOAT, [x.shape[0], w.shape[0], *x.shape[2:]])],  # 3x3, pad 1
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
-    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return run_model(opset17_model(g), x, "x")
 
 
 def test_weights_only_and_activations_only_keep_exactly_their_half():

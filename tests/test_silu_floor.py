@@ -5,11 +5,11 @@ import math
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tasks.quantization.silu_floor import floored_grid, raise_silu_floors, zero_below
+from tiny import opset17_model, run_model
 
 X_LO, X_HI = -40.0, 10.0  # a pre-activation range reaching far below where SiLU is 0, like YOLOv5n's
 
@@ -35,15 +35,8 @@ def _silu_model(extra_consumer: bool = False, sigmoid_quantized: bool = True) ->
     if extra_consumer:
         nodes.append(helper.make_node("Add", ["xd", "xd"], ["z"], name="add"))
         outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4096]))
-    g = helper.make_graph(nodes, "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4096])], outputs, inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    return m
-
-
-def _run(m: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return opset17_model(helper.make_graph(
+        nodes, "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4096])], outputs, inits))
 
 
 def test_the_floor_is_where_the_sigmoid_rounds_to_zero():
@@ -70,7 +63,7 @@ def test_outputs_below_the_floor_stay_zero_and_above_it_get_closer_to_silu():
     recs = raise_silu_floors(m)
     assert [r["tensor"] for r in recs] == ["x"] and recs[0]["floor"] == pytest.approx(-6.2324, abs=1e-4)
     x = np.linspace(X_LO, X_HI, 4096, dtype=np.float32)[None]
-    y0, y1 = _run(before, x), _run(m, x)
+    y0, y1 = run_model(before, x, "x"), run_model(m, x, "x")
     low = x <= -6.25
     assert (y0[low] == 0).all() and (y1[low] == 0).all()  # nothing changes where SiLU already rounded to 0
     silu = x / (1 + np.exp(-x))

@@ -20,18 +20,24 @@ def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(arr), name)
 
 
-def _save_model(path: Path, nodes, inits, name: str, out_shape: list[int],
-                metadata: dict[str, str] | None = None, in_type: int = TensorProto.FLOAT) -> Path:
-    """A one-input (`images` 1x3x64x64), one-output (`output0`) opset-17 model, checked and saved."""
-    graph = helper.make_graph(
-        nodes, name, [helper.make_tensor_value_info("images", in_type, [1, 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, out_shape)], inits)
+def opset17_model(graph: onnx.GraphProto, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+    """`graph` as an opset-17, IR-8 model (what every ORT and ModelOpt version here loads), checked."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
     model.ir_version = 8
     for k, v in (metadata or {}).items():
         p = model.metadata_props.add()
         p.key, p.value = k, v
     onnx.checker.check_model(model)
+    return model
+
+
+def _save_model(path: Path, nodes, inits, name: str, out_shape: list[int],
+                metadata: dict[str, str] | None = None, in_type: int = TensorProto.FLOAT) -> Path:
+    """A one-input (`images` 1x3x64x64), one-output (`output0`) opset-17 model, checked and saved."""
+    graph = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info("images", in_type, [1, 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, out_shape)], inits)
+    model = opset17_model(graph, metadata)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
@@ -235,11 +241,9 @@ def qdq_conv_model(weight_consumer: str = "Conv") -> onnx.ModelProto:
         out_shape = [1, 3, 8, 8]
     g = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],
                           [helper.make_tensor_value_info("out", TensorProto.FLOAT, out_shape)], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    return m
+    return opset17_model(g)
 
 
-def run_model(m: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+def run_model(m: onnx.ModelProto, x: np.ndarray, input_name: str = "images") -> np.ndarray:
+    """The model's first output for `x` on ORT's CPU EP."""
+    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {input_name: x})[0]
