@@ -50,7 +50,7 @@ evaluate-demo: $(STAMP)
 	    --images tmp/demo-data/val/images --annotations tmp/demo-data/val/annotations.json --out tmp/demo-fp32-metrics.json
 
 bench: $(STAMP)
-	$(BIN)/python bench/eval_phases.py
+	$(BIN)/python bench/refusal.py
 	$(BIN)/python bench/flow_cache.py
 
 clean:

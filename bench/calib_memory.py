@@ -35,9 +35,9 @@ def child(model: Path, images: Path, count: int) -> dict:
     logging.disable(logging.WARNING)
     from tasks.quantization.calibration import list_images, open_reader, write_calib_npy
     from tasks.config import OrtCpuSettings, QuantSettings
-    from tasks.quantization.ortcpu import build_ort_cpu
+    from tasks.quantization.ort_qdq import build_ort_cpu
     from tasks.evaluation.preprocess import PreprocessSpec
-    from tasks.quantization.quantize import PeakRSS, run_ptq
+    from tasks.quantization.modelopt_ptq import PeakRSS, run_ptq
     from tasks.evaluation.runtime import model_io
 
     name, shape, _ = model_io(onnx.load(str(model)))

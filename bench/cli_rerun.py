@@ -52,7 +52,7 @@ def bench_model(name: str, base: dict[str, Any], work: Path, repeat: int) -> dic
     shutil.rmtree(work, ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(work / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
-    common = _argv(base) + ["--run-root", str(work / "runs"), "--providers", "cpu", "--no-gate"]
+    common = _argv(base) + ["--run-root", str(work / "runs"), "--set", "eval.providers=cpu", "--no-gate"]
     first = _cli(common + ["--run-id", "first"], env)
     temp = [_cli(common + ["--run-id", f"temp-{i}"], env) for i in range(repeat)]
 

@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/flow_cache.py [--demo | --model M --calib-images D --images D --annotations J]
 
-Uses a fresh run root under tmp/bench-flow-cache each time. Prints:
+Uses a fresh run root under tmp/bench-flow-cache each time. Prints, and writes to
+bench/results/flow-cache.json (--out) with the CPU:
   first run (flow), cached run (flow), their ratio;
   cached run called directly (tasks.pipeline.run_int8) and the flow's orchestration overhead.
 """
@@ -10,6 +11,7 @@ Uses a fresh run root under tmp/bench-flow-cache each time. Prints:
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import sys
@@ -24,6 +26,7 @@ from flows.common import offline_defaults  # noqa: E402
 offline_defaults()
 
 from tasks.config import RunConfig  # noqa: E402
+from tasks.evaluation.runtime import cpu_label  # noqa: E402
 from tasks.pipeline import run_int8  # noqa: E402
 
 
@@ -33,6 +36,7 @@ def main() -> None:
     ap.add_argument("--calib-images")
     ap.add_argument("--images")
     ap.add_argument("--annotations")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "flow-cache.json")
     a = ap.parse_args()
     root = ROOT / "tmp" / "bench-flow-cache"
     shutil.rmtree(root, ignore_errors=True)
@@ -44,7 +48,7 @@ def main() -> None:
 
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.int8 import int8_flow
+    from flows.int8_flow import int8_flow
 
     # cached runs are short, so one slow moment of a shared machine moves them a lot: median of 3
     with prefect_test_harness(server_startup_timeout=120):
@@ -65,6 +69,11 @@ def main() -> None:
     first, cached = times["first"][0], statistics.median(times["cached"])
     print(f"cached / first = {cached / first * 100:.1f}% (median cached flow run {cached:.2f} s)")
     print(f"flow orchestration overhead (cached flow - cached direct) = {cached - statistics.median(direct):.2f} s")
+    a.out.write_text(json.dumps({
+        "cpu": cpu_label(), "model": a.model or "demo", "first_flow_s": round(first, 2),
+        "cached_flow_s": [round(x, 2) for x in times["cached"]], "cached_flow_median_s": round(cached, 2),
+        "cached_direct_median_s": round(statistics.median(direct), 2), "cached_over_first": round(cached / first, 4),
+        "overhead_s": round(cached - statistics.median(direct), 2)}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ import json, sys
 sys.path.insert(0, {root!r})
 from pathlib import Path
 from tasks.evaluation.evaluate import EvalSettings, evaluate_model
-from tasks.quantization.openvino import runtime_convolutions
+from tasks.quantization.nncf_ptq import runtime_convolutions
 out = {{}}
 for name, path in {files!r}.items():
     m = evaluate_model(Path(path), Path({images!r}), Path({ann!r}), None, EvalSettings(runtime="openvino"),

@@ -40,12 +40,12 @@ from tasks.quantization.calibration import CalibReader, pick_calib_images  # noq
 from tasks.config import OrtCpuSettings, QuantSettings, load_demo_config  # noqa: E402
 from tasks.evaluation.evaluate import EvalSettings, evaluate_model  # noqa: E402
 from tasks.quantization.entropy import activation_scales  # noqa: E402
-from tasks.quantization.ortcpu import MinMaxSafeReader, build_ort_cpu, symmetric_overrides, with_min_opset  # noqa: E402
+from tasks.quantization.ort_qdq import MinMaxSafeReader, build_ort_cpu, symmetric_overrides, with_min_opset  # noqa: E402
 from tasks.evaluation.preprocess import PreprocessSpec  # noqa: E402
-from tasks.quantization.quantize import decode_tail_nodes, ort_cpu_kernels  # noqa: E402
+from tasks.quantization.modelopt_ptq import decode_tail_nodes, ort_cpu_kernels  # noqa: E402
 from tasks.evaluation.runtime import latency_stats, model_io  # noqa: E402
 from tasks.evaluation.sessions import open_session  # noqa: E402
-from tasks.quantization.trt import tensorrt_timing  # noqa: E402
+from tasks.evaluation.trt_latency import tensorrt_timing  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
 log = logging.getLogger("bench")
@@ -67,7 +67,7 @@ def model_set(names: list[str]) -> list[dict[str, Any]]:
         elif name.endswith("-random"):  # timing only: yolov10m-random, yolo11n-random ...
             p = ROOT / f"tmp/bench-models/{name}.onnx"
             if not p.exists():
-                print(f"skipped {name}: {p} is absent (make it with /work/venv-train/bin/python "
+                print(f"skipped {name}: {p} is absent (make it with ../venv-train/bin/python "
                       f"scripts/export_random_yolo.py --arch {name.removesuffix('-random')})")
                 continue
             out.append({"name": name, "model": p, "calib_images": load_demo_config()["paths"]["calib_images"],
@@ -137,17 +137,16 @@ RUNTIME = {"ov-fp32": "openvino", "nncf-ov": "openvino", "ort-cpu@ov": "openvino
 
 def openvino_target(model: Path, reader: CalibReader, input_name: str, out_xml: Path) -> dict[str, Any]:
     """The flow's `openvino` target with its default settings (tasks/targets/openvino.py): NNCF on the
-    OpenVINO model, the decode and Sigmoids in float, full bias correction, the same samples."""
+    OpenVINO model, the decode and Sigmoids in float, no bias correction (the target's default), the same samples."""
     import onnx
 
-    from tasks.config import OpenVinoSettings, RecoverySettings
-    from tasks.quantization.openvino import build_openvino, conv_summary
+    from tasks.config import OpenVinoSettings
+    from tasks.quantization.nncf_ptq import build_openvino, conv_summary
 
     st = OpenVinoSettings()
     reader.rewind()
     samples = [reader.get_next()[input_name] for _ in range(len(reader))]
-    rec = build_openvino(model, samples, len(samples), out_xml, st, [], [], [],
-                         "openvino" in RecoverySettings().bias_correction)
+    rec = build_openvino(model, samples, len(samples), out_xml, st, [], [], [])
     return {**{k: v for k, v in rec.items() if k != "ignored_scope"}, "settings": st.model_dump(),
             "ignored_names": len(rec["ignored_scope"]["names"]), "openvino_convs": conv_summary(onnx.load(str(model)), out_xml)}
 
@@ -206,7 +205,7 @@ def bench_model(m: dict[str, Any], work: Path, calib_count: int, rounds: int, it
     paths = {"fp32": model}
     build: dict[str, Any] = {}
     if "tensorrt" in variants:
-        from tasks.quantization.quantize import run_ptq
+        from tasks.quantization.modelopt_ptq import run_ptq
 
         rec = run_ptq(model, input_name, reader, QuantSettings(calib_eps=["cpu"]), work / "tensorrt.onnx",
                       work / "tensorrt.log")
@@ -240,7 +239,7 @@ def bench_model(m: dict[str, Any], work: Path, calib_count: int, rounds: int, it
         build["ov-fp32"] = {"runtime": "openvino", "precision": "f32"}
         build["nncf-ov"] = nncf_openvino_peer(model, files, shape, work / "nncf-ov.xml")
         paths["nncf-ov"] = work / "nncf-ov.xml"
-        from tasks.quantization.openvino import conv_summary
+        from tasks.quantization.nncf_ptq import conv_summary
 
         build["nncf-ov"]["openvino_convs"] = conv_summary(onnx.load(str(model)), paths["nncf-ov"])
         build["openvino"] = openvino_target(model, reader, input_name, work / "openvino.xml")

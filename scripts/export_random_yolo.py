@@ -7,16 +7,15 @@ family, whose output is 1x84xN), so this script does that with torch.manual_seed
 way the user's model was exported (opset 17, static 1x3xSxS input "images", output "output0"). Its
 detections are meaningless; do not use it for accuracy.
 
-Run it, from the repository root, with the separate training environment (Ultralytics is AGPL and
-never a dependency of the project itself):
+Run it, from the repository root, with a separate environment (Ultralytics is AGPL and never a
+dependency of the project itself): `python -m venv ../venv-train && ../venv-train/bin/pip install
+torch==2.13.0 ultralytics onnx onnxslim`, then
 
-    /work/venv-train/bin/python scripts/export_random_yolo.py
-    /work/venv-train/bin/python scripts/export_random_yolo.py --arch yolo11n   # tmp/bench-models/yolo11n-random.onnx
-    /work/venv-train/bin/python scripts/export_random_yolo.py --out tmp/bench-models/other.onnx --imgsz 640
+    ../venv-train/bin/python scripts/export_random_yolo.py
+    ../venv-train/bin/python scripts/export_random_yolo.py --arch yolo11n   # tmp/bench-models/yolo11n-random.onnx
+    ../venv-train/bin/python scripts/export_random_yolo.py --out tmp/bench-models/other.onnx --imgsz 640
 
-That environment needs onnx and onnxslim besides torch/torchvision/ultralytics (both are installed
-there; otherwise: /work/venv-train/bin/pip install onnx onnxslim). onnxruntime is not needed there:
-Ultralytics only warns that it is missing.
+onnxruntime is not needed there: Ultralytics only warns that it is missing.
 
 It writes tmp/bench-models/<arch>-random.onnx and, beside it, <arch>-random.onnx.json (architecture,
 seed, versions, sha256). Neither is committed: tmp/ is git-ignored (`git check-ignore tmp/bench-models/x`

@@ -42,21 +42,11 @@ class QuantSettings(BaseModel):
                            "(tasks/quantization/ranges.py)")
     percentile: float = Field(99.99, gt=50, le=100, description="method percentile: the share of |activation| "
                                                                  "values kept inside the range")
-    entropy_impl: Literal["histogram", "modelopt"] = Field(
-        "histogram", description="entropy: 'histogram' = max calibration, then fixed 2048-bin histograms and "
-                                 "the KL search here, handed to ModelOpt as a calibration cache (bounded cost); "
-                                 "'modelopt' = ModelOpt/ORT's own entropy calibrator (its histograms can grow "
-                                 "without bound: ~100x slower than max was measured)")
     calib_eps: list[str] = Field(default_factory=lambda: ["cuda:0", "cpu"],
                                  description="calibration EPs in priority order; cpu is kept last")
     exclude_nodes: list[str] = Field(default_factory=list, description="node-name regexes kept in float (every target), "
                                                                     "matched from the name's start")
     exclude_op_types: list[str] = Field(default_factory=list, description="op types kept in float (every target)")
-    quantize_topk: bool = Field(False, description="let ModelOpt put Q/DQ on the post-processing TopK inputs "
-                                                    "(coarsens YOLOv10 output scores to a few levels)")
-    head_preset: bool = Field(False, description="ModelOpt itself keeps the detection head's final convolutions in "
-                                                 "float, whatever they cost (recovery.head_float does it within "
-                                                 "a MAC budget, the default)")
     high_precision_dtype: Literal["fp32", "fp16"] = Field(
         "fp32", description="fp32 while validation runs on ONNX Runtime; fp16 for TensorRT deployment")
     dq_only: bool = Field(True, description="ModelOpt's dq_only: the tensorrt artifact stores its weights as INT8 "
@@ -78,8 +68,9 @@ class QuantSettings(BaseModel):
         return [e for e in v if e != "cpu"] + ["cpu"]
 
     def effective_op_types_to_exclude(self) -> list[str]:
+        # TopK stays float: Q/DQ on its inputs coarsens YOLOv10's output scores to a few levels
         ops = list(self.exclude_op_types)
-        if not self.quantize_topk and "TopK" not in ops:
+        if "TopK" not in ops:
             ops.append("TopK")
         return ops
 
@@ -89,8 +80,8 @@ TARGET_NAMES: tuple[str, ...] = get_args(Target)
 
 
 class OpenVinoSettings(BaseModel):
-    """The openvino target: NNCF post-training quantization of the OpenVINO model (tasks/quantization/
-    openvino.py), shipped as an IR for OpenVINO's CPU plugin. The quant section's exclusions apply."""
+    """The openvino target: NNCF post-training quantization of the OpenVINO model
+    (tasks/quantization/nncf_ptq.py), shipped as an IR for OpenVINO's CPU plugin. The quant section's exclusions apply."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -107,14 +98,6 @@ class OpenVinoSettings(BaseModel):
                               "NNCF's default) or none on 7 bits, so u8 x s8 pairs cannot saturate the 16-bit sums "
                               "of CPUs without VNNI. enable measured the same on every kernel family "
                               "(bench/ov_portability.py); first_layer_only lost 0.3 pt more on YOLOv5n on AVX2 kernels")
-    full_bias_correction: bool = Field(
-        True, description="when recovery.bias_correction names openvino (not by default): NNCF's full bias "
-                          "correction (on 79 images +0.41 pt on YOLOv5n, +0.09 on YOLOv10s over its fast one; "
-                          "builds ~50% slower, no cost at run time); off: its fast bias correction")
-    float_rules: bool = Field(
-        False, description="also keep in float the layers recovery's rules choose (head within float_mac_cap, "
-                           "NSR rule), ranked on ModelOpt's Q/DQ model (one more PTQ run); measured on YOLOv10s: "
-                           "+0.26 pt at 1.05x the latency. Auto mode puts layers back in float either way")
 
 
 class OrtCpuSettings(BaseModel):
@@ -130,13 +113,6 @@ class OrtCpuSettings(BaseModel):
     reduce_range: Literal["auto", "on", "off"] = Field(
         "auto", description="7-bit weights; auto: on for x86 CPUs without VNNI, whose u8 x s8 instruction "
                             "(vpmaddubsw) saturates with full-range weights")
-    head_preset: bool = Field(False, description="ORT itself keeps the head's final convolutions in float whatever "
-                                                 "they cost (recovery.head_float does it within a MAC budget, the "
-                                                 "default); the decode after them always stays float")
-    stem_float: Literal["auto", "on", "off"] = Field(
-        "off", description="keep the first convolution (on the 3-channel image) in float; auto: only with 7-bit "
-                           "weights (reduce_range). Measured not worth it: YOLOv5n's stem is 8% of its MACs and "
-                           "gave back 0.1 point with 7-bit weights")
     calibrate_method: Literal["mean-max", "minmax", "percentile", "entropy"] = Field(
         "mean-max", description="activation ranges of the ort-cpu target: mean-max (the default: each sample's min "
                                 "and max averaged, NNCF's statistic, one streamed pass; it converges as samples are "
@@ -144,19 +120,6 @@ class OrtCpuSettings(BaseModel):
                                 "128 samples), percentile or entropy (ORT's histograms; ORT keeps every sample's "
                                 "activations in memory until the end)")
     percentile: float = Field(99.999, gt=90, le=100, description="the percentile of calibrate_method=percentile")
-    silu_floor: bool = Field(False, description="raise each SiLU pre-activation's range floor to where the quantized "
-                                                "sigmoid rounds to 0 (exact below it, a finer grid above; "
-                                                "tasks/quantization/silu_floor.py). Off by default: on 300 images it "
-                                                "moved mAP50-95 by +0.31 / +0.09 / -0.24 points (YOLOv5n / YOLOv10s / "
-                                                "demo), inside the noise")
-
-    @field_validator("stem_float", mode="before")
-    @classmethod
-    def _stem_bool(cls, v: Any) -> Any:
-        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
-
-    calib_merge_every: int = Field(8, ge=1, le=1024, description="samples whose min/max ORT keeps before "
-                                                                "merging them (bounds calibration memory)")
 
 
 class RecoverySettings(BaseModel):
@@ -165,21 +128,10 @@ class RecoverySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    bias_correction: list[Target] = Field(
-        default_factory=list,
-        description="targets whose quantized convolutions get fast bias correction (each bias shifted by the "
-                    "mean FP32-minus-INT8 output per channel over the calibration samples; openvino: NNCF's own). "
-                    "Default none: on 300 images it was not confirmed (mean effect over 3 models x 3 targets "
-                    "-0.09 pt, 95% interval [-0.29, +0.22]; docs/accuracy.md)")
     head_float: bool = Field(True, description="keep the detection head's final convolutions (those that form boxes "
                                                 "and scores) in float when together they fit under float_mac_cap")
-    float_nsr_above: float | None = Field(
-        None, ge=0, le=1, description="then keep in float the layers whose local noise-to-signal ratio on the "
-                                      "calibration samples exceeds this (e.g. 0.02), most sensitive first. Default "
-                                      "null (none): on 300 images it was not confirmed (mean effect +0.03 pt, "
-                                      "[-0.02, +0.05]; docs/accuracy.md); auto mode ranks by NSR either way")
     float_mac_cap: float = Field(0.03, ge=0, le=1, description="the plain run keeps at most this share of all "
-                                                               "convolution MACs in float (head first, then NSR)")
+                                                               "convolution MACs in float (the head rule)")
     stats_samples: int = Field(32, ge=1, le=1024, description="calibration samples for the per-layer statistics")
 
 

@@ -168,7 +168,7 @@ def _evaluate(run: _Run, spawn: _Spawner, ctx: RunContext, which: str, model_pat
 
 def _target_chain(run: _Run, spawn: _Spawner, ctx: RunContext, calib_f: Any, fp32_f: Any, name: str,
                   parallel: bool) -> dict[str, Any]:
-    """One target: quantize, recover, evaluate, then (auto mode) guard or (--sensitivity) rank."""
+    """One target: quantize, recover, evaluate, then (auto mode) guard or (sensitivity on) rank."""
     cfg = ctx.cfg
     # task names follow the target's folders: quantize-int8, coco-eval-int8 (tensorrt, as the INT8
     # flow named them), quantize-int8-ort-cpu, coco-eval-int8-ort-cpu, and so on

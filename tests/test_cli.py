@@ -18,8 +18,9 @@ def test_cli_options_fill_the_one_config_model(tmp_path):
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text("calib_count: 8\nquant:\n  method: entropy\n  exclude_nodes: ['/model.23/']\n")
     path, values = parse_args(["--config", str(cfg_file), "--model", "m.onnx", "--method", "max",
-                               "--calib-eps", "cuda:0,cpu", "--exclude-op-types", "Add", "Mul",
-                               "--providers", "cpu", "--high-precision-dtype", "fp16", "--run-id", "r1"])
+                               "--set", "quant.calib_eps=cuda:0,cpu", "--exclude-op-types", "Add", "Mul",
+                               "--set", "eval.providers=cpu", "--set", "quant.high_precision_dtype=fp16",
+                               "--run-id", "r1"])
     from tasks.config import load_yaml_config
 
     cfg = build_config(load_yaml_config(path), values)
@@ -27,23 +28,52 @@ def test_cli_options_fill_the_one_config_model(tmp_path):
     assert cfg.quant.exclude_nodes == ["/model.23/"] and cfg.quant.exclude_op_types == ["Add", "Mul"]
     assert cfg.quant.effective_op_types_to_exclude() == ["Add", "Mul", "TopK"]
     assert cfg.eval.providers == ["cpu"] and cfg.quant.high_precision_dtype == "fp16" and cfg.run_id == "r1"
-    assert cfg.quant.head_preset is False and cfg.recovery.head_float is True
-    _, on = parse_args(["--head-preset", "--accuracy-budget", "0.5", "--no-gate", "--no-bias-correction",
-                        "--float-nsr-above", "off", "--float-mac-cap", "0.05", "--no-head-float",
-                        "--guard-min-mac-share", "0.9"])
+    assert cfg.quant.calib_eps == ["cuda:0", "cpu"] and cfg.recovery.head_float is True
+    _, on = parse_args(["--accuracy-budget", "0.5", "--no-gate", "--set", "recovery.float_mac_cap=0.05",
+                        "--set", "recovery.head_float=off", "--set", "guard_min_mac_share=0.9"])
     cfg = build_config(None, on)
-    assert cfg.quant.head_preset is True and cfg.accuracy_budget == 0.5 and cfg.max_map_drop is None
-    assert cfg.recovery.bias_correction == [] and cfg.recovery.float_nsr_above is None
+    assert cfg.accuracy_budget == 0.5 and cfg.max_map_drop is None
     assert cfg.recovery.float_mac_cap == 0.05 and cfg.recovery.head_float is False and cfg.min_mac_share("ort-cpu") == 0.9
-    assert cfg.targets == ["tensorrt"] and not cfg.ort_cpu.head_preset and cfg.ort_cpu.reduce_range == "auto"
-    # the rules 300 images did not confirm are off by default and can be turned back on
-    _, back = parse_args(["--bias-correction", "tensorrt,openvino", "--float-nsr-above", "0.02"])
-    cfg = build_config(None, back)
-    assert cfg.recovery.bias_correction == ["tensorrt", "openvino"] and cfg.recovery.float_nsr_above == 0.02
-    _, t = parse_args(["--target", "ort-cpu,tensorrt,ort-cpu", "--ort-reduce-range", "off", "--ort-stem-float", "on"])
+    assert cfg.targets == ["tensorrt"] and cfg.ort_cpu.reduce_range == "auto"
+    _, t = parse_args(["--target", "ort-cpu,tensorrt,ort-cpu", "--set", "ort_cpu.reduce_range=off",
+                       "--set", "guard_min_mac_share=tensorrt=0.9,ort-cpu=0.8", "--set", "eval.threads=off"])
     cfg = build_config(None, t)
     assert cfg.targets == ["ort-cpu", "tensorrt"] and cfg.ort_cpu.reduce_range == "off"  # order kept, deduplicated
-    assert cfg.ort_cpu.stem_float == "on" and cfg.ort_cpu.head_preset is False
+    assert cfg.min_mac_share("tensorrt") == 0.9 and cfg.min_mac_share("ort-cpu") == 0.8 and cfg.eval.threads is None
+
+
+def test_help_shows_the_settings_a_user_sets_and_names_the_rest(capsys):
+    """At most about 25 options; every other setting is a --set key that --help-all lists."""
+    from tasks.config import RunConfig
+    from tasks.options import leaf_fields
+
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    options = [line for line in out.splitlines() if line.startswith("  --")]
+    assert len(options) <= 25, options
+    assert "--set KEY=VALUE" in out and "--help-all" in out
+    with pytest.raises(SystemExit):
+        parse_args(["--help-all"])
+    listing = capsys.readouterr().out
+    for path, _ in leaf_fields(RunConfig):
+        assert f"  {path}=" in listing, path
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--ort-reduce-range", "off"], "option --ort-reduce-range is now --set ort_cpu.reduce_range=VALUE"),
+    (["--no-ort-per-channel"], "option --no-ort-per-channel is now --set ort_cpu.per_channel=off"),
+    (["--ort-silu-floor"], "option --ort-silu-floor was removed: not confirmed on 300 images"),
+    (["--set", "ort_cpu.reduce_rang=off"], "no setting 'ort_cpu.reduce_rang'; did you mean ort_cpu.reduce_range"),
+    (["--set", "eval.threads"], "is not KEY=VALUE"),
+    (["--set", "ort_cpu.per_channel=maybe"], "'maybe' is not on or off"),
+])
+def test_an_old_or_mistyped_option_is_refused_with_how_to_say_it(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
 
 @pytest.mark.parametrize("values,match", [
@@ -54,8 +84,8 @@ def test_cli_options_fill_the_one_config_model(tmp_path):
     ({"unknown_option": 1}, "unknown_option"),
     ({"targets": ["tensorrt", "tflite"]}, "targets"),
     ({"targets": []}, "at least one target"),
-    ({"quant": {"entropy_impl": "fast"}}, "entropy_impl"),
-    ({"recovery": {"bias_correction": ["tflite"]}}, "recovery.bias_correction"),
+    ({"quant": {"entropy_impl": "modelopt"}}, "quant.entropy_impl"),  # removed: refused, not ignored
+    ({"recovery": {"bias_correction": ["openvino"]}}, "recovery.bias_correction"),
     ({"openvino": {"preset": "fast"}}, "openvino.preset"),
 ])
 def test_invalid_settings_name_the_setting(values, match):
@@ -158,6 +188,19 @@ def _bad_input(kind, tmp_path, tiny_model, tiny_data):
         cfg = tmp_path / "run.yaml"
         cfg.write_text("guard_min_mac_share: {tensorrt: [0.9]}\n")
         return {**base, "--config": str(cfg)}, "guard_min_mac_share: a share between 0 and 1"
+    # Content checks, before any work: a tensor on the 0-255 scale, an image that does not decode.
+    if kind == "calib-tensor-0-255":
+        import numpy as np
+
+        npy = tmp_path / "calib.npy"
+        np.save(npy, np.full((2, 3, 64, 64), 200.0, dtype=np.float32))
+        base.pop("--calib-images")
+        base.pop("--calib-count")
+        return {**base, "--calib": str(npy)}, "looks un-normalised (0-255); divide by 255"
+    if kind == "calib-image-undecodable":
+        bad = tiny_data["calib_images"] / "cal0003.png"
+        bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+        return base, f"calibration image {bad} cannot be decoded"
     if kind == "calib-archive-not-a-zip":
         npz = tmp_path / "calib.npz"
         npz.write_bytes(b"PK\x03\x04 not a zip")
@@ -170,14 +213,15 @@ def _bad_input(kind, tmp_path, tiny_model, tiny_data):
                                   "subset-selects-nothing", "subset-over-ask", "random-subset-over-ask",
                                   "calib-count-over-ask", "output-not-yolo", "output-rank-4", "int64-input",
                                   "bbox-not-a-list", "width-a-string", "subset-not-text", "subset-random-not-a-number",
-                                  "config-not-utf8", "config-share-a-list", "calib-archive-not-a-zip"])
+                                  "config-not-utf8", "config-share-a-list", "calib-archive-not-a-zip",
+                                  "calib-tensor-0-255", "calib-image-undecodable"])
 def test_bad_input_is_refused_before_a_prefect_server_starts(kind, tmp_path, tiny_model, tiny_data):
-    """As a user runs it: the one-line error, in seconds, with no Prefect database (no server ever
-    started) and no run folder."""
+    """As a user runs it: the one-line error with no Prefect database (no server ever started) and no
+    run folder. How fast it comes is bench/refusal.py's figure, not an assertion here: a busy machine
+    is slower, not wrong."""
     import os
     import subprocess
     import sys
-    import time
 
     from conftest import ROOT
 
@@ -188,14 +232,11 @@ def test_bad_input_is_refused_before_a_prefect_server_starts(kind, tmp_path, tin
     argv = [sys.executable, str(ROOT / "flows" / "int8.py"), "--run-root", str(runs)]
     for k, v in args.items():
         argv += [k, v]
-    t0 = time.perf_counter()
-    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    wall = time.perf_counter() - t0
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)  # a hang only
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, r.stderr[-2000:]
-    assert wall < 8, f"refused after {wall:.1f} s"
     assert not list(home.rglob("*.db")), "a Prefect server started before the input was checked"
     assert not runs.exists() or not any(runs.iterdir())
 
@@ -254,15 +295,18 @@ def _candidates(path, info):
 
 # Settings valid only with another one: (extra arguments, the fields those set).
 COMPANIONS = {"dask_address": (["--runner", "dask"], {"runner"}),
-              "guard_images": (["--guard-annotations", "a.json"], {"guard_annotations"}),
-              "guard_annotations": (["--guard-images", "imgs"], {"guard_images"})}
+              "guard_images": (["--set", "guard_annotations=a.json"], {"guard_annotations"}),
+              "guard_annotations": (["--set", "guard_images=imgs"], {"guard_images"})}
 
 
 def test_every_runconfig_field_is_reachable_from_the_command_line():
-    """Each setting of RunConfig (sections flattened) has exactly one option, with help, and a value
-    given on the command line lands on that field and nowhere else."""
+    """Each setting of RunConfig (sections flattened) is reached, with help: an option of its own for
+    the settings --help shows, `--set KEY=VALUE` for the rest; and a value given on the command line
+    lands on that field and nowhere else."""
     from tasks.config import RunConfig
-    from tasks.options import flag_of, leaf_fields
+    from tasks.options import PRIMARY, flag_of, leaf_fields
+
+    primary = {p for paths in PRIMARY.values() for p in paths}
 
     fields = leaf_fields(RunConfig)
     assert len(fields) > 40
@@ -272,11 +316,15 @@ def test_every_runconfig_field_is_reachable_from_the_command_line():
     for path, info in fields:
         assert info.description, f"{path} has no description (its --help would be empty)"
         flag = flag_of(path)
+        extra = COMPANIONS.get(path, ([], set()))[0]
         if info.annotation is bool:
-            argv = [f"--no-{flag[2:]}" if info.default else flag]
+            argv = ([f"--no-{flag[2:]}" if info.default else flag] if path in primary else
+                    ["--set", f"{path}={'off' if info.default else 'on'}"])
             tried = [(argv, not info.default)]
+        elif path in primary:
+            tried = [([flag, t, *extra], None) for t in _candidates(path, info)]
         else:
-            tried = [([flag, t, *COMPANIONS.get(path, ([], set()))[0]], None) for t in _candidates(path, info)]
+            tried = [(["--set", f"{path}={t}", *extra], None) for t in _candidates(path, info)]
         for argv, expect in tried:
             try:
                 cfg = build_config(None, parse_args(argv)[1])

@@ -70,7 +70,7 @@ class Cluster:
 def _cli(args: list[str], tmp: Path, name: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(tmp / f"prefect-{name}"), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
-    return subprocess.Popen([sys.executable, "flows/int8.py", "--demo", "--no-gate", "--providers", "cpu", *args],
+    return subprocess.Popen([sys.executable, "flows/int8.py", "--demo", "--no-gate", "--set", "eval.providers=cpu", *args],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -120,7 +120,7 @@ def test_demo_on_a_dask_cluster_equals_the_sequential_run(sequential, tmp_path):
     cluster = Cluster(tmp_path)
     try:
         runs = tmp_path / "runs"
-        _finish(_cli(["--runner", "dask", "--dask-address", cluster.address, "--run-root", str(runs), "--run-id", "d"],
+        _finish(_cli(["--runner", "dask", "--set", f"dask_address={cluster.address}", "--run-root", str(runs), "--run-id", "d"],
                      tmp_path, "dask"))
         s = json.loads((runs / "d" / "results" / "summary.json").read_text())
         _same_results(seq, s)
@@ -142,7 +142,7 @@ def test_a_worker_killed_in_the_middle_of_a_step_is_survived(sequential, tmp_pat
                                  "YOLO_LOWBIT_FAULT_ONCE": "1"})
     try:
         runs = tmp_path / "runs"
-        p = _cli(["--runner", "dask", "--dask-address", cluster.address, "--run-root", str(runs), "--run-id", "k"],
+        p = _cli(["--runner", "dask", "--set", f"dask_address={cluster.address}", "--run-root", str(runs), "--run-id", "k"],
                  tmp_path, "kill")
         deadline = time.time() + 300
         while not mark.exists() or not mark.read_text().strip():

@@ -3,7 +3,7 @@ DequantizeLinear, the same outputs on ONNX Runtime, and refusal where qdq_to_dq 
 import numpy as np
 from onnx import TensorProto, numpy_helper
 
-from tasks.quantization.quantize import weights_dq_only
+from tasks.quantization.modelopt_ptq import weights_dq_only
 from tiny import qdq_conv_model, run_model
 
 

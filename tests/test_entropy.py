@@ -7,7 +7,7 @@ import pytest
 from tasks.quantization.calibration import CalibReader
 from tasks.config import QuantSettings
 from tasks.quantization.entropy import activation_scales, ort_entropy_threshold, scale_groups, write_calibration_cache
-from tasks.quantization.quantize import run_ptq
+from tasks.quantization.modelopt_ptq import run_ptq
 
 CAL = np.random.default_rng(0).random((8, 3, 64, 64), dtype=np.float32)
 
@@ -66,7 +66,7 @@ def test_scale_groups_are_bit_identical_scales():
 def test_entropy_replaces_max_scales_and_matches_modelopt_cache_path(tmp_path, tiny_model):
     from modelopt.onnx.quantization import quantize
 
-    from tasks.quantization.quantize import ort_quantization_restored
+    from tasks.quantization.modelopt_ptq import ort_quantization_restored
 
     mx = run_ptq(tiny_model, "images", CalibReader(CAL, "images"), QuantSettings(calib_eps=["cpu"], method="max"),
                  tmp_path / "max.onnx", tmp_path / "max.log")

@@ -42,7 +42,7 @@ def _nudge_weight(src: Path, dst: Path) -> Path:
 
 
 def test_flow_end_to_end_cache_hits_and_misses(harness, tmp_path, tiny_model, tiny_data):
-    from flows.int8 import int8_flow
+    from flows.int8_flow import int8_flow
 
     s1 = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="first"))
     run = Path(s1["run_dir"])
@@ -84,7 +84,7 @@ def test_flow_end_to_end_cache_hits_and_misses(harness, tmp_path, tiny_model, ti
 
 
 def test_flow_calibration_tensor_byte_change_requantizes(harness, tmp_path, tiny_model, tiny_data):
-    from flows.int8 import int8_flow
+    from flows.int8_flow import int8_flow
 
     cal = np.random.default_rng(0).random((4, 3, 64, 64), dtype=np.float32)
     p = tmp_path / "calib.npy"
@@ -101,16 +101,16 @@ def test_flow_calibration_tensor_byte_change_requantizes(harness, tmp_path, tiny
     assert s3["calibration"]["sha256"] != s1["calibration"]["sha256"]
 
 
-def test_bad_calibration_fails_once_with_a_failed_run_folder(harness, tmp_path, tiny_model, tiny_data):
-    from flows.int8 import int8_flow
+def test_bad_calibration_is_refused_by_the_first_step_before_any_run_folder(harness, tmp_path, tiny_model, tiny_data):
+    """A deployment's parameters reach the flow unchecked: its first step checks the calibration
+    tensor's values (a 0-255 tensor) before a run folder exists, and does not retry bad input."""
+    from flows.int8_flow import int8_flow
 
     p = tmp_path / "bad.npy"
     np.save(p, np.full((2, 3, 64, 64), 200.0, np.float32))
     with pytest.raises(CalibrationError, match="un-normalised"):
         int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="bad", calib_images=None, calib=p))
-    state = json.loads((tmp_path / "runs" / "bad" / "STATE.json").read_text())
-    assert state["state"] == "failed" and "un-normalised" in state["error"]
-    assert not (tmp_path / "runs" / "bad" / "results" / "summary.json").exists()
+    assert not (tmp_path / "runs" / "bad").exists()
 
 
 def test_artifacts_are_published(harness, tmp_path, tiny_model, tiny_data):
@@ -118,7 +118,7 @@ def test_artifacts_are_published(harness, tmp_path, tiny_model, tiny_data):
 
     from prefect.client.orchestration import get_client
 
-    from flows.int8 import int8_flow
+    from flows.int8_flow import int8_flow
 
     int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="art"))
 
@@ -143,7 +143,7 @@ def test_artifacts_are_published(harness, tmp_path, tiny_model, tiny_data):
 
 
 def test_regression_gate_fails_the_run_but_keeps_report_and_artifacts(harness, tmp_path, tiny_model, tiny_data):
-    from flows.int8 import int8_flow
+    from flows.int8_flow import int8_flow
     from tasks.pipeline import RegressionGateError
 
     with pytest.raises(RegressionGateError, match=r"over the budget of -50 points"):
@@ -175,12 +175,10 @@ def test_gate_flags_a_model_without_detections():
 
 
 def test_flow_targets_side_by_side_and_alone(harness, tmp_path, tiny_model, tiny_data):
-    from flows.int8 import int8_flow
+    from flows.int8_flow import int8_flow
 
-    # the tiny detector's only convolutions are its stem and its head: keep neither in float here
-    ort = {"stem_float": False, "head_preset": False}
     every = ["tensorrt", "ort-cpu", "openvino"]
-    s = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="both", targets=every, ort_cpu=ort))
+    s = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="both", targets=every))
     run = Path(s["run_dir"])
     for rel in ("onnx/tiny-int8-qdq.onnx", "onnx/tiny-int8-ort-cpu.onnx", "quantize-int8-ort-cpu/config.json",
                 "quantize-int8-ort-cpu/smoke.json", "int8-ort-cpu-coco/metrics.json", "int8-coco/metrics.json",
@@ -206,10 +204,10 @@ def test_flow_targets_side_by_side_and_alone(harness, tmp_path, tiny_model, tiny
     assert "latency p50, deployed session" in md and s["fp32"]["latency_deployed_ms"]["n"] > 0
     assert ov["int8"]["latency_deployed_session"].startswith("deployed:") and ov["int8"]["runtime"]["name"] == "openvino"
     assert ov["int8"]["runtime"]["version"] and ov["int8"]["runtime"]["cpu"]
-    again = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="both-again", targets=every, ort_cpu=ort))
+    again = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="both-again", targets=every))
     assert all(again["cached"].values()), again["cached"]
 
-    alone = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="alone", targets=["ort-cpu"], ort_cpu=ort))
+    alone = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="alone", targets=["ort-cpu"]))
     assert "targets" not in alone and alone["quantization"]["target"] == "ort-cpu"
     assert alone["int8"]["map50_95"] == oc["int8"]["map50_95"] and alone["cached"]["quantize"]
     assert set(alone["delta"]) == {"map50_95", "map50", "latency_ratio", "map50_95_ci", "map50_ci", "bootstrap"}
@@ -239,7 +237,7 @@ def test_process_runner_runs_steps_side_by_side_with_the_sequential_figures(harn
     of its own; the figures and models of the sequential run, each step placed on a worker process."""
     import os
 
-    from flows.int8 import int8_flow
+    from flows.int8_flow import int8_flow
 
     seq = int8_flow(config=_cfg(tmp_path / "a", tiny_model, tiny_data, run_id="seq"))
     par = int8_flow(config=_cfg(tmp_path / "b", tiny_model, tiny_data, run_id="par", runner="process", workers=2))
@@ -261,12 +259,12 @@ def test_auto_mode_on_workers_chooses_what_the_sequential_run_chooses(harness, t
     sequential run's, and the candidates' steps appear in the placement."""
     from tiny import fragile_detector
 
-    from flows.int8 import int8_flow
+    from flows.int8_flow import int8_flow
 
     fragile = fragile_detector(tmp_path / "fragile.onnx")
     extra = dict(calib_count=8, accuracy_budget=0.5, max_map_drop=None, targets=["tensorrt"],
                  eval={"providers": ["cpu"], "warmup": 1, "class_map": [7, 7]},
-                 quant={"head_preset": False}, recovery={"float_nsr_above": None}, guard_min_mac_share=0.5)
+                 guard_min_mac_share=0.5)
     seq = int8_flow(config=_cfg(tmp_path / "a", fragile, tiny_data, run_id="seq", **extra))
     par = int8_flow(config=_cfg(tmp_path / "b", fragile, tiny_data, run_id="par", runner="process", **extra))
     gs, gp = seq["accuracy_guard"], par["accuracy_guard"]
@@ -282,7 +280,7 @@ def test_auto_mode_on_workers_chooses_what_the_sequential_run_chooses(harness, t
 
 def test_cache_damage_found_inside_a_worker_reaches_the_summary(harness, tmp_path, tiny_model, tiny_data):
     """A worker's StepCache is a copy: the damaged entry it sets aside must still be reported."""
-    from flows.int8 import int8_flow
+    from flows.int8_flow import int8_flow
 
     int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="one", runner="process"))
     shard = next(p for p in (tmp_path / "runs" / ".cache" / "eval-shard").iterdir() if not p.name.startswith("."))

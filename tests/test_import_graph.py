@@ -140,6 +140,24 @@ def layers(graph: dict[str, set[str]]) -> list[list[str]]:
 
 # --- the tests ---------------------------------------------------------------------------------------
 
+
+def name_clashes(folders: tuple[str, ...] = ("tasks/quantization", "tasks/targets"),
+                 root: Path = ROOT) -> list[tuple[str, str]]:
+    """Modules in these folders whose names read the same (underscores aside): a reader of
+    `openvino.py` beside `openvino.py` cannot tell where a line of the openvino target belongs."""
+    seen: dict[str, str] = {}
+    out = []
+    for folder in folders:
+        for p in sorted((root / folder).glob("*.py")):
+            if p.name == "__init__.py":
+                continue
+            key = p.stem.replace("_", "")
+            rel = str(p.relative_to(root))
+            if key in seen:
+                out.append((seen[key], rel))
+            seen.setdefault(key, rel)
+    return out
+
 def test_the_import_graph_has_no_cycle():
     assert cycles(import_graph()) == []
 
@@ -179,3 +197,11 @@ if __name__ == "__main__":
                 + [f"lazy: {p}" for p in lazy_project_imports()])
     print("\n".join(problems) or "no cycle, no private import across modules, no lazy import of our own modules")
     sys.exit(1 if problems else 0)
+
+
+def test_one_name_per_room_across_quantization_and_targets(tmp_path):
+    assert name_clashes() == []
+    for rel in ("a/ortcpu.py", "b/ort_cpu.py", "b/openvino.py"):  # the check finds a clash where there is one
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_text("")
+    assert name_clashes(("a", "b"), tmp_path) == [("a/ortcpu.py", "b/ort_cpu.py")]

@@ -1,4 +1,4 @@
-"""Per-layer surgery, MACs, local statistics and bias correction on tiny graphs built here."""
+"""Per-layer surgery, MACs and local statistics on tiny graphs built here."""
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -7,9 +7,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tasks.quantization.calibration import CalibReader
 from tasks.config import OrtCpuSettings
-from tasks.quantization.layers import (apply_bias_shift, bias_correct, conv_mac_share, convs_of, exclude_layers, layer_group,
+from tasks.quantization.layers import (conv_mac_share, convs_of, exclude_layers, layer_group,
                           layer_macs, local_stats, qdq_int8_convs, quantized_layers)
-from tasks.quantization.ortcpu import build_ort_cpu
+from tasks.quantization.ort_qdq import build_ort_cpu
 
 CAL = np.random.default_rng(0).random((9, 3, 64, 64), dtype=np.float32)
 
@@ -35,7 +35,7 @@ def silu(tmp_path):
 @pytest.fixture
 def ort_q(tmp_path, silu):
     out = tmp_path / "q.onnx"
-    build_ort_cpu(silu, CalibReader(CAL, "images"), OrtCpuSettings(stem_float=False, head_preset=False), out,
+    build_ort_cpu(silu, CalibReader(CAL, "images"), OrtCpuSettings(), out,
                   tmp_path / "q.log")
     return onnx.load(str(out))
 
@@ -117,7 +117,7 @@ def test_excluding_every_layer_gives_the_fp32_outputs_back_where_no_activation_i
     with pytest.raises(ValueError, match="not in the quantized model"):
         exclude_layers(q, fp, ["/nope/Conv"])
 
-    # local statistics and bias correction on this one layer, by hand
+    # local statistics on this one layer, by hand
     samples = [rng.random((1, 3, 8, 8), dtype=np.float32) for _ in range(4)]
     stats = local_stats(fp, q, samples, "images")
     assert list(stats) == ["/model.0/conv/Conv"]
@@ -127,25 +127,3 @@ def test_excluding_every_layer_gives_the_fp32_outputs_back_where_no_activation_i
     err = sum((d.astype(np.float64) ** 2).sum(axis=(0, 2, 3)) for d in diffs)
     sig = sum((_run(fp, s).astype(np.float64) ** 2).sum(axis=(0, 2, 3)) for s in samples)
     assert stats["/model.0/conv/Conv"]["nsr"] == pytest.approx(float(np.mean(err / sig)), rel=1e-4)
-    corrected, rec = bias_correct(q, stats)
-    assert rec["layers"] == 1
-    b = {i.name: numpy_helper.to_array(i) for i in corrected.graph.initializer}["b"]
-    np.testing.assert_allclose(b, by_hand, rtol=1e-5, atol=1e-7)
-    # after correction the mean output difference per channel is gone on these samples
-    after = np.mean([(_run(fp, s) - _run(corrected, s)).mean(axis=(0, 2, 3)) for s in samples], axis=0)
-    assert np.abs(after).max() < 1e-5 < np.abs(by_hand).max()
-
-
-def test_bias_shift_on_a_stored_int32_bias_moves_it_in_units_of_its_scale(ort_q):
-    m = onnx.load_from_string(ort_q.SerializeToString())
-    layer = "/model.1/conv/Conv"
-    node = next(n for n in m.graph.node if n.name == layer)
-    prod = {o: n for n in m.graph.node for o in n.output}
-    dq = prod[node.input[2]]
-    inits = {i.name: i for i in m.graph.initializer}
-    before = numpy_helper.to_array(inits[dq.input[0]]).astype(np.int64)
-    scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
-    shift = np.linspace(-0.05, 0.05, before.size)
-    apply_bias_shift(m, layer, shift)
-    after = numpy_helper.to_array({i.name: i for i in m.graph.initializer}[dq.input[0]]).astype(np.int64)
-    np.testing.assert_array_equal(after - before, np.round(shift / scale).astype(np.int64))

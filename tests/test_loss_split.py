@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from tasks.quantization.quantize import weights_dq_only
+from tasks.quantization.modelopt_ptq import weights_dq_only
 from tiny import opset17_model, qdq_conv_model, run_model
 
 _spec = importlib.util.spec_from_file_location("loss_split", Path(__file__).parents[1] / "bench" / "loss_split.py")

@@ -16,7 +16,7 @@ def _samples(model: onnx.ModelProto, n: int = 8, seed: int = 0) -> list[np.ndarr
 
 
 def _build(path, tmp_path, float_layers=(), decode_float=True):
-    from tasks.quantization.openvino import conv_summary, ignored_scope, nncf_quantize
+    from tasks.quantization.nncf_ptq import conv_summary, ignored_scope, nncf_quantize
 
     m = onnx.load(str(path))
     scope = ignored_scope(m, [], [], list(float_layers), decode_float, sigmoid_float=True)
@@ -62,8 +62,8 @@ def test_the_int8_ir_computes_what_the_fp32_model_computes(tmp_path):
 
 
 def test_ignored_scope_names_convolutions_as_openvino_does_and_keeps_the_decode_float(tiny_model):
-    from tasks.quantization.openvino import ignored_scope
-    from tasks.quantization.quantize import decode_tail_nodes
+    from tasks.quantization.nncf_ptq import ignored_scope
+    from tasks.quantization.modelopt_ptq import decode_tail_nodes
 
     m = onnx.load(str(tiny_model))
     s = ignored_scope(m, ["/model.1/"], ["TopK"], [], decode_float=True, sigmoid_float=True)
@@ -128,7 +128,7 @@ def test_nncf_collects_statistics_and_corrects_biases_in_f32_on_every_cpu(tmp_pa
     monkeypatch.setattr(ov.Core, "compile_model", spy)
     monkeypatch.setattr(ov, "compile_model", unexpected)
     net = tiny_silu_net(tmp_path / "silu.onnx")
-    from tasks.quantization.openvino import ignored_scope, nncf_quantize
+    from tasks.quantization.nncf_ptq import ignored_scope, nncf_quantize
 
     m = onnx.load(str(net))
     nncf_quantize(net, _samples(m), 8, tmp_path / "q.xml", ignored_scope(m, [], [], [], True, True), "mixed", "full")
@@ -143,7 +143,7 @@ def test_samples_read_one_at_a_time_build_the_same_ir_as_a_list(tmp_path):
     same data as a list would, from a memory-mapped file, one sample at a time."""
     import hashlib
 
-    from tasks.quantization.openvino import Samples, ignored_scope, nncf_quantize
+    from tasks.quantization.nncf_ptq import Samples, ignored_scope, nncf_quantize
 
     net = tiny_silu_net(tmp_path / "silu.onnx")
     m = onnx.load(str(net))

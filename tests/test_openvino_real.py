@@ -30,7 +30,7 @@ import json, sys
 sys.path.insert(0, {root!r})
 from pathlib import Path
 from tasks.evaluation.evaluate import EvalSettings, evaluate_model
-from tasks.quantization.openvino import runtime_convolutions
+from tasks.quantization.nncf_ptq import runtime_convolutions
 settings = EvalSettings.model_validate_json({settings!r})
 m = evaluate_model(Path({xml!r}), Path({images!r}), Path({ann!r}), None, settings, io_model=Path({model!r}))
 rc = runtime_convolutions(Path({xml!r}), settings.threads)

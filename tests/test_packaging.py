@@ -53,8 +53,8 @@ def test_prefect_yaml_points_at_the_flows():
     doc = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     eps = {d["name"]: d["entrypoint"] for d in doc["deployments"]}
     assert eps.pop("demo-sweep") == "flows/sweep.py:sweep_flow"
-    assert eps and all(e == "flows/int8.py:int8_flow" for e in eps.values())
-    from flows.int8 import int8_flow
+    assert eps and all(e == "flows/int8_flow.py:int8_flow" for e in eps.values())
+    from flows.int8_flow import int8_flow
     from flows.sweep import sweep_flow
     from tasks.sweep import SweepConfig, child_configs
 

@@ -8,7 +8,7 @@ from onnx import TensorProto, helper
 from tasks.config import QuantSettings
 from tasks.quantization.calibration import CalibReader
 from tasks.quantization.entropy import activation_scales, collect_histograms
-from tasks.quantization.quantize import run_ptq
+from tasks.quantization.modelopt_ptq import run_ptq
 from tasks.quantization.ranges import QMAX, estimate, folded, mse_amax, percentile_amax
 
 CAL = np.random.default_rng(0).random((8, 3, 64, 64), dtype=np.float32)

@@ -116,7 +116,7 @@ def test_latency_stats():
 def test_tensorrt_timing_says_why_it_was_skipped(tmp_path):
     import numpy as np
 
-    from tasks.quantization.trt import tensorrt_timing
+    from tasks.evaluation.trt_latency import tensorrt_timing
 
     r = tensorrt_timing(tmp_path / "a.onnx", tmp_path / "b.onnx", np.zeros((1, 3, 8, 8), np.float32), "images",
                         probe=lambda p: (False, f"{p} is not in this onnxruntime build"))

@@ -95,7 +95,7 @@ def test_the_evaluator_reads_a_dynamic_export_at_its_metadata_size(tmp_path):
 def test_shape_arithmetic_is_found_and_nothing_that_reads_the_image():
     """Shape -> Gather -> Cast -> Range -> Add(0.5) -> Concat: an anchor grid built from a feature map's
     size, as a dynamic YOLO export's decode does; the Conv and a Reshape of image data are not in it."""
-    from tasks.quantization.quantize import shape_nodes
+    from tasks.quantization.modelopt_ptq import shape_nodes
 
     i64 = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
     nodes = [

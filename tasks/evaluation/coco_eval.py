@@ -133,7 +133,7 @@ def category_map(coco, num_classes: int | None, explicit: Sequence[int] | None =
     if num_classes is not None and num_classes != len(cat_ids):
         raise AnnotationError(
             f"the model predicts {num_classes} classes but the annotation file has {len(cat_ids)} categories; "
-            f"pass --class-map with one category id per class index")
+            f"pass --class-map with one category id per class index (int8: --set eval.class_map=...)")
     return cat_ids
 
 

@@ -50,7 +50,7 @@ def detect_format(shape: tuple[int | str | None, ...], end2end: bool | None = No
     if len(dims) != 3 or dims[0] not in (1, None) or dims[1] is None or dims[2] is None:
         raise DecodeError(
             f"output shape {list(shape)} is not a YOLO detection output (expected 1x300x6, 1x(4+nc)xN or "
-            f"1xNx(5+nc)); export with a static batch-1 input, or pass --output-format")
+            f"1xNx(5+nc)); export with a static batch-1 input, or pass --output-format (int8: --set eval.output_format=...)")
     _, a, b = dims
     if b == 6 and (end2end or (end2end is None and a <= _MAX_E2E_ROWS)):
         return "yolov10", None
@@ -59,7 +59,7 @@ def detect_format(shape: tuple[int | str | None, ...], end2end: bool | None = No
     if b < a and b > 5:
         return "yolov5", b - 5
     raise DecodeError(f"output shape {list(shape)} matches no known YOLO layout (yolov10, yolov8, yolov5); "
-                      f"pass --output-format explicitly")
+                      f"pass --output-format explicitly (int8: --set eval.output_format=...)")
 
 
 def _xywh_to_xyxy(b: np.ndarray) -> np.ndarray:

@@ -196,7 +196,7 @@ def _detect(sess: Any, setup: EvalSetup, items: Sequence[tuple[int, Path]], sett
         if len(d):
             if int(d.classes.max()) >= len(cat_ids) or int(d.classes.min()) < 0:
                 raise AnnotationError(f"the model predicted class index {int(d.classes.max())} but the class map has "
-                                      f"{len(cat_ids)} entries; pass --class-map covering every class")
+                                      f"{len(cat_ids)} entries; pass --class-map covering every class (int8: --set eval.class_map=...)")
             b = to_original(d.boxes, lb)
             # Whole-array rounding and one tolist(): per-detection Python float work cost as much
             # as the NMS itself.

@@ -135,7 +135,7 @@ def select_providers(requested: Sequence[str] = DEFAULT_PROVIDERS, available: Se
             reasons.append(f"{n} requested but unusable: {why}")
     if reasons and strict:
         raise ProviderError("; ".join(reasons) + " (strict mode: install onnxruntime-gpu with a working "
-                            "CUDA/TensorRT, or drop the provider from --providers)")
+                            "CUDA/TensorRT, or drop the provider: evaluate --providers cpu, int8 --set eval.providers=cpu)")
     if "CPUExecutionProvider" not in selected:
         # CPU last is the safety net for nodes other providers cannot place.
         selected.append("CPUExecutionProvider")

@@ -65,7 +65,7 @@ def smoke_compare(fp32_path: Path, int8_path: Path, input_name: str, samples: np
     for i, o in enumerate(outs["int8"]):
         if not np.isfinite(o).all():
             raise SmokeError(f"INT8 model {int8_path} produced NaN/Inf on calibration sample {i}; "
-                             f"exclude the failing layers (--exclude-nodes) or use --high-precision-dtype fp32")
+                             f"exclude the failing layers (--exclude-nodes) or use --set quant.high_precision_dtype=fp32")
     total = matched = 0
     max_diff, int8_dets, fp32_dets, distinct = 0.0, 0, 0, []
     for a, b in zip(outs["fp32"], outs["int8"]):

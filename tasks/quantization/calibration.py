@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tasks.config import DEFAULT_CALIB_COUNT
-from tasks.evaluation.preprocess import PreprocessSpec, list_images, preprocess_file
+from tasks.evaluation.preprocess import ImageError, PreprocessSpec, list_images, load_rgb, preprocess_file
 from tasks.run.progress import ProgressFn
 from tasks.run.rundir import atomic_writer, sha256_file
 
@@ -137,6 +137,17 @@ def pick_calib_images(folder: Path, count: int | None, seed: int) -> list[Path]:
     return [files[i] for i in idx]
 
 
+def check_calib_images(files: Sequence[Path]) -> None:
+    """Decode every calibration image the run will read, before any work: a file that does not decode
+    would otherwise stop the calibration step half-way, after a server and a run folder exist."""
+    for p in files:
+        try:
+            load_rgb(p)
+        except ImageError as e:
+            raise CalibrationError(f"calibration {e}; or pass --calib-images with a folder of images that "
+                                   f"decode") from e
+
+
 def check_overlap(calib_files: Sequence[Path], eval_files: Sequence[Path], allow: bool) -> list[str]:
     """Calibration images that are also evaluated (by content, so copies are caught too)."""
     eval_hashes = {sha256_file(p): p.name for p in eval_files}
@@ -144,7 +155,7 @@ def check_overlap(calib_files: Sequence[Path], eval_files: Sequence[Path], allow
     if overlap and not allow:
         raise CalibrationError(f"{len(overlap)} calibration images are also in the evaluated subset "
                                f"(first: {overlap[:3]}); this inflates INT8 figures. Use a disjoint folder or "
-                               f"pass --allow-calib-overlap")
+                               f"pass --set allow_calib_overlap=on")
     return overlap
 
 

@@ -15,11 +15,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from tasks.quantization.graph import consumer_map, producer_map
 from tasks.quantization.probe import tensor_session
-from tasks.quantization.quantize import QUANTIZABLE_OPS, ort_optimized_graph
+from tasks.quantization.modelopt_ptq import QUANTIZABLE_OPS, ort_optimized_graph
 
 
 def quantized_layers(qmodel: onnx.ModelProto) -> list[str]:
@@ -358,52 +357,3 @@ def _channel_nsr(a: dict[str, Any]) -> float:
     if sig.sum() <= 0:
         return 0.0
     return float(np.mean(err / np.maximum(sig, 1e-6 * sig.max())))
-
-
-def apply_bias_shift(qmodel: onnx.ModelProto, layer: str, shift: np.ndarray) -> float:
-    """Add `shift` (one value per output channel) to a layer's bias, in place: a float bias directly;
-    an int32 bias stored behind a DequantizeLinear (ort-cpu) in units of its scale. A layer without
-    a bias gets a float one. Returns the largest absolute change applied."""
-    prod = producer_map(qmodel)
-    inits = _init_map(qmodel)
-    node = next(n for n in qmodel.graph.node if n.name == layer)
-    shift = np.asarray(shift, dtype=np.float64)
-    if len(node.input) < 3 or not node.input[2]:
-        name = f"{layer}__bias"
-        qmodel.graph.initializer.append(numpy_helper.from_array(shift.astype(np.float32), name))
-        while len(node.input) < 3:
-            node.input.append("")
-        node.input[2] = name
-        return float(np.abs(shift).max(initial=0))
-    bname = node.input[2]
-    if bname in inits:
-        t = inits[bname]
-        b = numpy_helper.to_array(t).astype(np.float64)
-        t.CopyFrom(numpy_helper.from_array((b + shift).astype(np.float32), bname))
-        return float(np.abs(shift).max(initial=0))
-    dq = prod.get(bname)
-    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
-        return 0.0
-    q_t, s_t = inits[dq.input[0]], inits[dq.input[1]]
-    scale = numpy_helper.to_array(s_t).astype(np.float64)
-    bq = numpy_helper.to_array(q_t).astype(np.int64)
-    step = np.round(shift / scale).astype(np.int64)
-    new = np.clip(bq + step, np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
-    q_t.CopyFrom(numpy_helper.from_array(new, q_t.name))
-    return float(np.abs(step * scale).max(initial=0))
-
-
-def bias_correct(qmodel: onnx.ModelProto, stats: dict[str, dict[str, Any]]) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """Fast bias correction (as NNCF's): shift each quantized convolution's bias by the mean, per
-    output channel over the calibration samples, of its FP32 output minus its INT8 output, both
-    computed from the FP32 model's input to that layer (`local_stats`). Returns a corrected copy."""
-    m = copy.deepcopy(qmodel)
-    kinds = {n.name: n.op_type for n in m.graph.node}
-    moved = {}
-    for layer, st in stats.items():
-        if kinds.get(layer) != "Conv":
-            continue
-        moved[layer] = apply_bias_shift(m, layer, st["shift"])
-    return m, {"layers": len(moved), "largest_shift": round(max(moved.values(), default=0.0), 6),
-               "mean_abs_shift": round(float(np.mean([np.abs(stats[k]["shift"]).mean() for k in moved])), 6)
-               if moved else 0.0}

@@ -1,15 +1,17 @@
 """After PTQ, before evaluation: recover accuracy while keeping layers in INT8 (any target).
 
-1. Layers the quantizer left in float but that read a quantized tensor (the ort-cpu model's head
-   preset: ORT quantizes every activation, so a float convolution still reads an 8-bit input) read
-   the float tensor instead: a layer is in float or in INT8, not half of each.
+1. Layers the quantizer left in float but that read a quantized tensor (ORT quantizes every
+   activation, so a convolution excluded from ort-cpu's quantization still reads an 8-bit input)
+   read the float tensor instead: a layer is in float or in INT8, not half of each.
 2. Per-layer statistics on the calibration samples (`layers.local_stats`): each quantized layer run
-   on FP32 inputs through its own Q/DQ, giving its noise-to-signal ratio (the sensitivity ranking)
-   and its per-channel output mean shift.
-3. The layers whose NSR exceeds `float_nsr_above` stay in float, within `float_mac_cap` of the
-   convolution MACs (a choice made on calibration data, not on the evaluated images), plus any
-   layers auto mode asks for.
-4. Fast bias correction of every remaining quantized convolution.
+   on FP32 inputs through its own Q/DQ, giving its noise-to-signal ratio (the sensitivity ranking).
+3. The head's final convolutions stay in float when together they fit within `float_mac_cap` of the
+   convolution MACs, plus any layers auto mode asks for.
+
+Two more rules were measured on 300 images and left the product (docs/accuracy.md, "What each
+recovery rule is worth"): an NSR threshold in the plain run (+0.03 pt pooled, inside the noise)
+and fast bias correction (-0.08 pt pooled; on openvino it helps some models and hurts others, so
+auto mode tries NNCF's as a candidate, tasks/targets/openvino.py).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from onnx import version_converter
 
 from tasks.config import RecoverySettings
 from tasks.quantization.graph import producer_map
-from tasks.quantization.layers import (bias_correct, conv_mac_share, convs_of, exclude_layers, layer_macs, local_stats,
-                          ort_int8_convs, qdq_int8_convs, quantized_layers)
-from tasks.quantization.quantize import QUANTIZABLE_OPS, head_final_convs, qdq_summary, weights_dq_only
+from tasks.quantization.layers import (conv_mac_share, convs_of, exclude_layers, layer_macs, local_stats,
+                                      ort_int8_convs, qdq_int8_convs, quantized_layers)
+from tasks.quantization.modelopt_ptq import QUANTIZABLE_OPS, head_final_convs, qdq_summary, weights_dq_only
 
 
 def half_float_layers(qmodel: onnx.ModelProto) -> list[str]:
@@ -78,20 +80,6 @@ def ranking(stats: dict[str, dict[str, Any]], macs: dict[str, int], conv_names: 
     return rows
 
 
-def nsr_rule(rank: list[dict[str, Any]], above: float | None, mac_cap: float) -> list[str]:
-    """Layers above the NSR threshold, most sensitive first, while their MACs fit under the cap."""
-    if above is None:
-        return []
-    out, used = [], 0.0
-    for r in rank:
-        if r["nsr"] <= above:
-            break
-        if used + r["mac_share"] <= mac_cap + 1e-12:
-            out.append(r["layer"])
-            used += r["mac_share"]
-    return out
-
-
 def int8_conv_report(model: onnx.ModelProto, model_path: Path, target: str, macs: dict[str, int],
                      conv_names: Sequence[str]) -> dict[str, Any]:
     """The share of convolution MACs that run in INT8, and what stays in float with its cost.
@@ -120,44 +108,37 @@ def head_rule(fp: onnx.ModelProto, stats: dict[str, dict[str, Any]], macs: dict[
 
 def float_by_rules(fp: onnx.ModelProto, stats: dict[str, dict[str, Any]],
                    settings: RecoverySettings) -> dict[str, Any]:
-    """The layers recovery keeps in float (steps 3): the head's final convolutions when they fit
-    under the MAC cap, then the NSR rule within what is left of it."""
+    """The layers recovery keeps in float (step 3): the head's final convolutions when they fit
+    under the MAC cap."""
     cap = settings.float_mac_cap
     macs, conv_names = layer_macs(fp), convs_of(fp)
     rank = ranking(stats, macs, conv_names)
     head, head_share = head_rule(fp, stats, macs, conv_names, cap) if settings.head_float else ([], 0.0)
-    by_rule = nsr_rule([r for r in rank if r["layer"] not in head], settings.float_nsr_above, cap - head_share)
-    return {"head": head, "head_share": head_share, "by_rule": by_rule, "rank": rank, "macs": macs,
-            "conv_names": conv_names}
+    return {"head": head, "head_share": head_share, "rank": rank, "macs": macs, "conv_names": conv_names}
 
 
 def refine(fp32_path: Path, qdq_path: Path, stats: dict[str, dict[str, Any]], out_path: Path, target: str,
            settings: RecoverySettings, extra_float: Sequence[str] = (), dq_only: bool = False) -> dict[str, Any]:
     """Write the refined model to `out_path` (the caller renames it into place) and return its record.
     `dq_only`: the weights of the finished model are stored as INT8 (`quantize.weights_dq_only`)."""
-    cap, above, head_float = settings.float_mac_cap, settings.float_nsr_above, settings.head_float
+    cap, head_float = settings.float_mac_cap, settings.head_float
     q = onnx.load(str(qdq_path))
     fp = fp32_at_opset_of(fp32_path, q)
     half = half_float_layers(q)
     q = exclude_layers(q, fp, half)
     rules = float_by_rules(fp, stats, settings)
     macs, conv_names, rank = rules["macs"], rules["conv_names"], rules["rank"]
-    head, head_share, by_rule = rules["head"], rules["head_share"], rules["by_rule"]
-    chosen = list(dict.fromkeys(head + by_rule + [x for x in extra_float if x in stats]))
+    head, head_share = rules["head"], rules["head_share"]
+    chosen = list(dict.fromkeys(head + [x for x in extra_float if x in stats]))
     if chosen:
         q = exclude_layers(q, fp, chosen)
-    bc = None
-    if target in settings.bias_correction:
-        live = set(quantized_layers(q))
-        q, bc = bias_correct(q, {k: v for k, v in stats.items() if k in live})
     weights = None
     if dq_only:
         q, weights = weights_dq_only(q)
     onnx.save(q, str(out_path))
-    return {"half_float_layers_fixed": half, "dq_only": weights, "float_head": head, "float_by_nsr_rule": by_rule,
+    return {"half_float_layers_fixed": half, "dq_only": weights, "float_head": head,
             "float_requested": [x for x in extra_float if x in stats], "float_layers": chosen,
-            "nsr_rule": {"above": above, "mac_cap": cap, "head_float": head_float,
-                         "head_mac_share": round(head_share, 6)},
-            "bias_correction": bc, "qdq": qdq_summary(q),
+            "head_rule": {"mac_cap": cap, "head_float": head_float, "head_mac_share": round(head_share, 6)},
+            "qdq": qdq_summary(q),
             "mac": int8_conv_report(q, out_path, target, macs, conv_names),
             "ranking": [{k: v for k, v in r.items() if k != "group"} for r in rank[:30]]}

@@ -87,7 +87,7 @@ def choose_guard_set(cfg: RunConfig, setup: EvalSetup,
     n_sel = int(round(len(ids) * cfg.guard_split))
     if n_sel < 1 or len(ids) - n_sel < 1:
         raise ConfigError(f"auto mode needs annotated images to choose on apart from the {len(ids)} it reports; "
-                          f"evaluate more images, or pass --guard-images and --guard-annotations")
+                          f"evaluate more images, or pass --set guard_images=DIR --set guard_annotations=JSON")
     sel = set(rng.choice(ids, size=n_sel, replace=False).tolist())
     report = [i for i in ids if i not in sel]
     sel_files = [p for i, p in setup.items if i in sel]

@@ -13,8 +13,9 @@ from tasks.evaluation.coco_eval import AnnotationError, SubsetError, load_coco
 from tasks.evaluation.decode import DecodeError
 from tasks.evaluation.evaluate import EvalSetup, prepare_eval
 from tasks.evaluation.runtime import ModelError
-from tasks.quantization.calibration import CalibrationError, check_calib_shape, list_calib_images, open_array
-from tasks.quantization.quantize import compile_exclusions
+from tasks.quantization.calibration import (CalibrationError, check_calib_array, check_calib_images, check_overlap,
+                                            list_calib_images, open_array, pick_calib_images)
+from tasks.quantization.modelopt_ptq import compile_exclusions
 from tasks.steps.guard_data import GuardSet, choose_guard_set
 from tasks.targets.table import missing_modules
 
@@ -55,7 +56,8 @@ def check_inputs(cfg: RunConfig) -> Inputs:
     """Resolve the settings and check every input the run reads: the calibration folder (listed, and
     holding at least calib_count images), the ONNX model (parsed and checked), the image folder, the
     annotations (parsed), the subset (it selects images that exist, no more than the file lists), the
-    class map, and a calibration tensor's header. Raises ConfigError, FileNotFoundError,
+    class map, a calibration tensor's shape and values, and every calibration image the run will read
+    (decoded, and none of them in the evaluated subset). Raises ConfigError, FileNotFoundError,
     NotADirectoryError, ModelError, DecodeError (an output no decoder reads), CalibrationError,
     AnnotationError or SubsetError with a message naming the input and the fix."""
     cfg = cfg.resolved()
@@ -65,8 +67,15 @@ def check_inputs(cfg: RunConfig) -> Inputs:
     # the evaluation's own checks: model, image folder, annotations, subset, class map, image files
     setup = prepare_eval(cfg.model, cfg.images, cfg.annotations, cfg.subset, cfg.eval,  # type: ignore[arg-type]
                          cfg.subset_seed, load_annotations=_coco)
+    # the calibration data's contents: a tensor's values (a 0-255 tensor, NaN), or the images the run
+    # will calibrate on (each one decoded, none of them evaluated too)
     if cfg.calib is not None:
-        check_calib_shape(open_array(Path(cfg.calib), setup.input_name), setup.in_shape, str(cfg.calib))
+        check_calib_array(open_array(Path(cfg.calib), setup.input_name), setup.in_shape, cfg.eval.preprocess,
+                          str(cfg.calib))
+    else:
+        files = pick_calib_images(cfg.calib_images, cfg.calib_count, cfg.calib_seed)  # type: ignore[arg-type]
+        check_calib_images(files)
+        check_overlap(files, [p for _, p in setup.items], cfg.allow_calib_overlap)
     cfg, setup, guard = choose_guard_set(cfg, setup, _coco)
     return Inputs(cfg=cfg, setup=setup, guard=guard)
 

@@ -35,7 +35,7 @@ def _recovery(quant: dict[str, Any]) -> dict[str, Any]:
     return {"int8_conv_mac_share": q.get("int8_conv_mac_share"), "int8_convs": q.get("int8_convs"),
             "float_convs": q.get("float_convs", []),
             "recovery": {"bias_correction": rec.get("bias_correction"), "float_layers": rec.get("float_layers", []),
-                         "float_by_nsr_rule": rec.get("float_by_nsr_rule", []), "nsr_rule": rec.get("nsr_rule"),
+                         "float_head": rec.get("float_head", []), "head_rule": rec.get("head_rule"),
                          "half_float_layers_fixed": len(rec.get("half_float_layers_fixed", []))}}
 
 
@@ -213,11 +213,9 @@ def _mac_lines(name: str, q: dict[str, Any]) -> list[str]:
     bc = rec.get("bias_correction")
     floats = [f for f in q.get("float_convs", []) if f["mac_share"] > 0]
     lines = [f"- {name}, after recovery: **{q['int8_conv_mac_share'] * 100:.1f}% of convolution MACs in INT8** "
-             f"({q.get('int8_convs')} convolutions); bias correction: "
-             + (f"{bc['layers']} convolutions (largest shift {bc['largest_shift']:.4g})" if bc and "layers" in bc
-                else bc.get("method", "on") if bc else "off")
-             + (f"; layers kept in float by the NSR rule: {len(rec['float_by_nsr_rule'])}" if rec.get("float_by_nsr_rule")
-                else "")]
+             f"({q.get('int8_convs')} convolutions)"
+             + (f"; bias correction: {bc.get('method', 'on')}" if bc else "")
+             + (f"; the head's final convolutions in float: {len(rec['float_head'])}" if rec.get("float_head") else "")]
     if floats:
         lines.append(f"- {name}: in float (share of convolution MACs): "
                      + ", ".join(f"`{f['layer']}` {f['mac_share'] * 100:.2f}%" for f in floats[:12])

@@ -1,4 +1,4 @@
-"""ort-cpu: a Q/DQ model laid out for ONNX Runtime's CPU EP integer kernels (tasks/quantization/ortcpu.py)."""
+"""ort-cpu: a Q/DQ model laid out for ONNX Runtime's CPU EP integer kernels (tasks/quantization/ort_qdq.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks.quantization.ortcpu import BUILD_VERSION, build_ort_cpu, cpu_has_vnni
+from tasks.quantization.ort_qdq import BUILD_VERSION, build_ort_cpu, cpu_has_vnni
 from tasks.run.cache import cache_key
 from tasks.context import Result, RunContext, cache_quantized, calib_reader, timed
 from tasks.targets.base import Target, publish_quantized, quant_result
@@ -15,7 +15,7 @@ from tasks.targets.recover import step_refine
 
 
 def step_quantize_ort_cpu(ctx: RunContext, calib: Result, publish: bool = True) -> Result:
-    """The ort-cpu target (tasks/quantization/ortcpu.py), cached like the ModelOpt step and published under its own names."""
+    """The ort-cpu target (tasks/quantization/ort_qdq.py), cached like the ModelOpt step and published under its own names."""
     t0 = time.perf_counter()
     cfg, m = ctx.cfg, ctx.model
     settings = cfg.ort_cpu
@@ -60,7 +60,6 @@ def describe(cfg: Any, quant: Result) -> Result:
         "reduce_range": c["reduce_range"], "reduce_range_reason": c["reduce_range_reason"],
         "decode_tail_nodes_float": len(c["decode_tail_nodes"]),
         "excluded_nodes": list(cfg.quant.exclude_nodes), "excluded_op_types": list(cfg.quant.exclude_op_types),
-        "head_preset_nodes": c.get("head_preset_nodes", []), "stem_nodes": c.get("stem_nodes", []),
         "ort_cpu_kernels": c.get("ort_cpu_kernels", {}),
         "qdq_nodes": quant["qdq"]["qdq_nodes"], "quantized_share": quant["qdq"]["quantized_share"],
         "quantized_conv_share": quant["qdq"].get("conv_quantized_share"),
@@ -77,9 +76,8 @@ def report_lines(q: Result, calib: Result) -> list[str]:
         f"- **ort-cpu**: ONNX Runtime `quantize_static`, QDQ, {q['activation_type']} activations ({q['method']} "
         f"calibration on {calib['count']} samples), int8 {'per-channel' if q['per_channel'] else 'per-tensor'} weights; "
         f"{q['reduce_range_reason']}",
-        f"- ort-cpu: kept in float: {q['decode_tail_nodes_float']} decode nodes after the head, "
-        f"{len(q.get('head_preset_nodes', []))} final head convolutions (preset), "
-        f"{'the stem convolution' if q.get('stem_nodes') else 'no stem'}; as quantized, before recovery, the CPU EP "
+        f"- ort-cpu: kept in float: {q['decode_tail_nodes_float']} decode nodes after the head; as quantized, "
+        f"before recovery, the CPU EP "
         f"ran {k.get('QLinearConv', 0)} convolutions as integer kernels (QLinearConv), "
         f"{k.get('Conv', 0) + k.get('FusedConv', 0)} in float",
         f"- ort-cpu excluded nodes: {', '.join(q['excluded_nodes']) or 'none'}"

@@ -67,17 +67,15 @@ def keep_dynamic_axes(ctx: RunContext, calib: Result, path: Path) -> dict[str, A
 
 def step_refine(ctx: RunContext, calib: Result, raw: Result, t: Target, extra_float: list[str] | None = None,
                 publish: bool = True, dq_only: bool = False) -> Result:
-    """A target's Q/DQ output -> the model that is evaluated and shipped: half-float layers fixed, NSR
-    rule and `extra_float` layers in float, bias correction. Cached. `dq_only`: the model keeps its
+    """A target's Q/DQ output -> the model that is evaluated and shipped: half-float layers fixed, the
+    head rule's and `extra_float` layers in float. Cached. `dq_only`: the model keeps its
     weights as INT8 initializers with DequantizeLinear only (tensorrt's option)."""
     t0 = time.perf_counter()
     cfg = ctx.cfg
     rs = cfg.recovery
-    bc = t.name in rs.bias_correction
     extra = sorted(extra_float or [])
     key = cache_key("refine", {"model": ctx.model["sha256"], "qdq": raw["sha256"], "calib": calib["sha256"],
-                               "target": t.name, "bias_correction": bc, "above": rs.float_nsr_above,
-                               "cap": rs.float_mac_cap, "head": rs.head_float, "samples": rs.stats_samples, "extra_float": extra,
+                               "target": t.name, "cap": rs.float_mac_cap, "head": rs.head_float, "samples": rs.stats_samples, "extra_float": extra,
                                "dq_only": dq_only, "version": RECOVERY_VERSION, "versions": ctx.key_versions,
                                # a dynamic-shape export's axes, put back on the model (only such runs have this)
                                **({"dynamic_axes": ctx.model["source"]["dynamic_axes"]} if "source" in ctx.model else {})})

@@ -15,7 +15,7 @@ import onnx
 
 from tasks.config import QuantSettings
 from tasks.quantization.entropy import NUM_BINS, collect_histograms
-from tasks.quantization.quantize import PeakRSS, run_ptq, uses_histograms
+from tasks.quantization.modelopt_ptq import PeakRSS, run_ptq, uses_histograms
 from tasks.quantization.ranges import load_stats, max_amax, save_stats
 from tasks.run.cache import cache_key
 from tasks.context import Result, RunContext, cache_quantized, calib_reader, timed
@@ -58,13 +58,12 @@ def step_quantize(ctx: RunContext, calib: Result, settings: QuantSettings | None
                                                         + rec["ranges"]["search_s"], 3)}
             snapshot = {"settings": settings.model_dump(), "modelopt_call": rec["args"],
                         "op_types_excluded": rec["args"]["op_types_to_exclude"],
-                        "topk_kept_float": not settings.quantize_topk,
+                        "topk_kept_float": True,
                         "calibration_eps": {k: rec[k] for k in ("calibration_eps_requested", "calibration_eps_passed",
                                                                 "calibration_eps_reasons", "calibration_ep_used",
                                                                 "ort_eps_enabled")},
                         "wall_s": rec["wall_s"], "peak_rss_mib": rec["peak_rss_mib"],
                         "rss_growth_mib": rec["rss_growth_mib"], "metadata_props_restored": rec["metadata_props_restored"],
-                        "head_preset_nodes": rec["head_preset_nodes"],
                         "output_sha256": rec["onnx_sha256"], "seed": seed, "entropy": rec["entropy"],
                         "ranges": rec["ranges"]}
             entry = cache_quantized(ctx, "quantize", key, calib, tdir, "modelopt-onnx-ptq.log", snapshot, rec)
@@ -129,7 +128,6 @@ def describe(cfg: Any, quant: Result) -> Result:
         "excluded_nodes": list(qs["exclude_nodes"]),
         "excluded_op_types": cfgq["op_types_excluded"],
         "topk_kept_float": cfgq["topk_kept_float"],
-        "head_preset_nodes": cfgq.get("head_preset_nodes", []),
         "qdq_nodes": quant["qdq"]["qdq_nodes"],
         "quantized_share": quant["qdq"]["quantized_share"],
         "quantized_conv_share": quant["qdq"].get("conv_quantized_share"),
@@ -147,12 +145,9 @@ def report_lines(q: Result, calib: Result) -> list[str]:
         f"- high-precision dtype: {q['high_precision_dtype']}; Q/DQ nodes: {q['qdq_nodes']}; "
         f"quantizable nodes quantized: {q['quantized_share'] * 100:.1f}%",
         f"- excluded op types: {', '.join(q['excluded_op_types']) or 'none'}"
-        + (" (TopK kept in float by default: quantizing its inputs coarsens the output scores to a few levels)"
+        + (" (TopK kept in float: quantizing its inputs coarsens the output scores to a few levels)"
            if q["topk_kept_float"] else ""),
         f"- excluded nodes: {', '.join(q['excluded_nodes']) or 'none'}",
-        f"- head preset: {len(q['head_preset_nodes'])} final head convolutions kept in float"
-        + (f" ({', '.join(q['head_preset_nodes'])})" if q["head_preset_nodes"] else
-           " by ModelOpt (preset off: recovery decides, below)"),
     ]
     lines += [f"- {r}" for r in q["calibration_ep_reasons"]]
     return lines

@@ -343,9 +343,9 @@ def ort_quantization_restored() -> Iterator[None]:
 
 def uses_histograms(settings: QuantSettings) -> bool:
     """Whether `settings.method` starts from ModelOpt's max scales and replaces them from the
-    streamed histogram pass (every method but max, and ModelOpt's own entropy)."""
-    return settings.method in HISTOGRAM_METHODS and not (
-        settings.method == "entropy" and settings.entropy_impl == "modelopt")
+    streamed histogram pass (every method but max; ModelOpt's own entropy calibrator is not used:
+    its histograms grow without bound, ~100x the time of max, tasks/quantization/entropy.py)."""
+    return settings.method in HISTOGRAM_METHODS
 
 
 def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettings, out_path: Path,
@@ -367,9 +367,7 @@ def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettin
     src_model = onnx.load(str(model_path))
     expand_exclusions(src_model, settings.exclude_nodes, model_path.name)  # checked here; ModelOpt takes the patterns
     nodes_excl = list(settings.exclude_nodes)
-    preset = head_final_convs(src_model) if settings.head_preset else []
-    nodes_excl += [re.escape(n) + "$" for n in preset]
-    # every method but max (and ModelOpt's own entropy) starts from ModelOpt's max scales and replaces
+    # every method but max starts from ModelOpt's max scales and replaces
     # them from one streamed histogram pass (tasks/quantization/ranges.py)
     from_histograms = uses_histograms(settings)
     args: dict[str, Any] = {
@@ -422,7 +420,6 @@ def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettin
         "calibration_ep_used": enabled[0] if enabled else _ep_provider(eps[0]),
         "ort_eps_enabled": enabled,
         "metadata_props_restored": restored,
-        "head_preset_nodes": preset,
         "wall_s": round(wall, 3),
         "peak_rss_mib": round(mem.peak / 2**20, 1),
         "rss_growth_mib": round((mem.peak - mem.start) / 2**20, 1),

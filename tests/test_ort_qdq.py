@@ -7,9 +7,9 @@ import pytest
 
 from tasks.quantization.calibration import CalibReader
 from tasks.config import OrtCpuSettings
-from tasks.quantization.ortcpu import (MinMaxSafeReader, build_ort_cpu, cpu_has_vnni, resolve_reduce_range, stem_nodes,
-                          with_min_opset)
-from tasks.quantization.quantize import decode_tail_nodes, head_final_convs
+from tasks.quantization.ort_qdq import (MinMaxSafeReader, build_ort_cpu, cpu_has_vnni, resolve_reduce_range,
+                                       with_min_opset)
+from tasks.quantization.modelopt_ptq import decode_tail_nodes, head_final_convs
 
 CAL = np.random.default_rng(0).random((9, 3, 64, 64), dtype=np.float32)
 
@@ -21,31 +21,33 @@ def _dq_fed(model, name, i=0):
     return src is not None and src.op_type == "DequantizeLinear"
 
 
-def test_stem_head_and_decode_are_recognised(tmp_path):
+def test_head_and_decode_are_recognised(tmp_path):
     from tiny import tiny_silu_net
 
     m = onnx.load(str(tiny_silu_net(tmp_path / "t.onnx")))
-    assert stem_nodes(m) == ["/model.0/conv/Conv", "/model.0/act/Sigmoid", "/model.0/act/Mul"]
     assert head_final_convs(m) == ["/model.2/cv2.0/cv2.0.2/Conv"]
     assert decode_tail_nodes(m) == ["/model.2/Sigmoid"]
 
 
 @pytest.mark.parametrize("stem,head", [(True, True), (False, False)])
 def test_ort_cpu_quantizes_the_body_into_integer_kernels(tmp_path, stem, head):
+    """Everything but the decode in integer kernels; the stem and the head's final convolution
+    excluded by name stay float (their weights too)."""
     from tiny import tiny_silu_net
 
     src = tiny_silu_net(tmp_path / "t.onnx")
     out = tmp_path / "q.onnx"
-    rec = build_ort_cpu(src, CalibReader(CAL, "images"), OrtCpuSettings(stem_float=stem, head_preset=head),
-                        out, tmp_path / "q.log")
+    excluded = ["/model.0/", "/model.2/cv2.0/cv2.0.2/Conv"] if stem else []
+    rec = build_ort_cpu(src, CalibReader(CAL, "images"), OrtCpuSettings(), out, tmp_path / "q.log",
+                        exclude_nodes=excluded)
     q = onnx.load(str(out))
     assert _dq_fed(q, "/model.1/conv/Conv") and _dq_fed(q, "/model.2/cv2.0/cv2.0.0/conv/Conv")
     assert _dq_fed(q, "/model.0/conv/Conv") is not stem
     # a head conv kept in float may read a quantized activation, but its weights stay float
     assert _dq_fed(q, "/model.2/cv2.0/cv2.0.2/Conv", i=1) is not head
-    assert _dq_fed(q, "/model.2/Sigmoid", i=0) is not head  # the decode computes in float; without the head
-    # preset, the last conv's *output* is quantized (ORT puts a Q after a conv it fuses), so it reads
-    # 8-bit values: one reason the preset is on by default
+    assert _dq_fed(q, "/model.2/Sigmoid", i=0) is not head  # the decode computes in float; with the head's
+    # last conv quantized, its *output* is quantized too (ORT puts a Q after a conv it fuses), so the
+    # decode reads 8-bit values (recovery's half-float fix and head rule deal with that)
     assert not any(n.op_type == "QuantizeLinear" and n.input[0] == "output0" for n in q.graph.node)
     kernels = rec["ort_cpu_kernels"]
     assert kernels["QLinearConv"] == 4 - stem - head
@@ -92,10 +94,9 @@ def test_vnni_detection_and_reduce_range_choice():
 
 
 def test_a_model_with_nothing_left_to_quantize_is_refused_with_the_reason(tmp_path, tiny_model):
-    # the tiny detector's two convolutions are its stem and its head: the presets keep both in float
-    with pytest.raises(RuntimeError, match="--ort-stem-float off"):
-        build_ort_cpu(tiny_model, CalibReader(CAL, "images"), OrtCpuSettings(stem_float=True, head_preset=True),
-                      tmp_path / "q.onnx", tmp_path / "q.log")
+    with pytest.raises(RuntimeError, match="drop some --exclude-nodes / --exclude-op-types"):
+        build_ort_cpu(tiny_model, CalibReader(CAL, "images"), OrtCpuSettings(), tmp_path / "q.onnx",
+                      tmp_path / "q.log", exclude_op_types=["Conv"])
     assert not (tmp_path / "q.onnx").exists() and (tmp_path / "q.log").exists()
 
 
@@ -103,10 +104,10 @@ def test_tensor_overrides_fix_the_scales_they_name(tmp_path):
     from tiny import tiny_silu_net
 
     from tasks.quantization.entropy import activation_scales
-    from tasks.quantization.ortcpu import symmetric_overrides
+    from tasks.quantization.ort_qdq import symmetric_overrides
 
     src = tiny_silu_net(tmp_path / "t.onnx")
-    rec = build_ort_cpu(src, CalibReader(CAL, "images"), OrtCpuSettings(stem_float="off"), tmp_path / "q.onnx",
+    rec = build_ort_cpu(src, CalibReader(CAL, "images"), OrtCpuSettings(), tmp_path / "q.onnx",
                         tmp_path / "q.log",
                         tensor_overrides=symmetric_overrides({"a1": 2.0}))
     q = onnx.load(str(tmp_path / "q.onnx"))
@@ -170,25 +171,3 @@ def test_mean_max_ranges_arrive_unchanged_in_the_ort_cpu_model(tmp_path):
     assert checked >= 5
     # never wider than the extremes ORT's minmax would start from
     assert all(st["min"] <= mean_minmax(st)[0] <= mean_minmax(st)[1] <= st["max"] for st in ext.values())
-
-
-def test_silu_floors_keep_the_integer_kernels_and_reach_the_floor(tmp_path):
-    from onnx import numpy_helper
-
-    from tiny import tiny_silu_net
-
-    src = tiny_silu_net(tmp_path / "t.onnx")
-    off = build_ort_cpu(src, CalibReader(CAL, "images"), OrtCpuSettings(), tmp_path / "off.onnx", tmp_path / "off.log")
-    on = build_ort_cpu(src, CalibReader(CAL, "images"), OrtCpuSettings(silu_floor=True), tmp_path / "on.onnx",
-                       tmp_path / "on.log")
-    assert off["silu_floors"]["tensors"] == 0 and on["silu_floors"]["tensors"] >= 1
-    assert on["ort_cpu_kernels"] == off["ort_cpu_kernels"]  # QLinearConv / QLinearSigmoid / QLinearMul all stay
-    q = onnx.load(str(tmp_path / "on.onnx"))
-    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
-    for f in on["silu_floors"]["floors"]:
-        node = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == f["tensor"])
-        scale, zp = float(inits[node.input[1]]), int(inits[node.input[2]])
-        assert f["old_min"] < -zp * scale <= f["floor"] and f["step_ratio"] < 1
-    y = ort.InferenceSession(str(tmp_path / "on.onnx"), providers=["CPUExecutionProvider"]).run(None, {"images": CAL[:1]})[0]
-    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"images": CAL[:1]})[0]
-    assert np.abs(y - ref).mean() < 0.03

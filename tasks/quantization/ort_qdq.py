@@ -22,8 +22,8 @@ import onnx
 from onnx import version_converter
 
 from tasks.config import OrtCpuSettings
-from tasks.quantization import ort_ranges, silu_floor
-from tasks.quantization.quantize import (PeakRSS, stderr_to, checked_qdq, decode_tail_nodes, expand_exclusions, head_final_convs, shape_nodes,
+from tasks.quantization import ort_ranges
+from tasks.quantization.modelopt_ptq import (PeakRSS, stderr_to, checked_qdq, decode_tail_nodes, expand_exclusions, shape_nodes,
                             ort_cpu_kernels, quantizer_workspace)
 from tasks.run.rundir import sha256_file
 
@@ -56,21 +56,13 @@ MIN_OPSET = 13
 # so entries built by the older code are not reused. 2: ORT's op registries restored after ModelOpt
 # (before, an ort-cpu model built after a fresh ModelOpt run in the same process quantized fewer ops).
 # 3: a dynamic-shape export's shape arithmetic kept in float (quantize.shape_nodes).
-# 4: SiLU pre-activation floors (silu_floor), when settings.silu_floor is on.
-BUILD_VERSION = 4
+# 4: SiLU pre-activation floors (an option, since removed: not confirmed on 300 images).
+# 5: the head preset, stem-float and merge-every options removed (defaults unchanged).
+BUILD_VERSION = 5
 
-
-def stem_nodes(model: onnx.ModelProto) -> list[str]:
-    """The convolution that reads the model input, with its activation (SiLU = Sigmoid, Mul)."""
-    inputs = {i.name for i in model.graph.input}
-    conv = next((n for n in model.graph.node if n.op_type == "Conv" and n.input[0] in inputs), None)
-    if conv is None:
-        return []
-    out, names = conv.output[0], [conv.name]
-    for n in model.graph.node:
-        if n.op_type in ("Sigmoid", "Relu", "Mul") and out in n.input:
-            names.append(n.name)
-    return names
+# Samples whose min/max ORT keeps before merging them: bounds calibration memory (ORT's own default
+# keeps every sample's activations until the end).
+CALIB_MERGE_EVERY = 8
 
 
 def with_min_opset(model_path: Path, work: Path, min_opset: int = MIN_OPSET) -> tuple[Path, int]:
@@ -172,21 +164,17 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
     tail = decode_tail_nodes(src)
     if not tail:
         log.warning("no YOLO head found in %s: nothing is kept in float for decoding", model_path.name)
-    preset = head_final_convs(src) if settings.head_preset else []
     vnni = cpu_has_vnni()
     reduce_range, rr_reason = resolve_reduce_range(settings.reduce_range, vnni)
-    # the stem reads the image at full 8-bit range: with 7-bit weights its error was the largest
-    stem_float = settings.stem_float == "on" or (settings.stem_float == "auto" and reduce_range)
-    stem = stem_nodes(src) if stem_float else []
     user = expand_exclusions(src, exclude_nodes, model_path.name)
     by_type = [n.name for n in src.graph.node if n.op_type in set(exclude_op_types)]
     shapes = shape_nodes(src)  # a dynamic-shape export's shape arithmetic (a static one has none)
-    excluded = list(dict.fromkeys(tail + preset + stem + user + by_type + shapes))
+    excluded = list(dict.fromkeys(tail + user + by_type + shapes))
     act = QuantType.QUInt8 if settings.activation_type == "uint8" else QuantType.QInt8
     ours = settings.calibrate_method in ort_ranges.METHODS
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}.get(settings.calibrate_method, CalibrationMethod.MinMax)
-    extra: dict[str, Any] = {"CalibMaxIntermediateOutputs": settings.calib_merge_every}
+    extra: dict[str, Any] = {"CalibMaxIntermediateOutputs": CALIB_MERGE_EVERY}
     if settings.calibrate_method == "percentile":
         extra["CalibPercentile"] = settings.percentile
     t0 = time.perf_counter()
@@ -206,27 +194,21 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
                 reader = FirstSampleReader(reader)
             if overrides:
                 extra["TensorQuantOverrides"] = overrides
-            safe = MinMaxSafeReader(reader, settings.calib_merge_every)
+            safe = MinMaxSafeReader(reader, CALIB_MERGE_EVERY)
             quantize_static(str(src_path), str(tmp_out), safe, quant_format=QuantFormat.QDQ,
                             activation_type=act, weight_type=QuantType.QInt8, per_channel=settings.per_channel,
                             reduce_range=reduce_range, calibrate_method=method,
                             nodes_to_exclude=excluded, extra_options=extra,
                             calibration_providers=["CPUExecutionProvider"])
-        floors: list[dict[str, Any]] = []
-        if settings.silu_floor:
-            qm = onnx.load(str(tmp_out))
-            floors = silu_floor.raise_silu_floors(qm)
-            if floors:
-                onnx.save(qm, str(tmp_out))
         wall = time.perf_counter() - t0
         restored, summary = checked_qdq(
-            src, tmp_out, "ONNX Runtime", f"{len(excluded)} nodes kept in float: the decode, the head preset, the stem "
-            "and your exclusions; for a model this small try --ort-stem-float off / drop --ort-head-preset")
+            src, tmp_out, "ONNX Runtime", f"{len(excluded)} nodes kept in float: the decode and your exclusions; "
+            "drop some --exclude-nodes / --exclude-op-types")
         if ours:
             missed = uncovered_activations(onnx.load(str(tmp_out)), set(overrides))
             if missed:
                 raise RuntimeError(f"ort-cpu {settings.calibrate_method}: {len(missed)} quantized activations got no "
-                                   f"estimated range (first: {missed[0]}); use --ort-calibration minmax")
+                                   f"estimated range (first: {missed[0]}); use --set ort_cpu.calibrate_method=minmax")
         kernels = ort_cpu_kernels(tmp_out)
         os.replace(tmp_out, out_path)
     return {
@@ -235,11 +217,9 @@ def build_ort_cpu(model_path: Path, reader: Any, settings: OrtCpuSettings, out_p
             settings.calibrate_method, settings.calibrate_method), "ranges": ranges_rec,
         "activation_type": settings.activation_type, "weight_type": "int8", "per_channel": settings.per_channel,
         "reduce_range": reduce_range, "reduce_range_reason": rr_reason, "cpu_vnni": vnni,
-        "decode_tail_nodes": tail, "head_preset_nodes": preset, "stem_nodes": stem, "excluded_nodes": user,
+        "decode_tail_nodes": tail, "excluded_nodes": user,
         "excluded_by_type": by_type, "shape_nodes_float": shapes,
         "source_opset": opset, "opset_converted_to": MIN_OPSET if opset < MIN_OPSET else None,
-        "silu_floors": {"tensors": len(floors), "median_step_ratio": float(np.median([f["step_ratio"] for f in floors]))
-                        if floors else None, "floors": floors},
         "tensor_overrides": len(tensor_overrides or {}), "calib_samples": ranges_rec["samples"] if ranges_rec else len(reader), "wall_s": round(wall, 3), "peak_rss_mib": round(mem.peak / 2**20, 1),
         "rss_growth_mib": round((mem.peak - mem.start) / 2**20, 1), "metadata_props_restored": restored,
         "qdq": summary, "ort_cpu_kernels": kernels, "onnx_sha256": sha256_file(out_path),

@@ -30,7 +30,7 @@ from tasks.evaluation.runtime import cpu_info
 from tasks.evaluation.shapes import judge_restored
 from tasks.evaluation.sessions import openvino_config
 from tasks.quantization.layers import layer_macs
-from tasks.quantization.quantize import PeakRSS, decode_tail_nodes, expand_exclusions
+from tasks.quantization.modelopt_ptq import PeakRSS, decode_tail_nodes, expand_exclusions
 
 log = logging.getLogger(__name__)
 
@@ -119,16 +119,16 @@ def nncf_quantize(model_path: Path, samples: Iterable[np.ndarray], count: int, o
 
 def build_openvino(model_path: Path, samples: Iterable[np.ndarray], count: int, out_xml: Path, settings: Any,
                    exclude_nodes: Sequence[str], exclude_op_types: Sequence[str], float_layers: Sequence[str],
-                   bias_correction: bool) -> dict[str, Any]:
+                   bias_correction: str | None = None) -> dict[str, Any]:
     """The openvino target's model from `settings` (OpenVinoSettings): its ignored scope, then NNCF;
-    the flow's step and bench/targets.py both build it here. `bias_correction`: the target is among
-    recovery.bias_correction (full or fast then, as the settings say)."""
+    the flow's step and bench/targets.py both build it here. `bias_correction`: None (the plain run)
+    or NNCF's "fast" one (a candidate of auto mode's search: it helps some models and hurts others)."""
     fp32 = onnx.load(str(model_path))
     scope = ignored_scope(fp32, exclude_nodes, exclude_op_types, float_layers, settings.decode_float,
                           settings.sigmoid_float, Path(model_path).name)
-    bias = ("full" if settings.full_bias_correction else "fast") if bias_correction else None
-    rec = nncf_quantize(model_path, samples, count, out_xml, scope, settings.preset, bias, settings.overflow_fix)
-    return {**rec, "ignored_scope": scope, "bias_correction": bias}
+    rec = nncf_quantize(model_path, samples, count, out_xml, scope, settings.preset, bias_correction,
+                        settings.overflow_fix)
+    return {**rec, "ignored_scope": scope, "bias_correction": bias_correction}
 
 
 def runtime_convolutions(model_file: Path, threads: int | None = None) -> dict[str, Any]:

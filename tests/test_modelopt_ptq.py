@@ -4,7 +4,7 @@ import onnx
 import pytest
 
 from tasks.config import QuantSettings
-from tasks.quantization.quantize import qdq_summary, resolve_calibration_eps, run_ptq
+from tasks.quantization.modelopt_ptq import qdq_summary, resolve_calibration_eps, run_ptq
 
 CAL = np.random.default_rng(0).random((8, 3, 64, 64), dtype=np.float32)
 
@@ -33,13 +33,6 @@ def test_default_ptq_quantizes_conv_keeps_topk_float_and_restores_metadata(tmp_p
     assert rec["calibration_ep_used"].endswith("ExecutionProvider")
     assert (tmp_path / "ptq.log").stat().st_size > 0
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
-
-
-@pytest.mark.slow
-def test_quantize_topk_opt_in_puts_qdq_on_topk(tmp_path, tiny_model):
-    q, rec = _quantize(tmp_path, tiny_model, quantize_topk=True)
-    assert _fed_by_dq(q, "/model.23/TopK")
-    assert rec["qdq"]["topk_with_qdq_input"] == ["/model.23/TopK"]
 
 
 @pytest.mark.slow
@@ -100,7 +93,7 @@ def test_streamed_reader_gives_the_array_path_scales_and_ort_is_left_unpatched(t
     assert calibrate.MinMaxCalibrater.collect_data.__module__.startswith("onnxruntime")
     src = tmp_path / "copy.onnx"
     src.write_bytes(tiny_model.read_bytes())
-    from tasks.quantization.quantize import ort_quantization_restored
+    from tasks.quantization.modelopt_ptq import ort_quantization_restored
 
     with ort_quantization_restored():  # later tests in this process run ORT's quantizer unpatched
         quantize(onnx_path=str(src), calibration_data={"images": CAL}, calibration_method="max",
