@@ -26,9 +26,13 @@ demo: $(STAMP)
 	mkdir -p $(PREFECT_HOME)
 	$(BIN)/python flows/int8.py --demo
 
+# Two pytest-xdist workers: much of the suite waits on servers, subprocess start-up and one-thread
+# imports, so a second worker fills the other core. --dist loadfile keeps each module on one worker
+# (module fixtures: a server stack, a cluster, a test harness, each started once); the one session
+# fixture two modules share, conftest's demo_cli_run, runs once under a lock.
 test: $(STAMP) browser
 	mkdir -p $(PREFECT_HOME)
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 # The OpenVINO checks under each oneDNN kernel family OpenVINO may run on (a cap above this CPU's best
 # family runs its best one): AMX, AVX512-VNNI, AVX2-VNNI, AVX2.

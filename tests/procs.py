@@ -16,12 +16,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, grace: float = 20) -> None:
     if proc.poll() is not None:
         return
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
+        proc.wait(timeout=grace)
     except (subprocess.TimeoutExpired, ProcessLookupError):
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -44,5 +44,5 @@ def stop_all(procs: list[subprocess.Popen], grace: float = 20) -> None:
         try:
             p.wait(timeout=max(deadline - time.time(), 0.1))
         except subprocess.TimeoutExpired:
-            stop(p)  # terminated again, then killed
+            stop(p, grace=1)  # terminated again, then killed
 

@@ -1,12 +1,15 @@
 """The run on a real Dask cluster on loopback: a `dask scheduler` and two `dask worker` processes, each
 with its own HOME and TMPDIR, driven by the command line as a user runs it (`--runner dask
---dask-address`), compared with the sequential run; then one worker SIGKILLed in the middle of a step.
-Every process started here is stopped at the end (process groups, terminated then killed)."""
+--set dask_address=...`), compared with the sequential run (the README's demo command, conftest's
+demo_cli_run); then one worker SIGKILLed in the middle of a step. One cluster serves both tests: its
+workers carry a fault point that stays disarmed while its mark file exists. Every process started here
+is stopped at the end (process groups, terminated then killed)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from procs import free_port, stop
+from procs import free_port, stop_all
 from tasks.run.cache import MANIFEST, StepCache
 
 pytestmark = pytest.mark.slow
@@ -63,13 +66,14 @@ class Cluster:
             time.sleep(1)
 
     def close(self) -> None:
-        for p in reversed(self.procs):
-            stop(p)
+        # A worker that ran flow tasks logs "End worker" on SIGTERM and then does not exit for 20 s
+        # (a lingering non-daemon thread); 5 s of grace, then it is killed.
+        stop_all(list(reversed(self.procs)), grace=5)
 
 
-def _cli(args: list[str], tmp: Path, name: str) -> subprocess.CompletedProcess:
+def _cli(args: list[str], home: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp / f"prefect-{name}"), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
     return subprocess.Popen([sys.executable, "flows/int8.py", "--demo", "--no-gate", "--set", "eval.providers=cpu", *args],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -109,54 +113,76 @@ def _same_results(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def sequential(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("seq")
-    _finish(_cli(["--run-root", str(tmp / "runs"), "--run-id", "seq"], tmp, "seq"))
-    return tmp / "runs", json.loads((tmp / "runs" / "seq" / "results" / "summary.json").read_text())
+def sequential(demo_cli_run):
+    return demo_cli_run["runs"], json.loads((demo_cli_run["run"] / "results" / "summary.json").read_text())
 
 
-def test_demo_on_a_dask_cluster_equals_the_sequential_run(sequential, tmp_path):
+@pytest.fixture(scope="module")
+def home(demo_cli_run, tmp_path_factory):
+    """The Prefect home both command-line runs here use: a copy of the one the demo run left, so
+    neither temporary server migrates a new database."""
+    home = tmp_path_factory.mktemp("dask-cli") / "prefect-home"
+    shutil.copytree(demo_cli_run["home_after"], home)
+    return home
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Two workers whose fp32 evaluation shard pauses (for a SIGKILL) once the mark file is removed:
+    while it exists, the first worker to arrive finds it taken and goes on (tasks/run/faults.py)."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    mark = tmp / "paused"
+    mark.write_text("disarmed")
+    c = Cluster(tmp, {"YOLO_LOWBIT_FAULT_PAUSE": "fp32-shard-computed", "YOLO_LOWBIT_FAULT_MARK": str(mark),
+                      "YOLO_LOWBIT_FAULT_ONCE": "1"})
+    c.mark = mark
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def test_demo_on_a_dask_cluster_equals_the_sequential_run(sequential, cluster, home, tmp_path):
     seq_root, seq = sequential
-    cluster = Cluster(tmp_path)
-    try:
-        runs = tmp_path / "runs"
-        _finish(_cli(["--runner", "dask", "--set", f"dask_address={cluster.address}", "--run-root", str(runs), "--run-id", "d"],
-                     tmp_path, "dask"))
-        s = json.loads((runs / "d" / "results" / "summary.json").read_text())
-        _same_results(seq, s)
-        assert _keys(runs / ".cache") == _keys(seq_root / ".cache")  # the same cache keys
-        pids = {p["pid"] for p in s["placement"].values()}
-        assert pids == {w.pid for w in cluster.workers}, (pids, [w.pid for w in cluster.workers])
-        assert {p["runner"] for p in s["placement"].values()} == {"dask"}
-        assert {"coco-eval-fp32-shard-0", "coco-eval-fp32-shard-1", "latency"} <= set(s["placement"])
-        assert s["fp32"]["latency_measured"]["how"].startswith("latency step")
-        assert _no_torn_entries(runs / ".cache") > 0
-    finally:
-        cluster.close()
+    runs = tmp_path / "runs"
+    _finish(_cli(["--runner", "dask", "--set", f"dask_address={cluster.address}", "--run-root", str(runs), "--run-id", "d"],
+                 home))
+    s = json.loads((runs / "d" / "results" / "summary.json").read_text())
+    _same_results(seq, s)
+    assert _keys(runs / ".cache") == _keys(seq_root / ".cache")  # the same cache keys
+    pids = {p["pid"] for p in s["placement"].values()}
+    assert pids == {w.pid for w in cluster.workers}, (pids, [w.pid for w in cluster.workers])
+    assert {p["runner"] for p in s["placement"].values()} == {"dask"}
+    assert {"coco-eval-fp32-shard-0", "coco-eval-fp32-shard-1", "latency"} <= set(s["placement"])
+    assert s["fp32"]["latency_measured"]["how"].startswith("latency step")
+    assert _no_torn_entries(runs / ".cache") > 0
 
 
-def test_a_worker_killed_in_the_middle_of_a_step_is_survived(sequential, tmp_path):
-    _, seq = sequential
-    mark = tmp_path / "paused"
-    cluster = Cluster(tmp_path, {"YOLO_LOWBIT_FAULT_PAUSE": "fp32-shard-computed", "YOLO_LOWBIT_FAULT_MARK": str(mark),
-                                 "YOLO_LOWBIT_FAULT_ONCE": "1"})
-    try:
-        runs = tmp_path / "runs"
-        p = _cli(["--runner", "dask", "--set", f"dask_address={cluster.address}", "--run-root", str(runs), "--run-id", "k"],
-                 tmp_path, "kill")
-        deadline = time.time() + 300
-        while not mark.exists() or not mark.read_text().strip():
-            assert p.poll() is None, p.stderr.read()[-3000:]
-            assert time.time() < deadline, "no worker reached the fault point"
-            time.sleep(0.2)
-        point, pid = mark.read_text().split()
-        assert int(pid) in {w.pid for w in cluster.workers}
-        os.kill(int(pid), signal.SIGKILL)  # detections computed, nothing cached yet: the step dies mid-way
-        _finish(p)
-        s = json.loads((runs / "k" / "results" / "summary.json").read_text())
-        _same_results(seq, s)
-        survivor = ({w.pid for w in cluster.workers} - {int(pid)}).pop()
-        assert s["placement"]["latency"]["pid"] == survivor
-        assert _no_torn_entries(runs / ".cache") > 0
-    finally:
-        cluster.close()
+def test_a_worker_killed_in_the_middle_of_a_step_is_survived(sequential, cluster, home, tmp_path):
+    """The last test of the module: it kills one of the cluster's two workers. Its run starts from a
+    copy of the sequential run's cache without the evaluations, so calibration and PTQ come from the
+    cache and the evaluation shards (where the fault point is) run on the workers."""
+    seq_root, seq = sequential
+    mark = cluster.mark
+    runs = tmp_path / "runs"
+    shutil.copytree(seq_root / ".cache", runs / ".cache",
+                    ignore=lambda d, names: [n for n in names if Path(d) == seq_root / ".cache"
+                                             and n in ("evaluate", "eval-shard", "eval-merge")])
+    mark.unlink()  # armed: the first worker to reach the point pauses there
+    p = _cli(["--runner", "dask", "--set", f"dask_address={cluster.address}", "--run-root", str(runs), "--run-id", "k"],
+             home)
+    deadline = time.time() + 300
+    while not mark.exists() or not mark.read_text().strip():
+        assert p.poll() is None, p.stderr.read()[-3000:]
+        assert time.time() < deadline, "no worker reached the fault point"
+        time.sleep(0.2)
+    point, pid = mark.read_text().split()
+    assert int(pid) in {w.pid for w in cluster.workers}
+    os.kill(int(pid), signal.SIGKILL)  # detections computed, nothing cached yet: the step dies mid-way
+    _finish(p)
+    s = json.loads((runs / "k" / "results" / "summary.json").read_text())
+    _same_results(seq, s)
+    survivor = ({w.pid for w in cluster.workers} - {int(pid)}).pop()
+    assert s["placement"]["latency"]["pid"] == survivor
+    assert s["cached"]["quantize"] and not s["cached"]["fp32_eval"]  # the steps run were the evaluations
+    assert _no_torn_entries(runs / ".cache") > 0
