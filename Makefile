@@ -18,7 +18,11 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test]"
+	# The rest through uv: the same versions pip resolves, installed in ~10 s where pip took ~80 s on a
+	# 2-core machine. torch stays pip's (above): uv does not look at the local CPU wheel, and the
+	# installed torch satisfies ModelOpt, so uv leaves it alone.
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv
+	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[test]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 
