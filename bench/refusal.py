@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -59,7 +60,10 @@ def cases(work: Path) -> dict[str, tuple[list[str], str]]:
     not_json.write_text("images: []\n")
     n_calib = len(list(Path(paths["calib_images"]).iterdir()))
     tensor = work / "calib-0-255.npy"
-    np.save(tensor, np.full((4, 3, 640, 640), 128.0, dtype=np.float32))
+    # the model's own input size, so that the value check (not the shape check) is what refuses it
+    dims = onnx.load(str(model), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    h, w = (d.dim_value for d in dims[2:4])
+    np.save(tensor, np.full((4, 3, h, w), 128.0, dtype=np.float32))
     bad_images = work / "calib-images"
     shutil.copytree(paths["calib_images"], bad_images)
     victim = sorted(bad_images.iterdir())[0]
@@ -110,7 +114,7 @@ def main() -> None:
             for i in range(a.repeat):
                 cwd = work / f"{len(rows)}-{i}"
                 cwd.mkdir()
-                runs.append(one(a.python, a.checkout / "flows" / "int8.py", args, cwd, a.limit, env))
+                runs.append(one(a.python, a.checkout.resolve() / "flows" / "int8.py", args, cwd, a.limit, env))
             refused = all(r["rc"] == 2 and expect in r["last_line"] and not r["run_folder_left"] for r in runs)
             rows[name] = {"median_s": round(statistics.median(r["wall_s"] for r in runs), 2),
                           "walls_s": [r["wall_s"] for r in runs], "refused_before_work": refused,
