@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from tasks.config import load_demo_config  # noqa: E402
 from tasks.evaluation.runtime import cpu_label  # noqa: E402
+from tasks.evaluation.shapes import declared_dims, graph_input  # noqa: E402
 
 
 def cases(work: Path) -> dict[str, tuple[list[str], str]]:
@@ -61,8 +62,7 @@ def cases(work: Path) -> dict[str, tuple[list[str], str]]:
     n_calib = len(list(Path(paths["calib_images"]).iterdir()))
     tensor = work / "calib-0-255.npy"
     # the model's own input size, so that the value check (not the shape check) is what refuses it
-    dims = onnx.load(str(model), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-    h, w = (d.dim_value for d in dims[2:4])
+    _, _, h, w = declared_dims(graph_input(onnx.load(str(model), load_external_data=False)))
     np.save(tensor, np.full((4, 3, h, w), 128.0, dtype=np.float32))
     bad_images = work / "calib-images"
     shutil.copytree(paths["calib_images"], bad_images)

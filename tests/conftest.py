@@ -16,6 +16,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+from procs import prefect_env  # noqa: E402  (tests/ is on the path from here)
+
 SHARED = ROOT.parent / "shared"
 
 
@@ -55,9 +57,7 @@ def demo_cli_run(tmp_path_factory):
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent  # the folder all workers' base temps share
     tmp = base / "demo-cli"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp / "new" / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               DO_NOT_TRACK="1")
+    env = prefect_env(tmp / "new" / "prefect-home")
     done = tmp / "completed.json"
     with open(base / "demo-cli.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

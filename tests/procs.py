@@ -1,5 +1,6 @@
-"""Processes the integration tests start (servers, workers, schedulers): a free loopback port, and a
-stop that ends a whole process group, terminated then killed."""
+"""Processes the integration tests start (servers, workers, schedulers, the command line): a free
+loopback port, the environment of a process with a Prefect home of its own, and a stop that ends a
+whole process group, terminated then killed."""
 
 from __future__ import annotations
 
@@ -8,6 +9,15 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
+
+
+def prefect_env(home: Path, **extra: str) -> dict[str, str]:
+    """This process's environment without any PREFECT_ setting of the caller's, with `home` as the
+    Prefect home and analytics off (offline), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", **extra)
+    return env
 
 
 def free_port() -> int:

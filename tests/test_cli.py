@@ -219,16 +219,15 @@ def test_bad_input_is_refused_before_a_prefect_server_starts(kind, tmp_path, tin
     """As a user runs it: the one-line error with no Prefect database (no server ever started) and no
     run folder. How fast it comes is bench/refusal.py's figure, not an assertion here: a busy machine
     is slower, not wrong."""
-    import os
     import subprocess
     import sys
 
     from conftest import ROOT
+    from procs import prefect_env
 
     args, message = _bad_input(kind, tmp_path, tiny_model, tiny_data)
     home, runs = tmp_path / "prefect-home", tmp_path / "runs"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    env = prefect_env(home)
     argv = [sys.executable, str(ROOT / "flows" / "int8.py"), "--run-root", str(runs)]
     for k, v in args.items():
         argv += [k, v]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from procs import free_port, stop_all
+from procs import free_port, prefect_env, stop_all
 from tasks.run.cache import MANIFEST, StepCache
 
 pytestmark = pytest.mark.slow
@@ -72,10 +72,8 @@ class Cluster:
 
 
 def _cli(args: list[str], home: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
     return subprocess.Popen([sys.executable, "flows/int8.py", "--demo", "--no-gate", "--set", "eval.providers=cpu", *args],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=prefect_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _finish(p: subprocess.Popen, timeout: float = 600) -> str:

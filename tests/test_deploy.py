@@ -6,7 +6,6 @@ Every process started here is stopped at the end (process groups, terminated the
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from conftest import ROOT
-from procs import free_port, stop_all
+from procs import free_port, prefect_env, stop_all
 
 pytestmark = pytest.mark.slow
 
@@ -30,10 +29,8 @@ def stack(tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               DO_NOT_TRACK="1", PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="2",
-               PYTHONUNBUFFERED="1")
+    env = prefect_env(home, PREFECT_API_URL=api, PREFECT_WORKER_QUERY_SECONDS="2",
+                      PREFECT_WORKER_PREFETCH_SECONDS="2", PYTHONUNBUFFERED="1")
     prefect = [sys.executable, "-m", "prefect"]
     procs: list[subprocess.Popen] = []
 
