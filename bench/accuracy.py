@@ -51,7 +51,8 @@ TARGETS = ["tensorrt", "ort-cpu", "openvino"]
 # the recovery rule toggled against the defaults (tasks/config.py RecoverySettings): the head rule off. The
 # two rules 300 images did not confirm (bias correction, the NSR rule) left the product; their figures are
 # in bench/results/accuracy-ablation-300.json and docs/accuracy.md.
-VARIANTS: dict[str, dict[str, Any]] = {"plain": {}, "no-head": {"recovery": {"head_float": False}}}
+VARIANTS: dict[str, dict[str, Any]] = {"plain": {}, "no-head": {"recovery": {"head_float": False}},
+                                       "reconstruct": {"reconstruction": {"mode": "on"}}}
 SHARED_MODELS = {"yolov10s": SHARED / "models/yolov10s-coco/yolov10s.onnx",
                  "yolov5n": SHARED / "models/yolov5n-coco/yolov5n.onnx"}
 
@@ -89,6 +90,7 @@ def one_run(base: dict[str, Any], root: Path, budget: float | None, threads: int
             "int8_conv_mac_share": q["int8_conv_mac_share"], "int8_convs": q["int8_convs"],
             "float_layers": q["recovery"]["float_layers"],
             "bias_correction": bool(q["recovery"].get("bias_correction")),
+            "reconstruction": q.get("reconstruction"),
             "guard": None if g is None else {"met": g["met"], "chosen": g["chosen"]["name"],
                                              "candidates": len(g["candidates"]), "float_layers": g["float_layers"],
                                              "wall_s": g["wall_s"]}}

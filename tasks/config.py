@@ -135,6 +135,36 @@ class RecoverySettings(BaseModel):
     stats_samples: int = Field(32, ge=1, le=1024, description="calibration samples for the per-layer statistics")
 
 
+class ReconstructionSettings(BaseModel):
+    """Reconstruction (tasks/quantization/reconstruct.py): the integers of each convolution's weights
+    learned block by block on the calibration samples (BRECQ, AdaRound, QDrop), label-free, so that
+    each block of the target's Q/DQ model reproduces the FP32 block; scales and placement unchanged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["off", "auto", "on"] = Field(
+        "off", description="off; auto: auto mode may reconstruct before it keeps any layer in float; on: every "
+                           "run reconstructs (the plain run too). Applies to tensorrt and ort-cpu")
+    samples: int = Field(64, ge=1, le=4096, description="calibration samples it learns on (at most the calibration "
+                                                       "set); memory does not grow with them (fp16 maps on disk)")
+    iters: int = Field(300, ge=1, le=100000, description="optimizer steps per block")
+    batch: int = Field(4, ge=1, le=256, description="crops per step")
+    crop: int = Field(256, ge=0, description="crop side in input pixels (a multiple of 32; 0: whole samples); "
+                                             "blocks with global ops (attention) learn on whole samples")
+    convs_per_block: int = Field(4, ge=1, le=64, description="convolutions reconstructed together (BRECQ's block)")
+    drop: float = Field(0.5, ge=0, lt=1, description="QDrop: the probability that an activation element skips its "
+                                                     "quantizer while learning; 0: every quantizer on")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device: auto takes CUDA when torch "
+                                                                      "sees a GPU")
+
+    @field_validator("crop")
+    @classmethod
+    def _crop32(cls, v: int) -> int:
+        if v % 32:
+            raise ValueError("reconstruction.crop: a multiple of 32 (every stride of the model cuts it evenly), or 0")
+        return v
+
+
 def _is_share(x: Any) -> bool:
     # A validator's TypeError is not turned into a ValidationError by pydantic: test the type here.
     try:
@@ -168,6 +198,7 @@ class RunConfig(BaseModel):
     ort_cpu: OrtCpuSettings = Field(default_factory=OrtCpuSettings)
     openvino: OpenVinoSettings = Field(default_factory=OpenVinoSettings)
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
+    reconstruction: ReconstructionSettings = Field(default_factory=ReconstructionSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     smoke_samples: int = Field(4, ge=1, le=64, description="calibration samples the smoke check runs through "
                                                           "FP32 and INT8")

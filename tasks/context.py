@@ -27,7 +27,7 @@ _KEY_DISTS = ("yolo_lowbit", "nvidia-modelopt", "onnxruntime-gpu", "onnxruntime"
 def versions() -> dict[str, str]:
     out = {"yolo_lowbit": __version__}
     for dist in ("nvidia-modelopt", "onnxruntime-gpu", "onnxruntime", "onnx", "numpy", "pycocotools",
-                 "opencv-python-headless", "openvino", "nncf", "prefect"):
+                 "opencv-python-headless", "openvino", "nncf", "prefect", "torch"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

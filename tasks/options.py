@@ -26,7 +26,7 @@ PRIMARY: dict[str, tuple[str, ...]] = {
     "model and data": ("model", "demo", "eval.imgsz", "images", "annotations", "subset"),
     "calibration": ("calib_images", "calib", "calib_count"),
     "targets and accuracy": ("targets", "quant.method", "quant.exclude_nodes", "quant.exclude_op_types",
-                             "accuracy_budget", "max_map_drop"),
+                             "accuracy_budget", "max_map_drop", "reconstruction.mode"),
     "where and how it runs": ("runner", "workers", "run_root", "run_id", "cache_dir"),
 }
 # Options of earlier releases that left the product with the experiment behind them: where its figure
@@ -48,9 +48,11 @@ REMOVED: dict[str, str] = {
 # Section (dotted path from RunConfig) -> flag prefix (the names older releases gave every setting,
 # still recognised to point at --set).
 SECTION_PREFIX: dict[str, str] = {"": "", "quant": "", "recovery": "", "eval": "", "eval.preprocess": "",
-                                  "ort_cpu": "ort-", "openvino": "openvino-"}
+                                  "ort_cpu": "ort-", "openvino": "openvino-",
+                                  "reconstruction": "reconstruction-"}
 # Dotted field path -> flag, where the derived name would read worse than the established one.
-_RENAMED: dict[str, str] = {"targets": "--target", "ort_cpu.calibrate_method": "--ort-calibration"}
+_RENAMED: dict[str, str] = {"targets": "--target", "ort_cpu.calibrate_method": "--ort-calibration",
+                            "reconstruction.mode": "--reconstruct"}
 # Lists whose items may themselves hold commas (regexes): one item per word, no comma splitting.
 _NO_COMMA_SPLIT = {"quant.exclude_nodes"}
 # Switches: flag -> (dotted path, value, help).

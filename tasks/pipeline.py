@@ -29,7 +29,7 @@ from tasks.steps.calibrate import step_calibration
 from tasks.steps.evaluate import latency_fields, step_eval_merge, step_eval_shard, step_evaluate, step_latency
 from tasks.steps.guard import step_accuracy_guard, step_sensitivity
 from tasks.steps.inputs import check_inputs
-from tasks.steps.quantize import finish, raw_quantize
+from tasks.steps.quantize import finish, raw_quantize, reconstruct_weights
 from tasks.steps.report import step_report
 from tasks.steps.smoke import step_smoke
 from tasks.steps.static_model import static_copy
@@ -177,7 +177,13 @@ def _target_chain(run: _Run, spawn: _Spawner, ctx: RunContext, calib_f: Any, fp3
     sfx = which.removeprefix("int8")
     calib = calib_f.result()
     raw = run(qdir, raw_quantize, ctx, calib, name)
-    quant = run(f"recover{sfx}", finish, ctx, calib, raw)
+    # reconstruction "on": the recovered model is learned further before it is published
+    relearn = cfg.reconstruction.mode == "on" and t.reconstruct is not None
+    quant = run(f"recover{sfx}", finish, ctx, calib, raw, None, not relearn)
+    if relearn:
+        recover_s = quant.get("step_wall_s")
+        quant = run(f"reconstruct{sfx}", reconstruct_weights, ctx, calib, quant)
+        quant = {**quant, "reconstruct_wall_s": quant.get("step_wall_s"), "step_wall_s": recover_s}
     quant = {**quant, "quantize_wall_s": raw.get("step_wall_s")}
     auto = cfg.accuracy_budget is not None
     # in auto mode the smoke check judges the chosen model (a collapsed candidate is for the guard to reject)

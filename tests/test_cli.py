@@ -276,7 +276,7 @@ def _candidates(path, info):
     texts = {"calib_eps": ["cpu"], "providers": ["cpu"], "exclude_nodes": ["/model.0/conv"],
              "exclude_op_types": ["Add"], "class_map": ["1,2,3"], "subset": ["10"], "run_id": ["r1"],
              "guard_min_mac_share": ["tensorrt=0.9,ort-cpu=0.8"], "dask_address": ["tcp://127.0.0.1:8786"],
-             "imgsz": ["640"]}
+             "imgsz": ["640"], "crop": ["320"]}
     name = path.rsplit(".", 1)[-1]
     if name in texts:
         return texts[name]

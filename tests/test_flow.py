@@ -288,3 +288,37 @@ def test_cache_damage_found_inside_a_worker_reaches_the_summary(harness, tmp_pat
     s = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="two", runner="process"))
     assert any(d.startswith(f"eval-shard/{shard.name[:12]}") for d in s["cache_corrupt_entries"]), s["cache_corrupt_entries"]
     assert "damaged cache entries recomputed: 1" in (tmp_path / "runs" / "two" / "results" / "report.md").read_text()
+
+
+def test_reconstruction_is_a_step_of_the_flow_published_recorded_and_cached(harness, tmp_path, tiny_model, tiny_data):
+    """--reconstruct on: tensorrt and ort-cpu ship their recovered model with learned int8 weights
+    (same scales and Q/DQ placement), the run records what it cost, openvino says it is not
+    reconstructed, and a second run takes the learned model from the cache."""
+    from flows.int8_flow import int8_flow
+    from tasks.quantization.torch_graph import quant_weights
+
+    rec = {"mode": "on", "samples": 4, "iters": 20, "batch": 2, "crop": 32, "convs_per_block": 1}
+    targets = ["tensorrt", "ort-cpu", "openvino"]
+    s1 = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="r1", targets=targets, reconstruction=rec,
+                               max_map_drop=None))
+    run = Path(s1["run_dir"])
+    fp32 = onnx.load(str(tiny_model))
+    for t in ("tensorrt", "ort-cpu"):
+        q = s1["targets"][t]["quantization"]
+        r = q["reconstruction"]
+        assert r["samples"] == 4 and r["iters"] == 20 and r["wall_s"] > 0 and r["weights"] > 0
+        conf = json.loads((run / f"quantize-int8{'' if t == 'tensorrt' else '-' + t}" / "config.json").read_text())
+        shipped = onnx.load(q["artifact"])
+        # the shipped model is the learned one; its weights on the unchanged scales of the recovered model
+        assert conf["output_sha256"] == q["sha256"] != conf["unreconstructed_sha256"] or r["weights_changed"] == 0
+        for w in quant_weights(shipped, fp32).values():
+            assert np.abs(w.q.astype(int)).max() <= 127
+    assert s1["timings_s"]["reconstruct"] > 0 and s1["timings_s"]["reconstruct_ort-cpu"] > 0
+    assert s1["targets"]["openvino"]["quantization"].get("reconstruction") is None
+    assert "reconstruction:" in (run / "results" / "report.md").read_text()
+    s2 = int8_flow(config=_cfg(tmp_path, tiny_model, tiny_data, run_id="r2", targets=targets, reconstruction=rec,
+                               max_map_drop=None))
+    for t in ("tensorrt", "ort-cpu"):
+        assert s2["targets"][t]["quantization"]["sha256"] == s1["targets"][t]["quantization"]["sha256"]
+    # one learned model per target in the cache: the second run read them
+    assert len([p for p in (tmp_path / "runs" / ".cache" / "reconstruct").iterdir() if p.is_dir()]) == 2

@@ -17,7 +17,7 @@ from tasks.quantization.sensitivity import block_summary, plot_sensitivity
 from tasks.context import RunContext
 from tasks.run.rundir import atomic_write_json
 from tasks.steps.evaluate import step_evaluate
-from tasks.steps.quantize import finish, raw_quantize
+from tasks.steps.quantize import finish, raw_quantize, reconstruct_weights
 from tasks.targets.base import publish_quantized
 from tasks.targets.recover import step_layer_stats
 from tasks.targets import table
@@ -97,13 +97,31 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, A
         "base": (raw, quant, e0, [])}
     cands = {"base": _candidate_row(f"plain-{method}", method, [], quant, e0, fp32_sel)}
     best = "base"
+    mode = cfg.reconstruction.mode if tgt.reconstruct is not None else "off"
+
+    def relearned(q: dict[str, Any], name: str) -> dict[str, Any]:
+        # reconstruction "on": every candidate is reconstructed, as the plain model was
+        return call(f"accuracy-guard{sfx}-{name}-reconstruct", reconstruct_weights, ctx, calib, q, False) \
+            if mode == "on" else q
+
     for i, other in enumerate(tgt.alternatives(cfg) if not fits(e0) else []):
         r2 = call(f"accuracy-guard{sfx}-{other.method}-quantize", raw_quantize, ctx, calib, target, other)
         q2 = call(f"accuracy-guard{sfx}-{other.method}-recover", finish, ctx, calib, r2, None, False)
+        q2 = relearned(q2, other.method)
         e2 = evaluate(which, Path(q2["artifact"]), q2["sha256"])
         results[f"other{i}"] = (r2, q2, e2, [])
         cands[f"other{i}"] = _candidate_row(f"plain-{other.method}", other.method, [], q2, e2, fp32_sel)
     best = max(results, key=lambda k: results[k][2]["map50_95"])
+    if mode == "auto" and not fits(results[best][2]):
+        # reconstruction "auto": learned weights are tried before any layer is kept in float
+        r3, q3 = results[best][0], call(f"accuracy-guard{sfx}-reconstruct", reconstruct_weights, ctx, calib,
+                                        results[best][1], False)
+        e3 = evaluate(which, Path(q3["artifact"]), q3["sha256"])
+        results["reconstruct"] = (r3, q3, e3, [])
+        m3 = f"{cands[best]['method']}-reconstruct"
+        cands["reconstruct"] = _candidate_row(f"plain-{m3}", m3, [], q3, e3, fp32_sel)
+        if fits(e3):
+            best = "reconstruct"
     # layers are ranked on a Q/DQ ONNX model: the target's own, or (openvino) ModelOpt's of the same model
     ranked_on = results[best][0] if tgt.ranking_from is None else \
         call(f"accuracy-guard{sfx}-ranking-quantize", raw_quantize, ctx, calib, tgt.ranking_from)
@@ -128,6 +146,7 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, A
             if key not in results:
                 layers = ranked[:k]
                 qk = call(f"accuracy-guard{sfx}-float-{k}-recover", finish, ctx, calib, braw, layers, False)
+                qk = relearned(qk, f"float-{k}")
                 ek = evaluate(which, Path(qk["artifact"]), qk["sha256"])
                 results[key] = (braw, qk, ek, layers)
                 cands[key] = _candidate_row(f"{m_name}-float-{k}", m_name, layers, qk, ek, fp32_sel)

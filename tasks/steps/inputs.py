@@ -4,9 +4,12 @@ costs seconds, gets the same one-line message either way, and leaves no run fold
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import onnx
 
 from tasks.config import ConfigError, RunConfig
 from tasks.evaluation.coco_eval import AnnotationError, SubsetError, load_coco
@@ -16,6 +19,7 @@ from tasks.evaluation.runtime import ModelError
 from tasks.quantization.calibration import (CalibrationError, check_calib_array, check_calib_images, check_overlap,
                                             list_calib_images, open_array, pick_calib_images)
 from tasks.quantization.modelopt_ptq import compile_exclusions
+from tasks.quantization.torch_graph import check_supported
 from tasks.steps.guard_data import GuardSet, choose_guard_set
 from tasks.targets.table import missing_modules
 
@@ -76,8 +80,22 @@ def check_inputs(cfg: RunConfig) -> Inputs:
         files = pick_calib_images(cfg.calib_images, cfg.calib_count, cfg.calib_seed)  # type: ignore[arg-type]
         check_calib_images(files)
         check_overlap(files, [p for _, p in setup.items], cfg.allow_calib_overlap)
+    if cfg.reconstruction.mode != "off":
+        _check_reconstruction(cfg)
     cfg, setup, guard = choose_guard_set(cfg, setup, _coco)
     return Inputs(cfg=cfg, setup=setup, guard=guard)
+
+
+def _check_reconstruction(cfg: RunConfig) -> None:
+    """Reconstruction runs the model in torch: every op type must be one the converter runs."""
+    if importlib.util.find_spec("torch") is None:
+        raise ConfigError(f"--reconstruct {cfg.reconstruction.mode} needs torch, which this environment cannot "
+                          "import; install the project's dependencies (make install), or set --reconstruct off")
+    bad = check_supported(onnx.load(str(cfg.model), load_external_data=False))
+    if bad:
+        raise ConfigError(f"--reconstruct {cfg.reconstruction.mode}: the model {cfg.model} holds op types the torch "
+                          f"converter does not run ({', '.join(bad)}); set --reconstruct off, or add them to "
+                          "tasks/quantization/torch_graph.py OPS")
 
 
 def _check_targets_and_patterns(cfg: RunConfig) -> None:

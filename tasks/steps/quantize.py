@@ -19,3 +19,10 @@ def finish(ctx: RunContext, calib: Result, raw: Result, extra_float: list[str] |
            publish: bool = True) -> Result:
     """A target's quantizer output -> the model it ships (recovery; `extra_float` layers in float)."""
     return target(raw["target"]).finish(ctx, calib, raw, extra_float, publish)
+
+
+def reconstruct_weights(ctx: RunContext, calib: Result, quant: Result, publish: bool = True) -> Result:
+    """A target's shipped Q/DQ model -> the same model with its int8 weights learned on the
+    calibration samples (targets without a reconstruction return the model as it is)."""
+    t = target(quant["target"])
+    return t.reconstruct(ctx, calib, quant, publish) if t.reconstruct is not None else quant

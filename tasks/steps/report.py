@@ -83,6 +83,8 @@ def build_summary(ctx: RunContext, calib: dict[str, Any], targets: dict[str, dic
                      "timings_s": {"quantize": r["quant"].get("quantize_wall_s"),
                                    "recover": r["quant"].get("step_wall_s"), "smoke": r["smoke"].get("step_wall_s"),
                                    "int8_eval": r["int8"].get("step_wall_s"),
+                                   **({"reconstruct": r["quant"]["reconstruct_wall_s"]}
+                                      if "reconstruct_wall_s" in r["quant"] else {}),
                                    **({"accuracy_guard": r["accuracy_guard"]["wall_s"]} if "accuracy_guard" in r else {})},
                      "providers": r["int8"]["runtime"]["providers"]}
     for t in per.values():
@@ -216,6 +218,12 @@ def _mac_lines(name: str, q: dict[str, Any]) -> list[str]:
              f"({q.get('int8_convs')} convolutions)"
              + (f"; bias correction: {bc.get('method', 'on')}" if bc else "")
              + (f"; the head's final convolutions in float: {len(rec['float_head'])}" if rec.get("float_head") else "")]
+    rc = q.get("reconstruction")
+    if rc:
+        lines.append(f"- {name}, reconstruction: {rc['weights_changed']} of {rc['weights']} int8 weights rounded the "
+                     f"other way and {rc['biases_learned']} biases learned, block by block on {rc['samples']} "
+                     f"calibration samples ({rc['iters']} steps of {rc['batch']} crops of {rc['crop']} px per block, "
+                     f"QDrop {rc['drop']:g}) on {rc['device']}: {rc['wall_s']:.0f} s, peak RSS {rc['peak_rss_mib']:.0f} MiB")
     if floats:
         lines.append(f"- {name}: in float (share of convolution MACs): "
                      + ", ".join(f"`{f['layer']}` {f['mac_share'] * 100:.2f}%" for f in floats[:12])

@@ -44,6 +44,9 @@ class Target:
     ranking_from: str | None = None
     # Python modules its build and its runtime import (checked before any work)
     requires: tuple[str, ...] = ()
+    # (ctx, calib, quant, publish) -> the shipped model with its int8 weights learned block by block
+    # (tasks/targets/recover.py step_reconstruct); None where the adapted weights cannot be carried
+    reconstruct: Callable[..., Result] | None = None
 
     @property
     def artifact_file(self) -> str:
@@ -68,6 +71,15 @@ def quant_result(entry: CacheEntry, cached: bool, t: Target, **extra: Any) -> Re
             "config": json.loads(entry.file("config.json").read_text()),
             "qdq": json.loads(entry.file("qdq-summary.json").read_text()), "target": t.name,
             "files": sorted(entry.files), **extra}
+
+
+def reconstruction_summary(config: Result) -> Result | None:
+    """The summary's short record of a reconstructed model (None: not reconstructed)."""
+    r = config.get("reconstruction")
+    if not r:
+        return None
+    return {k: r[k] for k in ("samples", "iters", "batch", "crop", "convs_per_block", "drop", "device", "wall_s",
+                              "peak_rss_mib", "weights_changed", "weights", "biases_learned")}
 
 
 def publish_quantized(ctx: RunContext, quant: Result, t: Target) -> Result:

@@ -10,8 +10,8 @@ from typing import Any
 from tasks.quantization.ort_qdq import BUILD_VERSION, build_ort_cpu, cpu_has_vnni
 from tasks.run.cache import cache_key
 from tasks.context import Result, RunContext, cache_quantized, calib_reader, timed
-from tasks.targets.base import Target, publish_quantized, quant_result
-from tasks.targets.recover import step_refine
+from tasks.targets.base import Target, publish_quantized, quant_result, reconstruction_summary
+from tasks.targets.recover import step_reconstruct, step_refine
 
 
 def step_quantize_ort_cpu(ctx: RunContext, calib: Result, publish: bool = True) -> Result:
@@ -50,6 +50,10 @@ def _finish(ctx: RunContext, calib: Result, raw: Result, extra_float: list[str] 
     return step_refine(ctx, calib, raw, TARGET, extra_float, publish)
 
 
+def _reconstruct(ctx: RunContext, calib: Result, quant: Result, publish: bool = True) -> Result:
+    return step_reconstruct(ctx, calib, quant, TARGET, publish)
+
+
 def describe(cfg: Any, quant: Result) -> Result:
     c = quant["config"]
     return {
@@ -67,6 +71,7 @@ def describe(cfg: Any, quant: Result) -> Result:
         "onnx": quant["onnx"], "artifact": quant["artifact"], "runtime": "onnxruntime",
         "sha256": quant["sha256"], "size_bytes": Path(quant["onnx"]).stat().st_size,
         "wall_s": c["wall_s"], "peak_rss_mib": c["peak_rss_mib"], "dynamic_axes": c.get("dynamic_axes"), "note": c.get("method_note"),
+        "reconstruction": reconstruction_summary(c),
     }
 
 
@@ -89,4 +94,4 @@ TARGET = Target(name="ort-cpu", suffix="int8-ort-cpu", qdir="quantize-int8-ort-c
                 runtime="onnxruntime", folder="onnx", model_files=("model.onnx",), build=_build, finish=_finish,
                 describe=describe, report_lines=report_lines,
                 method=lambda raw: (raw["config"].get("settings") or {}).get("calibrate_method", "mean-max"),
-                requires=("onnxruntime",))
+                requires=("onnxruntime",), reconstruct=_reconstruct)

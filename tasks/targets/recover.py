@@ -15,14 +15,19 @@ import numpy as np
 import onnx
 
 from tasks.evaluation.shapes import check_restored, restore_axes
+from tasks.quantization.modelopt_ptq import PeakRSS
+from tasks.quantization.reconstruct import Settings as ReconstructSettings, reconstruct
+from tasks.quantization.torch_lazy import torch
 from tasks.quantization.recovery import compute_stats, refine, stats_from_arrays, stats_to_arrays
 from tasks.run.cache import cache_key
+from tasks.run.progress import Progress
 from tasks.context import Result, RunContext, calib_array, timed
 from tasks.run.rundir import atomic_write_json, sha256_file
 from tasks.targets.base import Target, publish_quantized, quant_result
 
 # Part of the recovery cache keys: raised whenever the same inputs start giving another model.
 RECOVERY_VERSION = 1
+RECONSTRUCTION_VERSION = 1
 
 
 def step_layer_stats(ctx: RunContext, calib: Result, raw: Result) -> dict[str, dict[str, Any]]:
@@ -101,6 +106,58 @@ def step_refine(ctx: RunContext, calib: Result, raw: Result, t: Target, extra_fl
                     files[name] = raw_entry / name
             entry = ctx.cache.put("refine", key, files, {})
     res = quant_result(entry, cached and raw["cached"], t, settings=raw.get("settings"))
+    if publish:
+        res = publish_quantized(ctx, res, t)
+    return timed(t0, res)
+
+
+def reconstruction_device(setting: str) -> str:
+    """auto: CUDA when torch sees a GPU, else the CPU."""
+    if setting != "auto":
+        return setting
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def step_reconstruct(ctx: RunContext, calib: Result, quant: Result, t: Target, publish: bool = True) -> Result:
+    """A finished Q/DQ model -> the same model with its convolutions' int8 weights (and biases)
+    learned block by block on the calibration samples (tasks/quantization/reconstruct.py). Cached by
+    the model and calibration bytes, the settings and the versions; the device is recorded, not
+    keyed (CUDA and the CPU learn the same way, with float differences)."""
+    t0 = time.perf_counter()
+    cfg = ctx.cfg
+    rs = cfg.reconstruction
+    learn = rs.model_dump(exclude={"mode", "device"})
+    key = cache_key("reconstruct", {"model": ctx.model["sha256"], "qdq": quant["sha256"], "calib": calib["sha256"],
+                                    "settings": learn, "version": RECONSTRUCTION_VERSION,
+                                    "torch": ctx.versions.get("torch"), "versions": ctx.key_versions})
+    entry = ctx.cache.get("reconstruct", key)
+    cached = entry is not None
+    if entry is None:
+        device = reconstruction_device(rs.device)
+        settings = ReconstructSettings(**learn, threads=cfg.eval.threads, device=device)
+        arr = calib_array(ctx, calib)
+        n = min(rs.samples, calib["count"])
+        with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td, \
+                Progress(f"reconstruct {t.name}", unit="steps") as progress, PeakRSS() as mem:
+            tdir = Path(td)
+            model, rec = reconstruct(onnx.load(str(cfg.model)), onnx.load(str(quant["onnx"])), arr, settings,
+                                     tdir, progress=progress)
+            onnx.save(model, str(tdir / "model.onnx"))
+            record = {"samples": n, **learn, "device": device, "wall_s": rec.wall_s,
+                      "peak_rss_mib": round(mem.peak / 2**20, 1), "weights_changed": rec.changed, "weights": rec.weights,
+                      "biases_learned": rec.biases, "blocks": rec.blocks}
+            conf = {**quant["config"], "reconstruction": record, "output_sha256": sha256_file(tdir / "model.onnx"),
+                    "unreconstructed_sha256": quant["sha256"], "reconstruct_cache_key": key}
+            atomic_write_json(tdir / "config.json", conf)
+            atomic_write_json(tdir / "qdq-summary.json", quant["qdq"])
+            files = {"model.onnx": tdir / "model.onnx", "config.json": tdir / "config.json",
+                     "qdq-summary.json": tdir / "qdq-summary.json"}
+            src = Path(quant["entry"])
+            for name in quant["files"]:  # the quantizer's log and calibration cache travel with it
+                if name not in files:
+                    files[name] = src / name
+            entry = ctx.cache.put("reconstruct", key, files, {"wall_s": rec.wall_s})
+    res = quant_result(entry, cached and quant["cached"], t, settings=quant.get("settings"))
     if publish:
         res = publish_quantized(ctx, res, t)
     return timed(t0, res)

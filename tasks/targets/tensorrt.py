@@ -20,8 +20,8 @@ from tasks.quantization.ranges import load_stats, max_amax, save_stats
 from tasks.run.cache import cache_key
 from tasks.context import Result, RunContext, cache_quantized, calib_reader, timed
 from tasks.run.rundir import sha256_file
-from tasks.targets.base import Target, publish_quantized, quant_result
-from tasks.targets.recover import step_refine
+from tasks.targets.base import Target, publish_quantized, quant_result, reconstruction_summary
+from tasks.targets.recover import step_reconstruct, step_refine
 
 
 def step_quantize(ctx: RunContext, calib: Result, settings: QuantSettings | None = None,
@@ -115,6 +115,10 @@ def _alternatives(cfg: Any) -> list[Any]:
     return [cfg.quant.model_copy(update={"method": "percentile" if cfg.quant.method == "mse" else "mse"})]
 
 
+def _reconstruct(ctx: RunContext, calib: Result, quant: Result, publish: bool = True) -> Result:
+    return step_reconstruct(ctx, calib, quant, TARGET, publish)
+
+
 def describe(cfg: Any, quant: Result) -> Result:
     cfgq = quant["config"]
     qs = quant.get("settings") or cfg.quant.model_dump()
@@ -135,6 +139,7 @@ def describe(cfg: Any, quant: Result) -> Result:
         "onnx": quant["onnx"], "artifact": quant["artifact"], "runtime": "tensorrt (evaluated on onnxruntime)",
         "sha256": quant["sha256"], "size_bytes": Path(quant["onnx"]).stat().st_size,
         "wall_s": cfgq["wall_s"], "peak_rss_mib": cfgq["peak_rss_mib"], "dynamic_axes": cfgq.get("dynamic_axes"),
+        "reconstruction": reconstruction_summary(cfgq),
     }
 
 
@@ -157,4 +162,4 @@ TARGET = Target(name="tensorrt", suffix="int8-qdq", qdir="quantize-int8", which=
                 folder="onnx", model_files=("model.onnx",), build=_build, finish=_finish, describe=describe,
                 report_lines=report_lines, alternatives=_alternatives,
                 method=lambda raw: raw.get("settings", {}).get("method", "mse"),
-                requires=("modelopt",))
+                requires=("modelopt",), reconstruct=_reconstruct)
