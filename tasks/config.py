@@ -147,7 +147,7 @@ class ReconstructionSettings(BaseModel):
                            "run reconstructs (the plain run too). Applies to tensorrt and ort-cpu")
     samples: int = Field(64, ge=1, le=4096, description="calibration samples it learns on (at most the calibration "
                                                        "set); memory does not grow with them (fp16 maps on disk)")
-    iters: int = Field(300, ge=1, le=100000, description="optimizer steps per block")
+    iters: int = Field(1000, ge=1, le=100000, description="optimizer steps per block")
     batch: int = Field(4, ge=1, le=256, description="crops per step")
     crop: int = Field(256, ge=0, description="crop side in input pixels (a multiple of 32; 0: whole samples); "
                                              "blocks with global ops (attention) learn on whole samples")

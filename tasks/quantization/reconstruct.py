@@ -38,7 +38,8 @@ from tasks.quantization.torch_lazy import torch
 ZETA, GAMMA = 1.1, -0.1
 BETA_START, BETA_END, WARMUP = 20.0, 2.0, 0.2
 ROUND_WEIGHT = 0.01  # BRECQ's weight of the rounding regulariser against the reconstruction loss
-BIAS_LR = 1e-3
+FILL_BATCH = 4  # samples per forward pass when a block's outputs are stored
+CHECK_SAMPLES = 16  # samples on which learned and round-to-nearest rounding are compared
 # ops whose output element depends only on a window of its input: a block made of these alone may
 # learn on crops of its feature maps
 LOCAL_OPS = {"Conv", "Sigmoid", "Mul", "Add", "Sub", "Div", "Pow", "Concat", "MaxPool", "Resize", "Split",
@@ -50,13 +51,12 @@ class Settings:
     """What reconstruction costs and how it learns (tasks/config.py ReconstructionSettings fills it)."""
 
     samples: int = 64  # calibration samples it learns on
-    iters: int = 300  # optimizer steps per block
+    iters: int = 1000  # optimizer steps per block
     batch: int = 4  # crops (or whole samples) per step
     crop: int = 256  # crop side in input pixels; 0: whole samples
     convs_per_block: int = 4
     drop: float = 0.5  # QDrop's probability; 0: AdaRound/BRECQ with every quantizer on
     lr: float = 1e-2  # Adam's step on the rounding variables
-    bias: bool = True  # learn the convolutions' biases too (float, or int32 at the target's own scale)
     seed: int = 0
     threads: int | None = None
     device: str = "cpu"
@@ -78,7 +78,6 @@ class Record:
     wall_s: float = 0.0
     changed: int = 0
     weights: int = 0
-    biases: int = 0
 
 
 def plan_blocks(qmodel: onnx.ModelProto, learn: dict[str, QuantWeight], convs_per_block: int) -> list[Block]:
@@ -279,8 +278,6 @@ def reconstruct(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, samples: Any, se
             dst[i] = np.asarray(samples[i:i + 1], dtype=np.float32)[0]
     rec = Record()
     roundings: dict[str, Rounding] = {}
-    learned_bias: dict[str, np.ndarray] = {}
-    bias_of = {n.name: n.input[2] for n in qmodel.graph.node if n.name in learn and len(n.input) > 2 and n.input[2]}
     total_steps = len(blocks) * settings.iters
     for blk in blocks:
         blk.runner = GraphRunner(qmodel.graph, blk.nodes, blk.outputs,
@@ -295,17 +292,14 @@ def reconstruct(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, samples: Any, se
         strides = {t: image_hw[0] / fp.maps[t].shape[2] for t in list(blk.runner.inputs) + blk.outputs
                    if _spatial(fp.maps[t])}
         rounds = {learn[c].tensor: Rounding(learn[c]).to_device(device) for c in blk.convs}
-        biases = {b: torch.nn.Parameter(blk.runner.consts[b].clone().float()) for b in
-                  (bias_of.get(c) for c in blk.convs) if settings.bias and b in blk.runner.consts}
         before = _block_error(blk, fp, q, {}, nearest=True)
-        losses = _learn(blk, fp, q, rounds, biases, settings, gen, strides, image_hw,
+        losses = _learn(blk, fp, q, rounds, settings, gen, strides, image_hw,
                         (lambda k: progress(bi * settings.iters + k, total_steps)) if progress else None)
-        hard = {**{t: r.weight(hard=True).detach() for t, r in rounds.items()},
-                **{b: v.detach() for b, v in biases.items()}}
+        hard = {t: r.weight(hard=True).detach() for t, r in rounds.items()}
         after = _block_error(blk, fp, q, hard, nearest=False)
         kept = after <= before
         if not kept:  # never worse than round-to-nearest on the samples it learned from
-            hard, rounds, biases = {}, {}, {}
+            hard, rounds = {}, {}
         _fill(blk, q, "quant", hard, src=q)
         keep = {t for b in blocks[bi + 1:] for t in b.runner.inputs}  # type: ignore[union-attr]
         fp.drop(keep)
@@ -313,9 +307,9 @@ def reconstruct(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, samples: Any, se
         for c in blk.convs:
             if learn[c].tensor in rounds:
                 roundings[c] = rounds[learn[c].tensor]
-        learned_bias.update({b: v.detach().cpu().numpy() for b, v in biases.items()})
         rec.blocks.append({"block": bi, "convs": blk.convs, "outputs": len(blk.outputs), "crops": blk.local and settings.crop > 0,
-                           "mse_nearest": before, "mse_learned": after, "kept": kept, "loss_first": losses[0], "loss_last": losses[-1],
+                           "mse_nearest": before, "mse_learned": after, "kept": kept,
+                           "mse_shipped": after if kept else before, "loss_first": losses[0], "loss_last": losses[-1],
                            "wall_s": round(time.perf_counter() - tb, 2)})
     fp.drop(set())
     q.drop(set())
@@ -332,26 +326,8 @@ def reconstruct(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, samples: Any, se
         value = ((new.astype(np.float32) - _channel(w.zero_point, w.q)) * _channel(w.scale, w.q)).astype(np.float32) \
             if w.stored_float else new
         inits[w.initializer].CopyFrom(numpy_helper.from_array(value, w.initializer))
-    _write_biases(out, learned_bias)
-    rec.biases = len(learned_bias)
     rec.wall_s = round(time.perf_counter() - t0, 2)
     return out, rec
-
-
-def _write_biases(model: onnx.ModelProto, biases: dict[str, np.ndarray]) -> None:
-    """Learned biases into the model: a float initializer as it is, an int32 one behind a
-    DequantizeLinear rounded at its own scale (the target's input scale times weight scale)."""
-    inits = {i.name: i for i in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    for name, value in biases.items():
-        if name in inits:
-            inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
-            continue
-        dq = producer[name]
-        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
-        stored = inits[dq.input[0]]
-        q = np.clip(np.round(value / scale), -2**31, 2**31 - 1).astype(numpy_helper.to_array(stored).dtype)
-        stored.CopyFrom(numpy_helper.from_array(q, stored.name))
 
 
 def _feeds(stream: Stream, names: Sequence[str], idx: Sequence[int] | slice,
@@ -361,18 +337,20 @@ def _feeds(stream: Stream, names: Sequence[str], idx: Sequence[int] | slice,
 
 
 def _fill(blk: Block, dst: Stream, mode: str, weights: dict[str, torch.Tensor], src: Stream | None = None) -> None:
-    """Run the block over every sample on `src` (default `dst`) and store its outputs in `dst`."""
+    """Run the block over every sample on `src` (default `dst`), a few at a time, and store its
+    outputs in `dst`."""
     src = src or dst
     runner = blk.runner
     assert runner is not None
     outs: dict[str, Any] = {}
-    for i in range(dst.count):
+    for i in range(0, dst.count, FILL_BATCH):
+        j = min(i + FILL_BATCH, dst.count)
         with torch.no_grad():
-            res = runner(_feeds(src, runner.inputs, slice(i, i + 1)), mode=mode, weights=weights)
+            res = runner(_feeds(src, runner.inputs, slice(i, j)), mode=mode, weights=weights)
         for t, v in res.items():
             if t not in outs:
                 outs[t] = dst.create(t, v.shape[1:])
-            outs[t][i] = v[0].cpu().numpy().astype(np.float16)
+            outs[t][i:j] = v.cpu().numpy().astype(np.float16)
 
 
 def _crop_windows(image_hw: tuple[int, ...], crop: int, batch: int, gen: torch.Generator) -> list[tuple[int, int]]:
@@ -440,13 +418,9 @@ def _rec_loss(out: dict[str, torch.Tensor], tgt: dict[str, torch.Tensor], masks:
     return total
 
 
-def _learn(blk: Block, fp: Stream, q: Stream, rounds: dict[str, Rounding], biases: dict[str, torch.Tensor],
-           settings: Settings, gen: torch.Generator, strides: dict[str, float], image_hw: tuple[int, ...],
+def _learn(blk: Block, fp: Stream, q: Stream, rounds: dict[str, Rounding], settings: Settings, gen: torch.Generator, strides: dict[str, float], image_hw: tuple[int, ...],
            progress: Callable[[int], None] | None) -> list[float]:
-    groups = [{"params": [r.v for r in rounds.values()], "lr": settings.lr}]
-    if biases:
-        groups.append({"params": list(biases.values()), "lr": BIAS_LR})
-    opt = torch.optim.Adam(groups)
+    opt = torch.optim.Adam([r.v for r in rounds.values()], lr=settings.lr)
     margin = _receptive_margin(blk, strides)
     losses: list[float] = []
     runner = blk.runner
@@ -455,7 +429,7 @@ def _learn(blk: Block, fp: Stream, q: Stream, rounds: dict[str, Rounding], biase
     for k in range(settings.iters):
         idx = torch.randint(fp.count, (settings.batch,), generator=gen).tolist()
         ins, tgt, masks = _batch(blk, fp, q, idx, settings, gen, strides, image_hw, margin)
-        weights = {**{t: r.weight() for t, r in rounds.items()}, **biases}
+        weights = {t: r.weight() for t, r in rounds.items()}
         out = runner(ins, mode="drop" if settings.drop > 0 else "quant", drop=settings.drop, weights=weights)
         rec = _rec_loss(out, tgt, masks)
         if k < warm:
@@ -476,44 +450,31 @@ def _learn(blk: Block, fp: Stream, q: Stream, rounds: dict[str, Rounding], biase
 
 
 def _block_error(blk: Block, fp: Stream, q: Stream, weights: dict[str, torch.Tensor], nearest: bool) -> float:
-    """The block's mean squared output error on every sample (quantized stream in, FP32 stream as the
-    target), with round-to-nearest weights or the learned ones."""
+    """The block's mean squared output error on the first CHECK_SAMPLES samples (quantized stream in,
+    FP32 stream as the target), with round-to-nearest weights or the learned ones: what decides
+    whether the learned rounding is kept."""
     runner = blk.runner
     assert runner is not None
-    total, count = 0.0, 0
-    for i in range(fp.count):
-        ins = _feeds(q, runner.inputs, slice(i, i + 1))
-        tgt = _feeds(fp, blk.outputs, slice(i, i + 1))
+    n = min(fp.count, CHECK_SAMPLES)
+    total = 0.0
+    for i in range(0, n, FILL_BATCH):
+        j = min(i + FILL_BATCH, n)
         with torch.no_grad():
-            out = runner(ins, mode="quant", weights=None if nearest else weights)
-            total += float(_rec_loss(out, tgt, {}))
-        count += 1
-    return total / max(count, 1)
+            out = runner(_feeds(q, runner.inputs, slice(i, j)), mode="quant", weights=None if nearest else weights)
+            total += float(_rec_loss(out, _feeds(fp, blk.outputs, slice(i, j)), {})) * (j - i)
+    return total / max(n, 1)
 
 
 def adapted_fp32(fp32: onnx.ModelProto, qmodel: onnx.ModelProto) -> onnx.ModelProto:
-    """The FP32 model with each convolution's weight (and bias) replaced by the values `qmodel`
+    """The FP32 model with each convolution's weight replaced by the values `qmodel`
     computes with: integers times scale. A target's quantizer run on it derives the same per-channel
     scales and the same integers (the extremes were kept), so the adapted weights carry over to a
     quantizer that starts from an FP32 model (ModelOpt, ORT, NNCF)."""
     out = onnx.ModelProto()
     out.CopyFrom(fp32)
     inits = {i.name: i for i in out.graph.initializer}
-    q_inits = {i.name: numpy_helper.to_array(i) for i in qmodel.graph.initializer}
-    q_nodes = {n.name: n for n in qmodel.graph.node}
-    producer = {o: n for n in qmodel.graph.node for o in n.output}
     for w in quant_weights(qmodel, fp32).values():
         fw = next(n for n in out.graph.node if n.name == w.conv).input[1]
         values = (w.q.astype(np.float32) - _channel(w.zero_point, w.q)) * _channel(w.scale, w.q)
         inits[fw].CopyFrom(numpy_helper.from_array(values.astype(np.float32), fw))
-        qconv = q_nodes[w.conv]
-        fconv = next(n for n in out.graph.node if n.name == w.conv)
-        if len(qconv.input) > 2 and qconv.input[2] and len(fconv.input) > 2 and fconv.input[2] in inits:
-            b = qconv.input[2]
-            if b in q_inits:
-                value = q_inits[b].astype(np.float32)
-            else:  # an int32 bias behind a DequantizeLinear
-                dq = producer[b]
-                value = (q_inits[dq.input[0]].astype(np.float64) * q_inits[dq.input[1]]).astype(np.float32)
-            inits[fconv.input[2]].CopyFrom(numpy_helper.from_array(value, fconv.input[2]))
     return out

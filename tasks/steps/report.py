@@ -221,9 +221,10 @@ def _mac_lines(name: str, q: dict[str, Any]) -> list[str]:
     rc = q.get("reconstruction")
     if rc:
         lines.append(f"- {name}, reconstruction: {rc['weights_changed']} of {rc['weights']} int8 weights rounded the "
-                     f"other way and {rc['biases_learned']} biases learned, block by block on {rc['samples']} "
+                     f"other way, block by block on {rc['samples']} "
                      f"calibration samples ({rc['iters']} steps of {rc['batch']} crops of {rc['crop']} px per block, "
-                     f"QDrop {rc['drop']:g}) on {rc['device']}: {rc['wall_s']:.0f} s, peak RSS {rc['peak_rss_mib']:.0f} MiB")
+                     f"QDrop {rc['drop']:g}; learned rounding kept in {rc['blocks_kept']} blocks, round-to-nearest where it "
+                     f"was not better) on {rc['device']}: {rc['wall_s']:.0f} s, peak RSS {rc['peak_rss_mib']:.0f} MiB")
     if floats:
         lines.append(f"- {name}: in float (share of convolution MACs): "
                      + ", ".join(f"`{f['layer']}` {f['mac_share'] * 100:.2f}%" for f in floats[:12])

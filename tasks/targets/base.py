@@ -79,7 +79,7 @@ def reconstruction_summary(config: Result) -> Result | None:
     if not r:
         return None
     return {k: r[k] for k in ("samples", "iters", "batch", "crop", "convs_per_block", "drop", "device", "wall_s",
-                              "peak_rss_mib", "weights_changed", "weights", "biases_learned")}
+                              "peak_rss_mib", "weights_changed", "weights", "blocks_kept")}
 
 
 def publish_quantized(ctx: RunContext, quant: Result, t: Target) -> Result:

@@ -145,7 +145,7 @@ def step_reconstruct(ctx: RunContext, calib: Result, quant: Result, t: Target, p
             onnx.save(model, str(tdir / "model.onnx"))
             record = {"samples": n, **learn, "device": device, "wall_s": rec.wall_s,
                       "peak_rss_mib": round(mem.peak / 2**20, 1), "weights_changed": rec.changed, "weights": rec.weights,
-                      "biases_learned": rec.biases, "blocks": rec.blocks}
+                      "blocks_kept": f"{sum(b['kept'] for b in rec.blocks)}/{len(rec.blocks)}", "blocks": rec.blocks}
             conf = {**quant["config"], "reconstruction": record, "output_sha256": sha256_file(tdir / "model.onnx"),
                     "unreconstructed_sha256": quant["sha256"], "reconstruct_cache_key": key}
             atomic_write_json(tdir / "config.json", conf)
