@@ -35,8 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared_data import SHARED  # noqa: E402
+from targets import nncf_openvino_peer  # noqa: E402  (bench/targets.py: the recipe, not a copy of it)
 from tasks.config import RunConfig, load_demo_config  # noqa: E402
 from tasks.evaluation.bootstrap import paired_interval  # noqa: E402
+from tasks.evaluation.evaluate import EvalSettings, evaluate_model  # noqa: E402
 from tasks.evaluation.runtime import device_name  # noqa: E402
 from tasks.pipeline import run_int8  # noqa: E402
 from tasks.targets.table import target as target_of  # noqa: E402
@@ -123,6 +125,34 @@ def rule_effects(variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any
     return out
 
 
+def recipe_row(base: dict[str, Any], plain_run_dir: str | Path, work: Path) -> dict[str, Any]:
+    """The NNCF + OpenVINO recipe Ultralytics users run (bench/targets.py nncf_openvino_peer: NNCF's
+    defaults, MIXED preset, the head's arithmetic and Sigmoids ignored) on the plain run's own
+    calibration images, evaluated on its images: its delta against FP32, and the `openvino` target
+    minus the recipe, both with paired intervals (same resamples)."""
+    run = Path(plain_run_dir)
+    cfg = json.loads((run / "run-config.json").read_text())
+    cal = json.loads((run / "quantize-int8" / "calibration.json").read_text())
+    files = [Path(cal["folder"]) / f for f in cal["images"]]
+    model = Path(cfg["model"])
+    shape = json.loads((run / "results" / "summary.json").read_text())["model"]["input_shape"]
+    work.mkdir(parents=True, exist_ok=True)
+    xml = work / f"{model.stem}-recipe.xml"
+    built = nncf_openvino_peer(model, files, tuple(shape), xml)
+    st = EvalSettings.model_validate({**cfg["eval"], "runtime": "openvino", "deployed_runs": 0})
+    m = evaluate_model(xml, Path(cfg["images"]), Path(cfg["annotations"]), cfg["subset"], st, cfg["subset_seed"],
+                       io_model=model)
+    fp = json.loads((run / "fp32-coco" / "metrics.json").read_text())
+    ov = json.loads((run / "int8-openvino-coco" / "metrics.json").read_text())
+    ci = paired_interval(fp["bootstrap"], m["bootstrap"], "map50_95")
+    ci_t = paired_interval(m["bootstrap"], ov["bootstrap"], "map50_95")
+    return {"built": built, "calibration_images": len(files), "map50_95": m["map50_95"],
+            "delta_pt": round((m["map50_95"] - fp["map50_95"]) * 100, 3),
+            "delta_ci_pt": [round(c * 100, 2) for c in ci] if ci else None,
+            "openvino_minus_recipe_pt": round((ov["map50_95"] - m["map50_95"]) * 100, 3),
+            "openvino_minus_recipe_ci_pt": [round(c * 100, 2) for c in ci_t] if ci_t else None}
+
+
 def pooled(cells: list[dict[str, Any]]) -> dict[str, Any]:
     """The mean effect over models and targets, its interval from the per-resample mean of the paired
     differences (each model's images resampled on their own: independent estimates averaged)."""
@@ -183,6 +213,8 @@ def main() -> None:
     ap.add_argument("--calib-count", type=int, help="calibration images (default: the run's own default)")
     ap.add_argument("--variants", help="plain runs with one recovery rule toggled each, instead of auto mode: "
                                        + ",".join(VARIANTS))
+    ap.add_argument("--recipe", action="store_true", help="with --variants: also the NNCF + OpenVINO recipe "
+                                                          "Ultralytics users run, beside the openvino target")
     ap.add_argument("--out", type=Path, default=OUT / "accuracy.json")
     ap.add_argument("--table", action="store_true", help="print --out (plain and auto runs) as the README's table")
     ap.add_argument("--effects", action="store_true", help="print --out (a --variants run) as each rule's paired "
@@ -220,6 +252,12 @@ def main() -> None:
             runs = {v: one_run(base, root / "ablation", None, a.threads, a.calib_count, VARIANTS[v], fresh=False,
                                run_id=f"{v}-{stamp}") for v in a.variants.split(",")}
             results["models"][name] = {"variants": runs}
+            if a.recipe and "plain" in runs:
+                r = recipe_row(base, runs["plain"]["run_dir"], root / "recipe")
+                results["models"][name]["recipe"] = r
+                print(f"{name} recipe (NNCF + OpenVINO, Ultralytics): {r['delta_pt']:+.2f} {r['delta_ci_pt']}; "
+                      f"openvino target minus recipe {r['openvino_minus_recipe_pt']:+.2f} "
+                      f"{r['openvino_minus_recipe_ci_pt']}", flush=True)
             for v, r in runs.items():
                 print(f"{name} {v}: " + ", ".join(
                     f"{t} {-x['drop_points']:+.2f} pt {x['delta_ci_pt']} {x['int8_conv_mac_share'] * 100:.1f}% MACs"

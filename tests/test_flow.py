@@ -278,6 +278,24 @@ def test_auto_mode_on_workers_chooses_what_the_sequential_run_chooses(harness, t
     assert published["map50_95"] == par["int8"]["map50_95"]  # the chosen candidate's, not the last probed
 
 
+def test_auto_mode_tries_reconstruction_before_any_layer_in_float(harness, tmp_path, tiny_data):
+    """--reconstruct auto with a budget the plain model misses: the guard's next candidate is the
+    reconstructed plain model, tried before the per-layer search."""
+    from tiny import fragile_detector
+
+    from flows.int8_flow import int8_flow
+
+    fragile = fragile_detector(tmp_path / "fragile.onnx")
+    s = int8_flow(config=_cfg(tmp_path, fragile, tiny_data, run_id="auto-rec", calib_count=8, accuracy_budget=0.5,
+                              max_map_drop=None, targets=["tensorrt"], guard_min_mac_share=0.5,
+                              eval={"providers": ["cpu"], "warmup": 1, "class_map": [7, 7]},
+                              reconstruction={"mode": "auto", "samples": 4, "iters": 10, "batch": 2, "crop": 32}))
+    names = [c["name"] for c in s["accuracy_guard"]["candidates"]]
+    assert names[0].startswith("plain-") and any(n.endswith("-reconstruct") for n in names), names
+    rec = next(i for i, n in enumerate(names) if n.endswith("-reconstruct"))
+    assert all("float" not in n for n in names[:rec + 1])
+
+
 def test_cache_damage_found_inside_a_worker_reaches_the_summary(harness, tmp_path, tiny_model, tiny_data):
     """A worker's StepCache is a copy: the damaged entry it sets aside must still be reported."""
     from flows.int8_flow import int8_flow

@@ -19,7 +19,7 @@ from tasks.quantization.modelopt_ptq import PeakRSS
 from tasks.quantization.reconstruct import Settings as ReconstructSettings, reconstruct
 from tasks.quantization.torch_lazy import torch
 from tasks.quantization.recovery import compute_stats, refine, stats_from_arrays, stats_to_arrays
-from tasks.run.cache import cache_key
+from tasks.run.cache import CacheEntry, cache_key
 from tasks.run.progress import Progress
 from tasks.context import Result, RunContext, calib_array, timed
 from tasks.run.rundir import atomic_write_json, sha256_file
@@ -70,6 +70,19 @@ def keep_dynamic_axes(ctx: RunContext, calib: Result, path: Path) -> dict[str, A
     return rec
 
 
+def _cache_model(ctx: RunContext, stage: str, key: str, tdir: Path, conf: Result, qdq: Result, src: Result,
+                 meta: Result) -> CacheEntry:
+    """A finished model (tdir/model.onnx) into the cache with its config and Q/DQ summary; the
+    quantizer's log and calibration cache travel with it from the entry it was made from."""
+    atomic_write_json(tdir / "config.json", conf)
+    atomic_write_json(tdir / "qdq-summary.json", qdq)
+    files = {n: tdir / n for n in ("model.onnx", "config.json", "qdq-summary.json")}
+    for name in src["files"]:
+        if name not in files:
+            files[name] = Path(src["entry"]) / name
+    return ctx.cache.put(stage, key, files, meta)
+
+
 def step_refine(ctx: RunContext, calib: Result, raw: Result, t: Target, extra_float: list[str] | None = None,
                 publish: bool = True, dq_only: bool = False) -> Result:
     """A target's Q/DQ output -> the model that is evaluated and shipped: half-float layers fixed, the
@@ -96,15 +109,7 @@ def step_refine(ctx: RunContext, calib: Result, raw: Result, t: Target, extra_fl
                     **({"dynamic_axes": axes} if axes is not None else {}),
                     "output_sha256": sha256_file(tdir / "model.onnx"), "raw_sha256": raw["sha256"],
                     "refine_cache_key": key}
-            atomic_write_json(tdir / "config.json", conf)
-            atomic_write_json(tdir / "qdq-summary.json", {**rec["qdq"], **rec["mac"]})
-            files = {"model.onnx": tdir / "model.onnx", "config.json": tdir / "config.json",
-                     "qdq-summary.json": tdir / "qdq-summary.json"}
-            raw_entry = Path(raw["entry"])
-            for name in raw["files"]:  # the quantizer's log and calibration cache travel with it
-                if name not in files:
-                    files[name] = raw_entry / name
-            entry = ctx.cache.put("refine", key, files, {})
+            entry = _cache_model(ctx, "refine", key, tdir, conf, {**rec["qdq"], **rec["mac"]}, raw, {})
     res = quant_result(entry, cached and raw["cached"], t, settings=raw.get("settings"))
     if publish:
         res = publish_quantized(ctx, res, t)
@@ -148,15 +153,7 @@ def step_reconstruct(ctx: RunContext, calib: Result, quant: Result, t: Target, p
                       "blocks_kept": f"{sum(b['kept'] for b in rec.blocks)}/{len(rec.blocks)}", "blocks": rec.blocks}
             conf = {**quant["config"], "reconstruction": record, "output_sha256": sha256_file(tdir / "model.onnx"),
                     "unreconstructed_sha256": quant["sha256"], "reconstruct_cache_key": key}
-            atomic_write_json(tdir / "config.json", conf)
-            atomic_write_json(tdir / "qdq-summary.json", quant["qdq"])
-            files = {"model.onnx": tdir / "model.onnx", "config.json": tdir / "config.json",
-                     "qdq-summary.json": tdir / "qdq-summary.json"}
-            src = Path(quant["entry"])
-            for name in quant["files"]:  # the quantizer's log and calibration cache travel with it
-                if name not in files:
-                    files[name] = src / name
-            entry = ctx.cache.put("reconstruct", key, files, {"wall_s": rec.wall_s})
+            entry = _cache_model(ctx, "reconstruct", key, tdir, conf, quant["qdq"], quant, {"wall_s": rec.wall_s})
     res = quant_result(entry, cached and quant["cached"], t, settings=quant.get("settings"))
     if publish:
         res = publish_quantized(ctx, res, t)
