@@ -107,27 +107,32 @@ def nncf_openvino_peer(model: Path, files: list[Path], shape: tuple, out_xml: Pa
     import re
 
     import nncf
-    import onnx
     import openvino as ov
 
     from tasks.evaluation.preprocess import preprocess_file
 
     t0 = time.perf_counter()
-    names = [n.name for n in onnx.load(str(model), load_external_data=False).graph.node]
-    heads = sorted({int(m.group(1)) for n in names if (m := re.match(r"/model\.(\d+)/", n))})
-    head = f"model.{heads[-1]}" if heads else None
-    ignored = nncf.IgnoredScope(
-        patterns=[f".*{head}/.*/Add", f".*{head}/.*/Sub*", f".*{head}/.*/Mul*", f".*{head}/.*/Div*",
-                  f".*{head}\\.dfl.*", f".*{head}/dfl.*"] if head else [],
-        types=["Sigmoid"], validate=False)
     ov_model = ov.convert_model(str(model))
+    ops = [(o.get_friendly_name(), o.get_type_name()) for o in ov_model.get_ops()]
+    # The head is the last `model.N` (PyTorch module path, kept in ONNX names: `/model.23/...` from
+    # Ultralytics, `/model/model.24/...` from YOLOv5's own export). Ultralytics' patterns
+    # (`.*model.23/.*/Add`, ...) are written for PyTorch-traced names, where they catch the arithmetic of
+    # the head module itself (box decoding), not its submodules' (a convolution's bias Add) and not the
+    # SiLUs (one Swish op after conversion). An ONNX export's names differ, so the same scope is taken by
+    # op type: Add, Subtract, Multiply and Divide directly in the head, and everything of its DFL.
+    heads = sorted({int(m.group(1)) for n, _ in ops if (m := re.search(r"(?:^|/)model\.(\d+)/", n))})
+    head = f"model.{heads[-1]}/" if heads else None
+    names = [n for n, t in ops if head and head in n and (
+        (t in ("Add", "Subtract", "Multiply", "Divide") and "/" not in n.split(head, 1)[1])
+        or f"{head}dfl/" in n)]
+    ignored = nncf.IgnoredScope(names=names, types=["Sigmoid"], validate=False)
     hw = (shape[2], shape[3])
     data = nncf.Dataset(files, lambda p: preprocess_file(p, hw, PreprocessSpec())[0][None].astype(np.float32))
     q = nncf.quantize(ov_model, data, preset=nncf.QuantizationPreset.MIXED, ignored_scope=ignored,
                       subset_size=len(files))
     ov.save_model(q, str(out_xml))
     return {"tool": f"nncf {nncf.__version__} + openvino {ov.get_version()}", "preset": "MIXED",
-            "ignored": {"head": head, "types": ["Sigmoid"]}, "wall_s": round(time.perf_counter() - t0, 1)}
+            "ignored": {"head": head, "names": len(names), "types": ["Sigmoid"]}, "wall_s": round(time.perf_counter() - t0, 1)}
 
 
 # Variants that run on OpenVINO's CPU plugin (the rest on ONNX Runtime's CPU EP).
