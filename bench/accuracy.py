@@ -41,6 +41,7 @@ from tasks.evaluation.bootstrap import paired_interval  # noqa: E402
 from tasks.evaluation.evaluate import EvalSettings, evaluate_model  # noqa: E402
 from tasks.evaluation.runtime import device_name  # noqa: E402
 from tasks.pipeline import run_int8  # noqa: E402
+from tasks.steps.report import per_target  # noqa: E402
 from tasks.targets.table import target as target_of  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
@@ -83,8 +84,7 @@ def one_run(base: dict[str, Any], root: Path, budget: float | None, threads: int
     wall = time.perf_counter() - t0
     out = {"wall_s": round(wall, 1), "fp32_map50_95": s["fp32"]["map50_95"], "calib_count": s["calibration"]["count"],
            "run_dir": s["run_dir"], "targets": {}}
-    # a one-target run's summary is that target's record itself (the shape a user of one target reads)
-    for name, t in (s["targets"] if "targets" in s else {cfg.targets[0]: s}).items():
+    for name, t in per_target(s).items():
         q, g = t["quantization"], t.get("accuracy_guard")
         out["targets"][name] = {
             "map50_95": t["int8"]["map50_95"], "drop_points": round(-t["delta"]["map50_95"] * 100, 3),
@@ -115,12 +115,12 @@ def rule_effects(variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any
             continue
         for t in r["targets"]:
             a, b = replicates(plain["run_dir"], t), replicates(r["run_dir"], t)
+            if a == b:  # the rule does not touch this target (openvino is not reconstructed)
+                continue
             ci = paired_interval(a, b, "map50_95")
             if ci is None:  # other images, seed or count: no paired difference, and none to pool
                 raise SystemExit(f"{v} / {t}: its evaluation was not resampled like the plain run's "
                                  f"({r['run_dir']} vs {plain['run_dir']}); run the variants again together")
-            if a["map50_95"] == b["map50_95"]:  # the rule does not touch this target (openvino is not reconstructed)
-                continue
             out.setdefault(v, {})[t] = {
                 "effect_pt": round((r["targets"][t]["map50_95"] - plain["targets"][t]["map50_95"]) * 100, 3),
                 "ci_pt": [round(x * 100, 2) for x in ci],
