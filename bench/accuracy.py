@@ -234,9 +234,10 @@ def main() -> None:
         return
     if a.variants and (bad := [v for v in a.variants.split(",") if v not in VARIANTS]):
         ap.error(f"--variants: unknown {', '.join(bad)}; choose from {', '.join(VARIANTS)}")  # before any run
-    if bad := [t for t in a.targets.split(",") if t not in TARGETS]:
+    targets = a.targets.split(",")
+    if bad := [t for t in targets if t not in TARGETS]:
         ap.error(f"--targets: unknown {', '.join(bad)}; choose from {', '.join(TARGETS)}")
-    if a.recipe and "openvino" not in a.targets.split(","):
+    if a.recipe and "openvino" not in targets:
         ap.error("--recipe compares with the openvino target: add openvino to --targets")
     todo = [(n, None) for n in a.models.split(",") if n] + [(e.split("=", 1)[0], Path(e.split("=", 1)[1]))
                                                             for e in a.extra]
@@ -260,7 +261,7 @@ def main() -> None:
             # one cache for the variants (calibration and PTQ are shared), a run folder each
             stamp = time.strftime("%Y%m%d-%H%M%S")
             runs = {v: one_run(base, root / "ablation", None, a.threads, a.calib_count, VARIANTS[v], fresh=False,
-                               run_id=f"{v}-{stamp}", targets=a.targets.split(",")) for v in a.variants.split(",")}
+                               run_id=f"{v}-{stamp}", targets=targets) for v in a.variants.split(",")}
             results["models"][name] = {"variants": runs, "effects": rule_effects(runs)}
             if a.recipe and "plain" in runs:
                 r = recipe_row(base, runs["plain"]["run_dir"], root / "recipe")
