@@ -39,7 +39,7 @@ from targets import nncf_openvino_peer  # noqa: E402  (bench/targets.py: the rec
 from tasks.config import RunConfig, load_demo_config  # noqa: E402
 from tasks.evaluation.bootstrap import paired_interval  # noqa: E402
 from tasks.evaluation.evaluate import EvalSettings, evaluate_model  # noqa: E402
-from tasks.evaluation.runtime import device_name  # noqa: E402
+from tasks.evaluation.runtime import cpu_info, cpu_label  # noqa: E402
 from tasks.pipeline import run_int8  # noqa: E402
 from tasks.steps.report import per_target  # noqa: E402
 from tasks.targets.table import target as target_of  # noqa: E402
@@ -217,7 +217,7 @@ def main() -> None:
     ap.add_argument("--calib-count", type=int, help="calibration images (default: the run's own default)")
     ap.add_argument("--variants", help="plain runs with one recovery rule toggled each, instead of auto mode: "
                                        + ",".join(VARIANTS))
-    ap.add_argument("--targets", default=",".join(TARGETS), help="with --variants: the targets to run (a "
+    ap.add_argument("--targets", help="with --variants: the targets to run (a "
                     "reconstruction of YOLOv10s on both Q/DQ targets is hours on 2 cores)")
     ap.add_argument("--recipe", action="store_true", help="with --variants: also the NNCF + OpenVINO recipe "
                                                           "Ultralytics users run, beside the openvino target")
@@ -234,7 +234,9 @@ def main() -> None:
         return
     if a.variants and (bad := [v for v in a.variants.split(",") if v not in VARIANTS]):
         ap.error(f"--variants: unknown {', '.join(bad)}; choose from {', '.join(VARIANTS)}")  # before any run
-    targets = a.targets.split(",")
+    if (a.targets or a.recipe) and not a.variants:  # the plain + auto comparison always runs every target
+        ap.error("--targets and --recipe go with --variants (e.g. --variants plain,reconstruct)")
+    targets = (a.targets or ",".join(TARGETS)).split(",")
     if bad := [t for t in targets if t not in TARGETS]:
         ap.error(f"--targets: unknown {', '.join(bad)}; choose from {', '.join(TARGETS)}")
     if a.recipe and "openvino" not in targets:
@@ -243,7 +245,7 @@ def main() -> None:
                                                             for e in a.extra]
     if any(n == "demo" for n, _ in todo):
         load_demo_config()  # generates the demo's data before any timing
-    results: dict[str, Any] = {"cpu": device_name("CPUExecutionProvider"), "budget": a.budget, "data": a.data,
+    results: dict[str, Any] = {"cpu": cpu_label(), "cpu_info": cpu_info(), "budget": a.budget, "data": a.data,
                                "calib_count": a.calib_count, "models": {}}
     for name, path in todo:
         base = model_args(name, path, a.data)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from accuracy import model_args  # noqa: E402
 from local_server import start_server  # noqa: E402
-from tasks.evaluation.runtime import device_name  # noqa: E402
+from tasks.evaluation.runtime import cpu_info, cpu_label  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
 
@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--work", type=Path, default=ROOT / "tmp" / "bench-cli-rerun")
     a = ap.parse_args()
-    result: dict[str, Any] = {"cpu": device_name("CPUExecutionProvider"), "cores": os.cpu_count(), "models": {}}
+    result: dict[str, Any] = {"cpu": cpu_label(), "cpu_info": cpu_info(), "cores": os.cpu_count(), "models": {}}
     print(f"{'model':<10} {'first s':>8} {'cached, temp server':>20} {'cached, kept server':>20} {'--help s':>9}")
     for name in [m.strip() for m in a.models.split(",") if m.strip()]:
         base = model_args(name, None)

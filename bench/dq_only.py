@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from accuracy import model_args  # noqa: E402
 from tasks.quantization.calibration import open_samples  # noqa: E402
 from tasks.config import RunConfig  # noqa: E402
-from tasks.evaluation.runtime import device_name  # noqa: E402
+from tasks.evaluation.runtime import cpu_info, cpu_label  # noqa: E402
 from tasks.pipeline import run_int8  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--models", default="demo,yolov10s,yolov5n")
     ap.add_argument("--work", type=Path, default=ROOT / "tmp" / "bench-dq-only")
     a = ap.parse_args()
-    result: dict[str, Any] = {"cpu": device_name("CPUExecutionProvider"), "models": {}}
+    result: dict[str, Any] = {"cpu": cpu_label(), "cpu_info": cpu_info(), "models": {}}
     mib = 1 << 20
     print(f"{'model':<10} {'FP32 MiB':>9} {'Q/DQ MiB':>9} {'dq_only MiB':>12} {'mAP Q/DQ':>9} {'mAP dq_only':>12} "
           f"{'max |diff|':>11}")

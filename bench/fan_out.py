@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from accuracy import DATA, SHARED_MODELS  # noqa: E402
 from local_server import free_port, start_server  # noqa: E402
 from tasks.evaluation.evaluate import EvalSettings, detect_shard, score_shards, shard_bounds  # noqa: E402
-from tasks.evaluation.runtime import device_name  # noqa: E402
+from tasks.evaluation.runtime import cpu_info, cpu_label  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
 
@@ -158,7 +158,7 @@ def main() -> None:
     ap.add_argument("--part", choices=["eval", "sweep", "all"], default="all")
     ap.add_argument("--work", type=Path, default=ROOT / "tmp" / "bench-distributed")
     a = ap.parse_args()
-    result: dict[str, Any] = {"cpu": device_name("CPUExecutionProvider"), "cores": os.cpu_count()}
+    result: dict[str, Any] = {"cpu": cpu_label(), "cpu_info": cpu_info(), "cores": os.cpu_count()}
     if a.part in ("eval", "all"):
         print("sharded evaluation (Dask LocalCluster):")
         result["evaluation"] = bench_eval(a.work / "eval")

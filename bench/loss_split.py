@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from tasks.config import RunConfig  # noqa: E402
 from tasks.evaluation.bootstrap import paired_interval  # noqa: E402
 from tasks.evaluation.evaluate import evaluate_model  # noqa: E402
-from tasks.evaluation.runtime import device_name  # noqa: E402
+from tasks.evaluation.runtime import cpu_info, cpu_label  # noqa: E402
 from tasks.quantization.graph import producer_map  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "loss-split.json"
@@ -152,7 +152,7 @@ def main() -> None:
     images, annotations = a.images or cfg.images, a.annotations or cfg.annotations
     settings = cfg.eval.model_copy(update={"providers": ["cpu"]})
     q, fp = onnx.load(str(q_path)), onnx.load(str(cfg.model))
-    out: dict[str, Any] = {"cpu": device_name("CPUExecutionProvider"), "run": str(a.run), "target": a.target,
+    out: dict[str, Any] = {"cpu": cpu_label(), "cpu_info": cpu_info(), "run": str(a.run), "target": a.target,
                            "model": str(cfg.model),
                            "images": str(images), "rows": {}}
     with tempfile.TemporaryDirectory() as td:
