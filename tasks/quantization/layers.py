@@ -319,33 +319,26 @@ def local_branches(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, layers: Seque
 
 def local_stats(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, samples: Iterable[np.ndarray], input_name: str,
                 threads: int | None = None) -> dict[str, dict[str, Any]]:
-    """For every quantized layer, over the samples (one session, one pass):
-    `shift`, the per-output-channel mean of FP32 output minus local INT8 output (the bias
-    correction), and `nsr`, the noise-to-signal ratio of its group's output (per channel: sum of
-    squared error over sum of squares of FP32's, then the mean over channels): what quantizing this
-    layer alone costs where the next layer reads it."""
+    """For every quantized layer, over the samples (one session, one pass), `nsr`: the noise-to-signal
+    ratio of its group's output (per channel: sum of squared error over sum of squares of FP32's, then
+    the mean over channels), what quantizing this layer alone costs where the next layer reads it;
+    and `group`, the layers of that group."""
     model, rows = local_branches(fp32, qmodel)
     if not rows:
         return {}
-    names = list(dict.fromkeys(t for r in rows for t in (r["out"], r["out_q"], r["group"], r["group_q"])))
+    names = list(dict.fromkeys(t for r in rows for t in (r["group"], r["group_q"])))
     sess = tensor_session(model, names, threads)  # model: local_branches' own copy
-    acc: dict[str, dict[str, Any]] = {r["layer"]: {"diff": 0.0, "err": 0.0, "sig": 0.0} for r in rows}
-    count = 0
+    acc: dict[str, dict[str, Any]] = {r["layer"]: {"err": 0.0, "sig": 0.0} for r in rows}
     for x in samples:
         outs = dict(zip(names, sess.run(names, {input_name: np.ascontiguousarray(x, dtype=np.float32)})))
         for r in rows:
             a = acc[r["layer"]]
-            d = outs[r["out"]].astype(np.float64) - outs[r["out_q"]].astype(np.float64)
-            axes = tuple(i for i in range(d.ndim) if i != 1)
-            a["diff"] = a["diff"] + (d.mean(axis=axes) if d.ndim > 1 else d)
             ref = outs[r["group"]].astype(np.float64)
             e = ref - outs[r["group_q"]].astype(np.float64)
             axes = tuple(i for i in range(e.ndim) if i != 1)
             a["err"] = a["err"] + ((e * e).sum(axis=axes) if e.ndim > 1 else e * e)
             a["sig"] = a["sig"] + ((ref * ref).sum(axis=axes) if ref.ndim > 1 else ref * ref)
-        count += 1
-    return {r["layer"]: {"shift": acc[r["layer"]]["diff"] / max(count, 1), "nsr": _channel_nsr(acc[r["layer"]]),
-                         "group": r["members"]} for r in rows}
+    return {r["layer"]: {"nsr": _channel_nsr(acc[r["layer"]]), "group": r["members"]} for r in rows}
 
 
 def _channel_nsr(a: dict[str, Any]) -> float:

@@ -38,16 +38,6 @@ def half_float_layers(qmodel: onnx.ModelProto) -> list[str]:
             and (p := prod.get(n.input[0])) is not None and p.op_type == "DequantizeLinear"]
 
 
-def stats_to_arrays(stats: dict[str, dict[str, Any]]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Split layer statistics into arrays (bias shifts, for an .npz) and JSON (the rest)."""
-    return ({k: np.asarray(v["shift"], dtype=np.float64) for k, v in stats.items()},
-            {k: {"nsr": v["nsr"], "group": v["group"]} for k, v in stats.items()})
-
-
-def stats_from_arrays(shifts: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {k: {**meta[k], "shift": shifts[k]} for k in meta}
-
-
 def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 

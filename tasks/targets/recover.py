@@ -18,7 +18,7 @@ from tasks.evaluation.shapes import check_restored, restore_axes
 from tasks.quantization.modelopt_ptq import PeakRSS
 from tasks.quantization.reconstruct import Settings as ReconstructSettings, reconstruct
 from tasks.quantization.torch_lazy import torch
-from tasks.quantization.recovery import compute_stats, refine, stats_from_arrays, stats_to_arrays
+from tasks.quantization.recovery import compute_stats, refine
 from tasks.run.cache import CacheEntry, cache_key
 from tasks.run.progress import Progress
 from tasks.context import Result, RunContext, calib_array, timed
@@ -42,16 +42,10 @@ def step_layer_stats(ctx: RunContext, calib: Result, raw: Result) -> dict[str, d
         arr = calib_array(ctx, calib)
         samples = [np.asarray(arr[i:i + 1], dtype=np.float32) for i in range(n)]
         stats = compute_stats(Path(cfg.model), Path(raw["onnx"]), samples, m["input"], cfg.eval.threads)
-        shifts, meta = stats_to_arrays(stats)
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
-            np.savez(Path(td) / "shifts.npz", **{f"s{i}": v for i, v in enumerate(shifts.values())})
-            atomic_write_json(Path(td) / "stats.json", {"layers": list(shifts), "meta": meta})
-            entry = ctx.cache.put("layer-stats", key, {"shifts.npz": Path(td) / "shifts.npz",
-                                                       "stats.json": Path(td) / "stats.json"}, {})
-    js = json.loads(entry.file("stats.json").read_text())
-    with np.load(entry.file("shifts.npz")) as z:
-        shifts = {name: z[f"s{i}"] for i, name in enumerate(js["layers"])}
-    return stats_from_arrays(shifts, js["meta"])
+            atomic_write_json(Path(td) / "stats.json", {"layers": list(stats), "meta": stats})
+            entry = ctx.cache.put("layer-stats", key, {"stats.json": Path(td) / "stats.json"}, {})
+    return json.loads(entry.file("stats.json").read_text())["meta"]
 
 
 def keep_dynamic_axes(ctx: RunContext, calib: Result, path: Path) -> dict[str, Any] | None:
