@@ -3,9 +3,13 @@
     .venv/bin/python bench/accuracy.py                          # demo + ../shared's YOLOv10s and YOLOv5n
     .venv/bin/python bench/accuracy.py --models yolov10s --budget 0.5
     .venv/bin/python bench/accuracy.py --extra yolov8n=/path/yolov8n.onnx   # a model the defaults never saw
+    .venv/bin/python bench/accuracy.py --models "" --data demo --variants plain \\
+        --extra yolo26n=demo/model/yolo26n-shapes.onnx --extra yolo26n-raw=demo/model/yolo26n-shapes-raw.onnx
 
     .venv/bin/python bench/accuracy.py --models yolov5n --variants plain,no-head  # recovery ablation
     .venv/bin/python bench/accuracy.py --out bench/results/accuracy-ablation-300.json --effects  # paired effects
+    .venv/bin/python bench/accuracy.py --variants plain --recipe --out bench/results/recipes.json  # the recipes
+    .venv/bin/python bench/accuracy.py --out bench/results/recipes.json --recipes   # ... as the README's table
 
 For each model, two runs with their own fresh cache, side by side: the plain command (defaults, no
 budget) and auto mode (`--accuracy-budget`), both with every target, the flow's steps called
@@ -39,8 +43,10 @@ from targets import nncf_openvino_peer  # noqa: E402  (bench/targets.py: the rec
 from tasks.config import RunConfig, load_demo_config  # noqa: E402
 from tasks.evaluation.bootstrap import paired_interval  # noqa: E402
 from tasks.evaluation.evaluate import EvalSettings, evaluate_model  # noqa: E402
+from tasks.evaluation.sources.base import DataSpec  # noqa: E402
 from tasks.evaluation.runtime import cpu_info, cpu_label  # noqa: E402
 from tasks.pipeline import run_int8  # noqa: E402
+from tasks.quantization.modelopt_ptq import ort_quantization_restored  # noqa: E402
 from tasks.steps.report import per_target  # noqa: E402
 from tasks.targets.table import target as target_of  # noqa: E402
 
@@ -55,7 +61,9 @@ TARGETS = ["tensorrt", "ort-cpu", "openvino"]
 # two rules 300 images did not confirm (bias correction, the NSR rule) left the product; their figures are
 # in bench/results/accuracy-ablation-300.json and docs/accuracy.md.
 VARIANTS: dict[str, dict[str, Any]] = {"plain": {}, "no-head": {"recovery": {"head_float": False}},
-                                       "reconstruct": {"reconstruction": {"mode": "on"}}}
+                                       "reconstruct": {"reconstruction": {"mode": "on"}},
+                                       # fp16 float parts (tensorrt only; docs/targets.md, "fp16 float parts")
+                                       "fp16": {"quant": {"high_precision_dtype": "fp16"}}}
 SHARED_MODELS = {"yolov10s": SHARED / "models/yolov10s-coco/yolov10s.onnx",
                  "yolov5n": SHARED / "models/yolov5n-coco/yolov5n.onnx"}
 
@@ -67,6 +75,9 @@ def model_args(name: str, path: Path | None, data: str = "300") -> dict[str, Any
     if p is None or not Path(p).exists():
         print(f"skipped {name}: {p} is absent")
         return None
+    if data == "demo":  # another detector trained on the demo's shapes (the YOLO26n exports in demo/model)
+        d = load_demo_config()["paths"]
+        return {"model": str(p), **{k: str(d[k]) for k in ("calib_images", "images", "annotations")}}
     return {"model": str(p), **{k: str(v) for k, v in DATA[data].items()}}
 
 
@@ -129,6 +140,67 @@ def rule_effects(variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any
     return out
 
 
+# The TensorRT recipes beside the tensorrt target: ModelOpt ONNX PTQ called as users call it, on the plain
+# run's own calibration tensor (the same letterboxed images), evaluated on its images with its settings.
+TRT_RECIPES: dict[str, dict[str, Any]] = {
+    # Ultralytics 8.4.190, ultralytics/utils/export/engine.py modelopt_quantize_onnx (`yolo export
+    # format=engine int8=True`): max calibration on the CPU EP, the head's final bare convolutions and DFL
+    # kept in float, ModelOpt's other defaults (up to 512 images; here the plain run's 128)
+    "ultralytics-trt": {"calibration_method": "max", "calibration_eps": ["cpu"],
+                        "nodes_to_exclude": [r".*\.2/Conv$", r".*/dfl/"]},
+    # ModelOpt 0.47 `quantize(quantize_mode="int8")` with nothing excluded and max calibration (its own
+    # default calibrator for int8 is entropy: 2.5-2.8x the time of max, 100x after an unlucky first sample,
+    # docs/benchmarks.md), on the CPU EP as every row here (scales do not depend on the EP)
+    "modelopt-defaults": {"calibration_method": "max", "calibration_eps": ["cpu"]},
+}
+# Both keep ModelOpt's fp16 float parts in deployment; they are evaluated with fp32 float parts, as the
+# target is: on ORT's CPU EP an fp16 Q/DQ model rounds its activations toward zero and scores ~0 mAP
+# (docs/accuracy.md, "fp16 float parts").
+RECIPE_PRECISION = "fp32"
+
+
+def _paired(base: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """other - base in points, its paired 95% interval and the per-resample differences (for pooling)."""
+    ci = paired_interval(base["bootstrap"], other["bootstrap"], "map50_95")
+    if ci is None:
+        raise SystemExit("a recipe was not resampled like the run it is compared with; run them again together")
+    diff = (np.asarray(other["bootstrap"]["map50_95"]) - np.asarray(base["bootstrap"]["map50_95"])) * 100
+    return {"effect_pt": round((other["map50_95"] - base["map50_95"]) * 100, 3),
+            "ci_pt": [round(c * 100, 2) for c in ci], "diff": [round(float(x), 4) for x in diff]}
+
+
+def trt_recipe_row(plain_run_dir: str | Path, work: Path, name: str) -> dict[str, Any]:
+    """One TensorRT recipe (TRT_RECIPES) on the plain run's calibration tensor and images: its delta
+    against FP32 and the tensorrt target minus the recipe, with paired intervals (same resamples)."""
+    from modelopt.onnx.quantization import quantize  # heavy: loaded when used
+
+    run = Path(plain_run_dir)
+    cfg = json.loads((run / "run-config.json").read_text())
+    cal = json.loads((run / "quantize-int8" / "calibration.json").read_text())
+    model = Path(cfg["model"])
+    inp = json.loads((run / "results" / "summary.json").read_text())["model"]
+    arr = np.load(cal["tensor_path"])
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / f"{model.stem}-{name}.onnx"
+    src = work / "src" / model.name  # ModelOpt was seen rewriting its input file: it gets a copy
+    src.parent.mkdir(exist_ok=True)
+    shutil.copyfile(model, src)
+    t0 = time.perf_counter()
+    # ModelOpt patches ORT's quantizer process-wide: undone after, or the next run's ort-cpu build breaks
+    with ort_quantization_restored():
+        quantize(onnx_path=str(src), quantize_mode="int8", calibration_data={inp.get("input", "images"): arr},
+                 high_precision_dtype=RECIPE_PRECISION, output_path=str(out), **TRT_RECIPES[name])
+    wall = time.perf_counter() - t0
+    st = EvalSettings.model_validate({**cfg["eval"], "deployed_runs": 0})
+    source = DataSpec(cfg["images"], cfg["annotations"], cfg.get("data"), cfg.get("split", "val"))
+    m = evaluate_model(out, source, cfg["subset"], st, cfg["subset_seed"])
+    fp = json.loads((run / "fp32-coco" / "metrics.json").read_text())
+    tgt = json.loads((run / "int8-coco" / "metrics.json").read_text())
+    return {"recipe": name, "settings": {**TRT_RECIPES[name], "high_precision_dtype": RECIPE_PRECISION},
+            "calibration_images": int(arr.shape[0]), "quantize_s": round(wall, 1), "map50_95": m["map50_95"],
+            "delta": _paired(fp, m), "target": "tensorrt", "target_minus_recipe": _paired(m, tgt)}
+
+
 def recipe_row(base: dict[str, Any], plain_run_dir: str | Path, work: Path) -> dict[str, Any]:
     """The NNCF + OpenVINO recipe Ultralytics users run (bench/targets.py nncf_openvino_peer: NNCF's
     defaults, MIXED preset, the head's arithmetic and Sigmoids ignored) on the plain run's own
@@ -137,24 +209,48 @@ def recipe_row(base: dict[str, Any], plain_run_dir: str | Path, work: Path) -> d
     run = Path(plain_run_dir)
     cfg = json.loads((run / "run-config.json").read_text())
     cal = json.loads((run / "quantize-int8" / "calibration.json").read_text())
-    files = [Path(cal["folder"]) / f for f in cal["images"]]
+    files = [Path(f) for f in cal["files"]] if "files" in cal else [Path(cal["folder"]) / f for f in cal["images"]]
     model = Path(cfg["model"])
     shape = json.loads((run / "results" / "summary.json").read_text())["model"]["input_shape"]
     work.mkdir(parents=True, exist_ok=True)
     xml = work / f"{model.stem}-recipe.xml"
     built = nncf_openvino_peer(model, files, tuple(shape), xml)
     st = EvalSettings.model_validate({**cfg["eval"], "runtime": "openvino", "deployed_runs": 0})
-    m = evaluate_model(xml, Path(cfg["images"]), Path(cfg["annotations"]), cfg["subset"], st, cfg["subset_seed"],
-                       io_model=model)
+    source = DataSpec(cfg["images"], cfg["annotations"], cfg.get("data"), cfg.get("split", "val"))
+    m = evaluate_model(xml, source, cfg["subset"], st, cfg["subset_seed"], io_model=model)
     fp = json.loads((run / "fp32-coco" / "metrics.json").read_text())
     ov = json.loads((run / "int8-openvino-coco" / "metrics.json").read_text())
-    ci = paired_interval(fp["bootstrap"], m["bootstrap"], "map50_95")
-    ci_t = paired_interval(m["bootstrap"], ov["bootstrap"], "map50_95")
-    return {"built": built, "calibration_images": len(files), "map50_95": m["map50_95"],
-            "delta_pt": round((m["map50_95"] - fp["map50_95"]) * 100, 3),
-            "delta_ci_pt": [round(c * 100, 2) for c in ci] if ci else None,
-            "openvino_minus_recipe_pt": round((ov["map50_95"] - m["map50_95"]) * 100, 3),
-            "openvino_minus_recipe_ci_pt": [round(c * 100, 2) for c in ci_t] if ci_t else None}
+    d, t = _paired(fp, m), _paired(m, ov)
+    return {"recipe": "nncf-openvino", "built": built, "calibration_images": len(files), "map50_95": m["map50_95"],
+            "delta": d, "target": "openvino", "target_minus_recipe": t,
+            # the names earlier results files used (docs cite them)
+            "delta_pt": d["effect_pt"], "delta_ci_pt": d["ci_pt"],
+            "openvino_minus_recipe_pt": t["effect_pt"], "openvino_minus_recipe_ci_pt": t["ci_pt"]}
+
+
+def recipes_table(results: dict[str, Any]) -> str:
+    """The README's recipe table: per model, each target beside the recipes users run for it, INT8
+    minus FP32 with its interval, and the target minus each recipe paired; pooled per recipe."""
+    def ci(c: dict[str, Any]) -> str:
+        return f"{c['effect_pt']:+.2f} [{c['ci_pt'][0]:+.2f}, {c['ci_pt'][1]:+.2f}]"
+
+    lines = ["| model | target | target: INT8 - FP32 | recipe | recipe: INT8 - FP32 | target - recipe |",
+             "|---|---|---:|---|---:|---:|"]
+    by_recipe: dict[str, list[dict[str, Any]]] = {}
+    for name, r in results["models"].items():
+        plain = (r.get("variants") or {}).get("plain")
+        for rec in r.get("recipes", []):
+            t = plain["targets"][rec["target"]]
+            tci = t["delta_ci_pt"]
+            lines.append(f"| {name} | `{rec['target']}` | {-t['drop_points']:+.2f} [{tci[0]:+.2f}, {tci[1]:+.2f}] | "
+                         f"{rec['recipe']} | {ci(rec['delta'])} | {ci(rec['target_minus_recipe'])} |")
+            by_recipe.setdefault(rec["recipe"], []).append(rec["target_minus_recipe"])
+    lines.append("")
+    for k, cells in by_recipe.items():
+        p = pooled(cells)
+        lines.append(f"- target minus `{k}`, pooled over {p['cells']} models: {p['effect_pt']:+.2f} "
+                     f"[{p['ci_pt'][0]:+.2f}, {p['ci_pt'][1]:+.2f}]")
+    return "\n".join(lines)
 
 
 def pooled(cells: list[dict[str, Any]]) -> dict[str, Any]:
@@ -213,15 +309,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int)
     ap.add_argument("--calib-counts", help="plain runs only, one per calibration count (e.g. 32,64,80): "
                                            "accuracy and wall time against the sample count")
-    ap.add_argument("--data", choices=sorted(DATA), default="300")
+    ap.add_argument("--data", choices=sorted([*DATA, "demo"]), default="300",
+                    help="demo: the demo's own images, for detectors trained on its shapes (--extra NAME=PATH)")
     ap.add_argument("--calib-count", type=int, help="calibration images (default: the run's own default)")
     ap.add_argument("--variants", help="plain runs with one recovery rule toggled each, instead of auto mode: "
                                        + ",".join(VARIANTS))
     ap.add_argument("--targets", help="with --variants: the targets to run (a "
                     "reconstruction of YOLOv10s on both Q/DQ targets is hours on 2 cores)")
-    ap.add_argument("--recipe", action="store_true", help="with --variants: also the NNCF + OpenVINO recipe "
-                                                          "Ultralytics users run, beside the openvino target")
+    ap.add_argument("--recipe", action="store_true", help="with --variants: also the recipes users run, beside "
+                                                          "their targets: NNCF + OpenVINO (openvino), Ultralytics' "
+                                                          "TensorRT recipe and ModelOpt's defaults (tensorrt)")
     ap.add_argument("--out", type=Path, default=OUT / "accuracy.json")
+    ap.add_argument("--replace", action="store_true", help="overwrite --out when it exists (results files are "
+                                                           "cited by the docs: never replaced by accident)")
+    ap.add_argument("--recipes", action="store_true", help="print --out (a --recipe run) as the README's recipe table")
     ap.add_argument("--table", action="store_true", help="print --out (plain and auto runs) as the README's table")
     ap.add_argument("--effects", action="store_true", help="print --out (a --variants run) as each rule's paired "
                                                           "effect against the defaults, per model and pooled")
@@ -232,6 +333,12 @@ def main() -> None:
     if a.effects:
         print(effects_table(json.loads(a.out.read_text())))
         return
+    if a.recipes:
+        print(recipes_table(json.loads(a.out.read_text())))
+        return
+    if a.out.exists() and not a.replace:  # before any run: a finished run would overwrite it at its end
+        ap.error(f"--out {a.out} exists (a results file the docs may cite); pass another --out, or --replace to "
+                 f"overwrite it")
     if a.variants and (bad := [v for v in a.variants.split(",") if v not in VARIANTS]):
         ap.error(f"--variants: unknown {', '.join(bad)}; choose from {', '.join(VARIANTS)}")  # before any run
     if (a.targets or a.recipe) and not a.variants:  # the plain + auto comparison always runs every target
@@ -239,8 +346,8 @@ def main() -> None:
     targets = (a.targets or ",".join(TARGETS)).split(",")
     if bad := [t for t in targets if t not in TARGETS]:
         ap.error(f"--targets: unknown {', '.join(bad)}; choose from {', '.join(TARGETS)}")
-    if a.recipe and "openvino" not in targets:
-        ap.error("--recipe compares with the openvino target: add openvino to --targets")
+    if a.recipe and not {"openvino", "tensorrt"} & set(targets):
+        ap.error("--recipe compares with the openvino and tensorrt targets: add one of them to --targets")
     todo = [(n, None) for n in a.models.split(",") if n] + [(e.split("=", 1)[0], Path(e.split("=", 1)[1]))
                                                             for e in a.extra]
     if any(n == "demo" for n, _ in todo):
@@ -266,11 +373,15 @@ def main() -> None:
                                run_id=f"{v}-{stamp}", targets=targets) for v in a.variants.split(",")}
             results["models"][name] = {"variants": runs, "effects": rule_effects(runs)}
             if a.recipe and "plain" in runs:
-                r = recipe_row(base, runs["plain"]["run_dir"], root / "recipe")
-                results["models"][name]["recipe"] = r
-                print(f"{name} recipe (NNCF + OpenVINO, Ultralytics): {r['delta_pt']:+.2f} {r['delta_ci_pt']}; "
-                      f"openvino target minus recipe {r['openvino_minus_recipe_pt']:+.2f} "
-                      f"{r['openvino_minus_recipe_ci_pt']}", flush=True)
+                recipes = ([trt_recipe_row(runs["plain"]["run_dir"], root / "recipe", k) for k in TRT_RECIPES]
+                           if "tensorrt" in targets else [])
+                if "openvino" in targets:
+                    recipes.append(recipe_row(base, runs["plain"]["run_dir"], root / "recipe"))
+                results["models"][name]["recipes"] = recipes
+                for r in recipes:
+                    d, t = r["delta"], r["target_minus_recipe"]
+                    print(f"{name} recipe {r['recipe']}: {d['effect_pt']:+.2f} {d['ci_pt']}; {r['target']} target "
+                          f"minus recipe {t['effect_pt']:+.2f} {t['ci_pt']}", flush=True)
             for v, r in runs.items():
                 print(f"{name} {v}: " + ", ".join(
                     f"{t} {-x['drop_points']:+.2f} pt {x['delta_ci_pt']} {x['int8_conv_mac_share'] * 100:.1f}% MACs"

@@ -36,6 +36,7 @@ from accuracy import DATA, SHARED_MODELS  # noqa: E402
 from local_server import free_port, start_server  # noqa: E402
 from tasks.evaluation.evaluate import EvalSettings, detect_shard, score_shards, shard_bounds  # noqa: E402
 from tasks.evaluation.runtime import cpu_info, cpu_label  # noqa: E402
+from tasks.evaluation.sources.base import DataSpec  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
 
@@ -61,10 +62,10 @@ def bench_eval(work: Path) -> dict[str, Any]:
                 Client(cl) as client:
             client.run(lambda: None)  # workers up before the clock starts
             t0 = time.perf_counter()
-            futs = [client.submit(detect_shard, model, images, ann, None, settings, 0, b, 1, pure=False)
+            futs = [client.submit(detect_shard, model, DataSpec(images, ann), None, settings, 0, b, 1, pure=False)
                     for b in shard_bounds(n, workers)]
             parts = client.gather(futs)
-            metrics = score_shards(model, images, ann, None, settings, 0, parts)
+            metrics = score_shards(model, DataSpec(images, ann), None, settings, 0, parts)
             wall = time.perf_counter() - t0
         out[f"workers_{workers}"] = {"wall_s": round(wall, 2), "map50_95": metrics["map50_95"], "shards": len(parts)}
         print(f"  evaluation, {workers} worker(s): {wall:.1f} s, mAP50-95 {metrics['map50_95']:.4f}")

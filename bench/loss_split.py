@@ -37,6 +37,7 @@ from tasks.config import RunConfig  # noqa: E402
 from tasks.evaluation.bootstrap import paired_interval  # noqa: E402
 from tasks.evaluation.evaluate import evaluate_model  # noqa: E402
 from tasks.evaluation.runtime import cpu_info, cpu_label  # noqa: E402
+from tasks.evaluation.sources.base import DataSpec  # noqa: E402
 from tasks.quantization.graph import producer_map  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "loss-split.json"
@@ -149,7 +150,8 @@ def main() -> None:
     if q_path is None or not q_path.exists():
         ap.error(f"{a.run}: no {a.target} model in its summary (run it with --target {a.target})")
     out_path = a.out or (OUT if a.target == "tensorrt" else OUT.with_name(f"loss-split-{a.target}.json"))
-    images, annotations = a.images or cfg.images, a.annotations or cfg.annotations
+    images = a.images or cfg.images or cfg.data
+    source = DataSpec(a.images, a.annotations) if a.images and a.annotations else cfg.eval_data()
     settings = cfg.eval.model_copy(update={"providers": ["cpu"]})
     q, fp = onnx.load(str(q_path)), onnx.load(str(cfg.model))
     out: dict[str, Any] = {"cpu": cpu_label(), "cpu_info": cpu_info(), "run": str(a.run), "target": a.target,
@@ -162,7 +164,7 @@ def main() -> None:
                         ("activations, no clipping", widened(act, 1.0)), ("activations, half step", widened(act, 0.5))):
             paths[name] = Path(td) / f"{name.replace(' ', '-')}.onnx"
             onnx.save(m, str(paths[name]))
-        metrics = {k: evaluate_model(p, Path(images), Path(annotations), cfg.subset, settings) for k, p in paths.items()}
+        metrics = {k: evaluate_model(p, source, cfg.subset, settings) for k, p in paths.items()}
     base = metrics["fp32"]
     print(f"CPU: {out['cpu']}; {a.target}; {len(base['image_ids'])} images; FP32 mAP50-95 {base['map50_95']:.4f}; INT8 minus FP32 in points, 95% CI")
     for k in ("int8", "weights only", "activations only", "activations, no clipping", "activations, half step"):

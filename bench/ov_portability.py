@@ -86,10 +86,11 @@ import json, sys
 sys.path.insert(0, {root!r})
 from pathlib import Path
 from tasks.evaluation.evaluate import EvalSettings, evaluate_model
+from tasks.evaluation.sources.base import DataSpec
 from tasks.quantization.nncf_ptq import runtime_convolutions
 out = {{}}
 for name, path in {files!r}.items():
-    m = evaluate_model(Path(path), Path({images!r}), Path({ann!r}), None, EvalSettings(runtime="openvino"),
+    m = evaluate_model(Path(path), DataSpec(Path({images!r}), Path({ann!r})), None, EvalSettings(runtime="openvino"),
                        io_model=Path({model!r}))
     rc = runtime_convolutions(Path(path))
     out[name] = {{"map50_95": m["map50_95"], "p50_ms": m["latency_ms"]["p50"], "kernels": rc["primitives"]}}

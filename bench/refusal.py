@@ -10,6 +10,12 @@ calibration tensor on the 0-255 scale, a calibration image that does not decode)
 bundled demo's model and data in a temporary folder. `--checkout` times another checkout's command
 (an older release) on the same cases: a case it does not refuse before the flow starts is stopped
 after --limit seconds and recorded as such.
+
+    .venv/bin/python bench/refusal.py --data-cases          # writes bench/results/refusal-data.json
+
+The Ultralytics dataset cases instead (`--data DATA.yaml`, the demo's images laid out the Ultralytics
+way): each bad dataset file or label line, a dataset with another class list, a segment export, and
+fp16 float parts asked for a target they do not apply to.
 """
 
 from __future__ import annotations
@@ -31,9 +37,10 @@ import onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from tasks.config import load_demo_config  # noqa: E402
-from tasks.evaluation.runtime import cpu_label  # noqa: E402
+from tasks.evaluation.runtime import cpu_info, cpu_label  # noqa: E402
 from tasks.evaluation.shapes import declared_dims, graph_input  # noqa: E402
 
 
@@ -81,6 +88,70 @@ def cases(work: Path) -> dict[str, tuple[list[str], str]]:
     }
 
 
+def data_cases(work: Path) -> dict[str, tuple[list[str], str]]:
+    """name -> (arguments, the text its refusal must hold), on the demo laid out as an Ultralytics dataset."""
+    import yaml
+
+    from your_data import coco_to_ultralytics  # bench/your_data.py: Ultralytics' convert_coco for boxes
+
+    demo = load_demo_config()
+    paths, model = demo["paths"], Path(demo["model"])
+    good = coco_to_ultralytics(Path(paths["annotations"]), Path(paths["images"]), work / "ds", Path(paths["calib_images"]))
+    keys = yaml.safe_load(good.read_text())
+    labels = sorted((work / "ds" / "labels" / "val").iterdir())
+
+    def dataset(name: str, **over: object) -> Path:
+        p = work / f"{name}.yaml"
+        p.write_text(yaml.safe_dump({**keys, **over}))
+        return p
+
+    def label(i: int, line: str) -> Path:
+        """A copy of the dataset whose i-th label file gets `line` as its third line."""
+        root = work / f"labels-{i}"
+        shutil.copytree(work / "ds", root, symlinks=True)
+        f = root / "labels" / "val" / labels[i].name
+        rows = f.read_text().splitlines()[:2]
+        f.write_text("\n".join(rows + [line]) + "\n")
+        return dataset(f"labels-{i}", path=str(root))
+
+    (work / "ds" / "images" / "empty").mkdir()
+    seg = work / "seg.onnx"
+    m = onnx.load(str(model))
+    meta = {p.key: p.value for p in m.metadata_props}
+    del m.metadata_props[:]
+    for k, v in {**meta, "task": "segment"}.items():  # the export's own task key, said otherwise
+        m.metadata_props.add(key=k, value=v)
+    onnx.save(m, str(seg))
+    nc = len(keys["names"])
+    base = ["--model", str(model), "--calib-count", "16"]
+    return {
+        "dataset file missing": (base + ["--data", str(work / "nope.yaml")], "does not exist"),
+        "dataset file not YAML": (base + ["--data", str(_write(work / "bad.yaml", "names: [a\nval: ["))],
+                                  "is not valid YAML"),
+        "split not in the file": (base + ["--data", str(good), "--split", "test"], "has no 'test' split"),
+        "split path missing": (base + ["--data", str(dataset("missing", val="images/nope"))], "does not exist"),
+        "split empty": (base + ["--data", str(dataset("empty", val="images/empty"))], "holds no images"),
+        "nc and names disagree": (base + ["--data", str(dataset("nc", nc=nc + 1))], "make them agree"),
+        "label: wrong field count": (base + ["--data", str(label(0, "1 0.5 0.5 0.2"))], "has 4 fields"),
+        "label: not a number": (base + ["--data", str(label(1, "1 0.5 x 0.2 0.2"))], "is not a number"),
+        "label: negative class": (base + ["--data", str(label(2, "-1 0.5 0.5 0.2 0.2"))], "is not a class index"),
+        "label: class >= names": (base + ["--data", str(label(3, f"{nc} 0.5 0.5 0.2 0.2"))], "is not a class index"),
+        "label: coordinate outside": (base + ["--data", str(label(4, "1 0.5 0.5 1.2 0.2"))], "is outside [0, 1]"),
+        "label: zero width": (base + ["--data", str(label(5, "1 0.5 0.5 0 0.2"))], "a box needs both above 0"),
+        "another class list": (base + ["--data", str(dataset("names", names={**keys["names"], 1: "pentagon"}))],
+                               "class names do not match"),
+        "segment export": (["--model", str(seg), "--data", str(good), "--calib-count", "16"],
+                           "scores object detection only"),
+        "fp16 for ort-cpu": (base + ["--data", str(good), "--target", "ort-cpu", "--set",
+                                     "quant.high_precision_dtype=fp16"], "Add --target tensorrt"),
+    }
+
+
+def _write(p: Path, text: str) -> Path:
+    p.write_text(text)
+    return p
+
+
 def one(python: str, script: Path, args: list[str], cwd: Path, limit: float, env: dict[str, str]) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
@@ -101,15 +172,18 @@ def main() -> None:
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--limit", type=float, default=90.0, help="seconds before a case counts as not refused")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "refusal.json")
+    ap.add_argument("--data-cases", action="store_true", help="the Ultralytics dataset cases (--data), written to "
+                                                              "bench/results/refusal-data.json unless --out is given")
+    ap.add_argument("--out", type=Path)
     a = ap.parse_args()
+    a.out = a.out or ROOT / "bench" / "results" / ("refusal-data.json" if a.data_cases else "refusal.json")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     with tempfile.TemporaryDirectory() as td:
         work = Path(td)
         env.update(PREFECT_HOME=str(work / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                    DO_NOT_TRACK="1")
         rows = {}
-        for name, (args, expect) in cases(work).items():
+        for name, (args, expect) in (data_cases(work) if a.data_cases else cases(work)).items():
             runs = []
             for i in range(a.repeat):
                 cwd = work / f"{len(rows)}-{i}"
@@ -120,8 +194,8 @@ def main() -> None:
                           "walls_s": [r["wall_s"] for r in runs], "refused_before_work": refused,
                           "rc": runs[-1]["rc"], "message": runs[-1]["last_line"][:300]}
             print(f"{name:<32} {rows[name]['median_s']:6.2f} s  rc={rows[name]['rc']}  "
-                  f"{'refused' if refused else 'NOT refused before work'}: {rows[name]['message'][:110]}")
-    out = {"cpu": cpu_label(), "checkout": str(a.checkout.resolve().name), "repeat": a.repeat, "cases": rows}
+                  f"{'refused' if refused else 'NOT refused before work'}: {rows[name]['message'][:110]}", flush=True)
+    out = {"cpu": cpu_label(), "cpu_info": cpu_info(), "checkout": str(a.checkout.resolve().name), "repeat": a.repeat, "cases": rows}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {a.out}")

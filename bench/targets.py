@@ -39,6 +39,7 @@ from shared_data import SHARED, YOLOV5N, YOLOV10S  # noqa: E402
 from tasks.quantization.calibration import CalibReader, pick_calib_images  # noqa: E402
 from tasks.config import OrtCpuSettings, QuantSettings, load_demo_config  # noqa: E402
 from tasks.evaluation.evaluate import EvalSettings, evaluate_model  # noqa: E402
+from tasks.evaluation.sources.base import DataSpec  # noqa: E402
 from tasks.quantization.entropy import activation_scales  # noqa: E402
 from tasks.quantization.ort_qdq import MinMaxSafeReader, build_ort_cpu, symmetric_overrides, with_min_opset  # noqa: E402
 from tasks.evaluation.preprocess import PreprocessSpec  # noqa: E402
@@ -266,7 +267,7 @@ def bench_model(m: dict[str, Any], work: Path, calib_count: int, rounds: int, it
             "latency_ratio_ort_default": round(lat[k]["ort_default"]["p50_ms"] / lat["fp32"]["ort_default"]["p50_ms"], 4),
             "build": build.get(k, {}), "runtime": RUNTIME.get(k, "onnxruntime")}
         if m["images"] is not None:
-            met = evaluate_model(p, m["images"], m["annotations"], io_model=model,
+            met = evaluate_model(p, DataSpec(m["images"], m["annotations"]), io_model=model,
                                  settings=EvalSettings(providers=["cpu"], threads=threads,
                                                        runtime=RUNTIME.get(k, "onnxruntime")))
             row.update({"map50_95": met["map50_95"], "map50": met["map50"], "images": met["images"]})

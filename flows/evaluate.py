@@ -2,6 +2,7 @@
 
     python flows/evaluate.py --model M.onnx --images DIR --annotations JSON [--subset FILE|N|random:N]
                              [--providers cuda,cpu] [--out metrics.json]
+    python flows/evaluate.py --model M.onnx --data DATA.yaml [--split val|test]   # an Ultralytics dataset
 
 Prints a short table and writes the metrics JSON. With --prefect it runs as a Prefect flow (a
 temporary local server unless PREFECT_API_URL points at one); without, it runs the plain function.
@@ -23,10 +24,11 @@ offline_defaults()
 
 from tasks.evaluation.evaluate import EvalSettings, evaluate_model, format_table  # noqa: E402
 from tasks.evaluation.preprocess import PreprocessSpec  # noqa: E402
+from tasks.evaluation.sources.base import DataSpec  # noqa: E402
 from tasks.run.rundir import atomic_write_json  # noqa: E402
 
 
-def evaluate_flow(model: str, images: str, annotations: str, subset: str | None = None,
+def evaluate_flow(model: str, source: DataSpec, subset: str | None = None,
                   settings: EvalSettings = EvalSettings(), out: str | None = None, io_model: str | None = None) -> dict:
     """Prefect flow wrapper around tasks.evaluation.evaluate.evaluate_model (built lazily: Prefect is only
     imported when asked for)."""
@@ -34,7 +36,7 @@ def evaluate_flow(model: str, images: str, annotations: str, subset: str | None 
 
     @task(name="coco-eval", retries=1)
     def _eval() -> dict:
-        return evaluate_model(Path(model), Path(images), Path(annotations), subset, settings,
+        return evaluate_model(Path(model), source, subset, settings,
                               io_model=Path(io_model) if io_model else None)
 
     @flow(name="yolo-evaluate")
@@ -51,8 +53,10 @@ def main(argv: list[str] | None = None, prog: str = "python flows/evaluate.py") 
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.replace("python flows/evaluate.py", prog),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
-    ap.add_argument("--images", required=True)
-    ap.add_argument("--annotations", required=True)
+    ap.add_argument("--images", help="folder of the evaluated images (with --annotations)")
+    ap.add_argument("--annotations", help="COCO instances JSON describing them")
+    ap.add_argument("--data", help="or an Ultralytics dataset YAML (path, train, val, test, names; YOLO labels)")
+    ap.add_argument("--split", choices=["val", "test"], default="val", help="with --data: the split evaluated")
     ap.add_argument("--subset", help="N (first N ids), random:N (seeded), or a file of image ids / file names")
     ap.add_argument("--subset-seed", type=int, default=0)
     ap.add_argument("--providers", default="cuda,cpu", help="priority order; CPU is always the fallback")
@@ -76,6 +80,11 @@ def main(argv: list[str] | None = None, prog: str = "python flows/evaluate.py") 
     ap.add_argument("--out", help="metrics JSON to write (default: print only)")
     ap.add_argument("--prefect", action="store_true", help="run as a Prefect flow")
     a = ap.parse_args(argv)
+    if a.data and (a.images or a.annotations):
+        ap.error("give --data, or --images and --annotations, not both")
+    if not a.data and not (a.images and a.annotations):
+        ap.error("the evaluated data: --data DATA.yaml, or --images DIR and --annotations JSON")
+    source = DataSpec(data=a.data, split=a.split) if a.data else DataSpec(images=a.images, annotations=a.annotations)
     try:
         if Path(a.model).suffix == ".xml" and (a.runtime != "openvino" or not a.io_model):
             raise ValueError(f"{a.model} is an OpenVINO IR: evaluate it with --runtime openvino --io-model "
@@ -90,9 +99,9 @@ def main(argv: list[str] | None = None, prog: str = "python flows/evaluate.py") 
                                       channel_order="BGR" if a.bgr else "RGB"))
         if a.prefect:
             ensure_prefect_home()
-            metrics = evaluate_flow(a.model, a.images, a.annotations, a.subset, settings, a.out, a.io_model)
+            metrics = evaluate_flow(a.model, source, a.subset, settings, a.out, a.io_model)
         else:
-            metrics = evaluate_model(Path(a.model), Path(a.images), Path(a.annotations), a.subset, settings,
+            metrics = evaluate_model(Path(a.model), source, a.subset, settings,
                                      a.subset_seed, io_model=Path(a.io_model) if a.io_model else None)
             if a.out:
                 atomic_write_json(Path(a.out), metrics)
@@ -100,6 +109,7 @@ def main(argv: list[str] | None = None, prog: str = "python flows/evaluate.py") 
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table({Path(a.model).stem[:10]: metrics}))
+    print(f"classes: {metrics['classes']['note']}")
     print(f"detections {metrics['detections']}, decoder {metrics['model']['output_format']}, "
           f"preprocess p50 {metrics['preprocess_ms']['p50']:.2f} ms, decode p50 {metrics['decode_ms']['p50']:.2f} ms")
     if a.out:

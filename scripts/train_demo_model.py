@@ -1,7 +1,10 @@
-"""Train and export the bundled demo detector (development-time only).
+"""Train and export the bundled demo detectors (development-time only).
 
 A YOLOv10n (Ultralytics' real end-to-end v10Detect head) trained on the synthetic shapes dataset,
 exported to a static ONNX whose output is the NMS-free 1x300x6 tensor, like the user's yolov10m.
+With `--arch yolo26n.yaml --exports end2end,raw` the same for YOLO26n, in both of its export forms:
+`nms=False` (its one-to-one head, top-K baked in: 1x300x6, metadata end2end True) and the default
+(its one-to-many head, 1x(4+nc)xN, no DFL, metadata end2end False: NMS after the model).
 
 Ultralytics is AGPL and a development tool here, never a runtime dependency. It lives in its own
 environment (torch 2.14.1 + torchvision 0.29.1, which lie on this machine's disk):
@@ -67,7 +70,12 @@ def main() -> None:
     ap.add_argument("--profile", default="standard", choices=["standard", "hard"],
                     help="scene difficulty of the generated training data (tasks/demo_data.py PROFILES)")
     ap.add_argument("--name", default="run")
-    ap.add_argument("--out", type=Path, default=ROOT / "demo" / "model" / "yolov10n-shapes.onnx")
+    ap.add_argument("--arch", default="yolov10n.yaml", help="Ultralytics model file trained from scratch "
+                                                           "(yolov10n.yaml, yolo26n.yaml)")
+    ap.add_argument("--exports", default="end2end", help="comma-separated: end2end (nms=False, 1x300x6), "
+                                                         "raw (the default export, 1x(4+nc)xN)")
+    ap.add_argument("--out", type=Path, default=ROOT / "demo" / "model" / "yolov10n-shapes.onnx",
+                    help="the end2end export's path; the raw one gets -raw before the suffix")
     args = ap.parse_args()
 
     import torch
@@ -91,7 +99,7 @@ def main() -> None:
         "path": str(data_root.resolve()), "train": "train/images", "val": "holdout/images", "names": names}))
 
     t0 = time.time()
-    model = YOLO(str(args.init) if args.init else "yolov10n.yaml")
+    model = YOLO(str(args.init) if args.init else args.arch)
     model.train(data=str(ds_yaml), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device="cpu",
                 workers=1, cache="ram", seed=args.seed, deterministic=args.deterministic, plots=False, amp=False, val=False,
                 project=str(args.work.resolve()), name=args.name, exist_ok=True, verbose=False,
@@ -99,24 +107,34 @@ def main() -> None:
                 mosaic=args.mosaic)
     train_s = time.time() - t0
     last = args.work / args.name / "weights" / "last.pt"
-    exported = YOLO(str(last)).export(format="onnx", imgsz=args.imgsz, opset=17, dynamic=False,
-                                      simplify=True, nms=False, batch=1)
     import onnx
 
-    m = onnx.load(exported)
-    out_shape = [d.dim_value for d in m.graph.output[0].type.tensor_type.shape.dim]
-    assert out_shape == [1, 300, 6], f"expected the NMS-free 1x300x6 head, got {out_shape}"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(exported, args.out)
-    info_path = args.out.parent / "train-info.json"
+    written = {}
+    for form in [f.strip() for f in args.exports.split(",") if f.strip()]:
+        # nms=False selects the one-to-one head with top-K in the graph; the default (None) exports the
+        # one-to-many head's raw table for NMS outside the model, as `yolo export` does for YOLO26.
+        exported = YOLO(str(last)).export(format="onnx", imgsz=args.imgsz, opset=17, dynamic=False, simplify=True,
+                                          batch=1, **({"nms": False} if form == "end2end" else {}))
+        m = onnx.load(exported)
+        out_shape = [d.dim_value for d in m.graph.output[0].type.tensor_type.shape.dim]
+        if form == "end2end":
+            assert out_shape == [1, 300, 6], f"expected the NMS-free 1x300x6 head, got {out_shape}"
+        else:
+            assert len(out_shape) == 3 and out_shape[1] < out_shape[2], f"expected 1x(4+nc)xN, got {out_shape}"
+        dest = args.out if form == "end2end" else args.out.with_name(args.out.stem + "-raw" + args.out.suffix)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(exported, dest)
+        written[str(dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest)] = out_shape
+    info_path = args.out.with_name(args.out.stem + ".train-info.json") if args.arch != "yolov10n.yaml" \
+        else args.out.parent / "train-info.json"
     previous = json.loads(info_path.read_text()) if args.init and info_path.exists() else None
     info_path.write_text(json.dumps({
         "command": " ".join(["python", "scripts/train_demo_model.py", *sys.argv[1:]]),
-        "seed": args.seed, "epochs": args.epochs, "init": str(args.init) if args.init else None, "lr0": args.lr0,
+        "arch": args.arch, "exports": written, "seed": args.seed, "epochs": args.epochs, "init": str(args.init) if args.init else None, "lr0": args.lr0,
         "mosaic": args.mosaic, "profile": args.profile, "previous_stage": previous, "imgsz": args.imgsz, "train_images": args.train_count,
         "train_seconds": round(train_s, 1), "torch": torch.__version__,
         "ultralytics": __import__("ultralytics").__version__, "threads": args.threads}, indent=2) + "\n")
-    print(f"wrote {args.out} output {out_shape} after {train_s:.0f} s of training")
+    print(f"wrote {written} after {train_s:.0f} s of training")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 from tasks.config import load_demo_config  # noqa: E402
 from tasks.demo_data import CATEGORIES  # noqa: E402
 from tasks.evaluation.evaluate import EvalSettings, evaluate_model  # noqa: E402
+from tasks.evaluation.sources.base import DataSpec  # noqa: E402
 from tasks.run.rundir import atomic_write_json, atomic_write_text, sha256_file  # noqa: E402
 
 
@@ -26,7 +27,7 @@ def main() -> None:
     model: Path = demo["model"]
     info = json.loads((model.parent / "train-info.json").read_text())
     stage1 = info.get("previous_stage") or info
-    m = evaluate_model(model, demo["paths"]["images"], demo["paths"]["annotations"],
+    m = evaluate_model(model, DataSpec(demo["paths"]["images"], demo["paths"]["annotations"]),
                        settings=EvalSettings(providers=["cpu"]))
     ref = {"model": model.name, "sha256": sha256_file(model), "map50_95": m["map50_95"], "map50": m["map50"],
            "images": m["images"], "tolerance": 0.002,

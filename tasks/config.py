@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tasks.demo_data import ensure_demo_data
 from tasks.evaluation.evaluate import EvalSettings
+from tasks.evaluation.sources.base import DataSpec, Split
 
 # Calibration images taken when --calib-count is not given (all of them if the folder holds fewer).
 # The default range estimators do not lose accuracy as samples are added, and YOLOv5n gained from
@@ -48,14 +49,17 @@ class QuantSettings(BaseModel):
                                                                     "matched from the name's start")
     exclude_op_types: list[str] = Field(default_factory=list, description="op types kept in float (every target)")
     high_precision_dtype: Literal["fp32", "fp16"] = Field(
-        "fp32", description="fp32 while validation runs on ONNX Runtime; fp16 for TensorRT deployment")
+        "fp32", description="the tensorrt model's float parts: fp32, or fp16 for a TensorRT engine built in fp16 "
+                            "(ModelOpt's own conversion, applied to the finished model; evaluated with its Q/DQ in "
+                            "fp32 where ORT's fp16 QuantizeLinear does not round to nearest)")
     dq_only: bool = Field(True, description="ModelOpt's dq_only: the tensorrt artifact stores its weights as INT8 "
                                             "behind a DequantizeLinear (same outputs, a quarter of the weight "
                                             "bytes); off: FP32 weights behind Q/DQ pairs")
 
     def ptq_key(self) -> dict[str, Any]:
-        """The settings that change ModelOpt's output (dq_only is applied after recovery)."""
-        return self.model_dump(exclude={"dq_only"})
+        """The settings that change ModelOpt's output (dq_only and the fp16 conversion are applied to
+        the finished model, after recovery)."""
+        return self.model_dump(exclude={"dq_only", "high_precision_dtype"})
 
     @field_validator("calib_eps")
     @classmethod
@@ -188,6 +192,10 @@ class RunConfig(BaseModel):
     allow_calib_overlap: bool = Field(False, description="allow calibration images that are also evaluated")
     images: Path | None = Field(None, description="folder of the evaluated images")
     annotations: Path | None = Field(None, description="COCO instances JSON describing the images")
+    data: Path | None = Field(None, description="an Ultralytics dataset YAML (path, train, val, test, names; YOLO "
+                                                "labels beside the images), instead of --images/--annotations; "
+                                                "calibration then defaults to its train split")
+    split: Split = Field("val", description="with --data: the split evaluated")
     subset: str | None = Field(None, description="N, random:N, or a file of image ids / file names")
     subset_seed: int = Field(0, description="seed of subset=random:N")
     targets: list[Target] = Field(default_factory=lambda: ["tensorrt"],
@@ -273,11 +281,24 @@ class RunConfig(BaseModel):
     def _one_calibration_source(self) -> "RunConfig":
         if self.calib is not None and self.calib_images is not None:
             raise ValueError("give either calib (a tensor file) or calib_images (a folder), not both")
+        if self.data is not None and (self.images is not None or self.annotations is not None):
+            raise ValueError("give either data (an Ultralytics dataset YAML) or images and annotations (a COCO "
+                             "set), not both")
         if (self.guard_images is None) != (self.guard_annotations is None):
             raise ValueError("guard_images and guard_annotations go together: pass both, or neither")
         if self.dask_address is not None and self.runner != "dask":
             raise ValueError(f"dask_address is set but runner is {self.runner!r}; add --runner dask")
         return self
+
+    def eval_data(self) -> DataSpec:
+        """The evaluated data, as the readers take it (tasks/evaluation/sources)."""
+        return DataSpec(images=self.images, annotations=self.annotations, data=self.data, split=self.split)
+
+    def guard_data(self) -> DataSpec | None:
+        """Auto mode's separate selection set, where one is named."""
+        if self.guard_images is None:
+            return None
+        return DataSpec(images=self.guard_images, annotations=self.guard_annotations)
 
     def worker_threads(self) -> int | None:
         """ORT intra-op threads of one worker: the setting, else cores / workers with a pool (one
@@ -295,9 +316,10 @@ class RunConfig(BaseModel):
             given = self.model_fields_set
             if "model" not in given:
                 cfg.model = demo["model"]
-            cfg.images = cfg.images or data["images"]
-            cfg.annotations = cfg.annotations or data["annotations"]
-            if cfg.calib is None and cfg.calib_images is None:
+            if cfg.data is None:
+                cfg.images = cfg.images or data["images"]
+                cfg.annotations = cfg.annotations or data["annotations"]
+            if cfg.calib is None and cfg.calib_images is None and cfg.data is None:
                 cfg.calib_images = data["calib_images"]
             if "calib_count" not in given:
                 cfg.calib_count = demo["calib_count"]
@@ -307,10 +329,11 @@ class RunConfig(BaseModel):
             hint = " (the default is the user's YOLOv10m layout; run with --demo for the bundled demo)" \
                 if Path(cfg.model) == USER_DEFAULT_MODEL else ""
             raise ConfigError(f"model {cfg.model} does not exist{hint}; pass --model PATH")
-        if cfg.images is None or cfg.annotations is None:
-            raise ConfigError("evaluation needs --images DIR and --annotations JSON (or --demo)")
-        if cfg.calib is None and cfg.calib_images is None:
-            raise ConfigError("calibration needs --calib FILE.npy|.npz or --calib-images DIR (or --demo)")
+        if cfg.data is None and (cfg.images is None or cfg.annotations is None):
+            raise ConfigError("evaluation needs --data DATA.yaml, or --images DIR and --annotations JSON (or --demo)")
+        if cfg.calib is None and cfg.calib_images is None and cfg.data is None:
+            raise ConfigError("calibration needs --calib FILE.npy|.npz or --calib-images DIR (or --data DATA.yaml, "
+                              "whose train split it then uses; or --demo)")
         if cfg.run_root is None:
             cfg.run_root = Path("tmp") / f"{Path(cfg.model).stem}_lowbit"
         if cfg.cache_dir is None:

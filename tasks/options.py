@@ -23,7 +23,7 @@ from pydantic.fields import FieldInfo
 
 # The options --help shows, by group, in order: what a user sets for a run.
 PRIMARY: dict[str, tuple[str, ...]] = {
-    "model and data": ("model", "demo", "eval.imgsz", "images", "annotations", "subset"),
+    "model and data": ("model", "demo", "eval.imgsz", "data", "split", "images", "annotations", "subset"),
     "calibration": ("calib_images", "calib", "calib_count"),
     "targets and accuracy": ("targets", "quant.method", "quant.exclude_nodes", "quant.exclude_op_types",
                              "accuracy_budget", "max_map_drop", "reconstruction.mode"),

@@ -33,6 +33,7 @@ from tasks.steps.quantize import finish, raw_quantize, reconstruct_weights
 from tasks.steps.report import step_report
 from tasks.steps.smoke import step_smoke
 from tasks.steps.static_model import static_copy
+from tasks.targets.base import evaluated_model
 from tasks.targets.table import target
 
 
@@ -60,15 +61,16 @@ def prepare_run(cfg: RunConfig) -> RunContext:
                  "eval_image_files": [str(p) for p in eval_files],
                  # hashed once here: both evaluations key their cache entries on these bytes
                  "eval_image_sha256": [sha256_file(p) for p in eval_files],
-                 "annotations_sha256": sha256_file(cfg.annotations)}
+                 # the annotations as read (a COCO file's bytes, a dataset's labels): both evaluations key on it
+                 "annotations_sha256": setup.data.digest, "data": setup.data.record,
+                 "classes": setup.classes.as_record()}
     if source is not None:
         ctx.model["source"] = source
     g = inputs.guard
     if g is not None:
-        ctx.guard = {"images": str(g.images), "annotations": str(g.annotations), "subset": g.subset, "how": g.how,
+        ctx.guard = {"data": g.source.as_record(), "subset": g.subset, "how": g.how,
                      "description": g.description, "count": len(g.files),
-                     "image_sha256": [sha256_file(p) for p in g.files],
-                     "annotations_sha256": sha256_file(g.annotations)}
+                     "image_sha256": [sha256_file(p) for p in g.files], "annotations_sha256": g.digest}
     return ctx
 
 
@@ -190,7 +192,7 @@ def _target_chain(run: _Run, spawn: _Spawner, ctx: RunContext, calib_f: Any, fp3
     smoke = None if auto else run(f"smoke-inference{sfx}", step_smoke, ctx, calib, quant)
     if not parallel:
         fp32_f.result()  # one at a time: FP32 is evaluated before the first INT8 model
-    int8 = _evaluate(run, spawn, ctx, which, Path(quant["artifact"]), quant["sha256"], parallel, runtime=rt)
+    int8 = _evaluate(run, spawn, ctx, which, *evaluated_model(quant), parallel, runtime=rt)
     extra: dict[str, Any] = {}
     if auto and parallel:
         # the guard decides here; each candidate's steps run on the workers, its evaluation in shards
@@ -228,7 +230,8 @@ def execute(ctx: RunContext, call: Callable[..., Any] = _direct, parallel: bool 
     finally:
         spawn.close()
     if parallel:
-        models = {"fp32": str(cfg.model), **{target(t).which: r["quant"]["artifact"] for t, r in targets.items()}}
+        models = {"fp32": str(cfg.model), **{target(t).which: str(evaluated_model(r["quant"])[0])
+                                             for t, r in targets.items()}}
         runtimes = {target(t).which: target(t).runtime for t in targets}
         lat = run("latency", step_latency, ctx, models, runtimes)["models"]
         fp32 = {**fp32, **latency_fields(lat["fp32"])}

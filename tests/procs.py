@@ -26,8 +26,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live processes of process group `pgid` (from /proc; zombies count as gone)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def stop(proc: subprocess.Popen, grace: float = 20) -> None:
     if proc.poll() is not None:
+        _kill_group(proc.pid)  # the leader is gone; what it started in its group goes too
         return
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -38,6 +60,7 @@ def stop(proc: subprocess.Popen, grace: float = 20) -> None:
         except ProcessLookupError:
             pass
         proc.wait(timeout=10)
+    _kill_group(proc.pid)
 
 
 def stop_all(procs: list[subprocess.Popen], grace: float = 20) -> None:
@@ -55,4 +78,6 @@ def stop_all(procs: list[subprocess.Popen], grace: float = 20) -> None:
             p.wait(timeout=max(deadline - time.time(), 0.1))
         except subprocess.TimeoutExpired:
             stop(p, grace=1)  # terminated again, then killed
+    for p in procs:  # a leader that exited may leave members of its group behind: they go too
+        _kill_group(p.pid)
 

@@ -43,7 +43,8 @@ def test_cli_options_fill_the_one_config_model(tmp_path):
 
 
 def test_help_shows_the_settings_a_user_sets_and_names_the_rest(capsys):
-    """At most about 25 options; every other setting is a --set key that --help-all lists."""
+    """At most 27 options (the data comes in two forms: --images/--annotations or --data/--split); every other
+    setting is a --set key that --help-all lists."""
     from tasks.config import RunConfig
     from tasks.options import leaf_fields
 
@@ -52,7 +53,7 @@ def test_help_shows_the_settings_a_user_sets_and_names_the_rest(capsys):
     out = capsys.readouterr().out
     assert e.value.code == 0
     options = [line for line in out.splitlines() if line.startswith("  --")]
-    assert len(options) <= 25, options
+    assert len(options) <= 27, options
     assert "--set KEY=VALUE" in out and "--help-all" in out
     with pytest.raises(SystemExit):
         parse_args(["--help-all"])
@@ -201,6 +202,13 @@ def _bad_input(kind, tmp_path, tiny_model, tiny_data):
         bad = tiny_data["calib_images"] / "cal0003.png"
         bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
         return base, f"calibration image {bad} cannot be decoded"
+    if kind == "fp16-without-tensorrt":
+        return {**base, "--target": "ort-cpu", "--set": "quant.high_precision_dtype=fp16"}, (
+            "quant.high_precision_dtype=fp16 makes the tensorrt model's float parts float16 (for a TensorRT engine); "
+            "the targets ort-cpu run their own float precision. Add --target tensorrt, or drop the setting")
+    if kind == "fp16-with-reconstruct":
+        return {**base, "--reconstruct": "on", "--set": "quant.high_precision_dtype=fp16"}, (
+            "--reconstruct on learns on the float32 Q/DQ model, which quant.high_precision_dtype=fp16 turns into")
     if kind == "calib-archive-not-a-zip":
         npz = tmp_path / "calib.npz"
         npz.write_bytes(b"PK\x03\x04 not a zip")
@@ -214,7 +222,8 @@ def _bad_input(kind, tmp_path, tiny_model, tiny_data):
                                   "calib-count-over-ask", "output-not-yolo", "output-rank-4", "int64-input",
                                   "bbox-not-a-list", "width-a-string", "subset-not-text", "subset-random-not-a-number",
                                   "config-not-utf8", "config-share-a-list", "calib-archive-not-a-zip",
-                                  "calib-tensor-0-255", "calib-image-undecodable"])
+                                  "calib-tensor-0-255", "calib-image-undecodable", "fp16-without-tensorrt",
+                                  "fp16-with-reconstruct"])
 def test_bad_input_is_refused_before_a_prefect_server_starts(kind, tmp_path, tiny_model, tiny_data):
     """As a user runs it: the one-line error with no Prefect database (no server ever started) and no
     run folder. How fast it comes is bench/refusal.py's figure, not an assertion here: a busy machine

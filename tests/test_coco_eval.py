@@ -4,8 +4,8 @@ import re
 import pytest
 
 from conftest import shared_path
-from tasks.evaluation.coco_eval import (AnnotationError, SubsetError, category_map, evaluate_detections, load_coco,
-                             select_subset)
+from tasks.evaluation.classes import match_classes
+from tasks.evaluation.coco_eval import AnnotationError, SubsetError, evaluate_detections, load_coco, select_subset
 
 
 def _write(tmp_path, data, name="a.json"):
@@ -31,21 +31,51 @@ def _lacking(data, key, i, field):
     return data
 
 
-def test_category_map_default_is_sorted_ids_and_checks_count(tmp_path):
+def _names(coco):
+    return {c["id"]: c["name"] for c in coco.dataset["categories"]}
+
+
+def test_without_model_names_classes_are_sorted_ids_and_the_count_is_checked(tmp_path):
     coco = load_coco(_write(tmp_path, _coco()))
-    assert category_map(coco, 3) == [1, 3, 9]
-    assert category_map(coco, None) == [1, 3, 9]
+    m = match_classes(_names(coco), None, 3)
+    assert m.cat_ids == [1, 3, 9] and m.how == "unchecked" and "could not be checked" in m.note
+    assert match_classes(_names(coco), None, None).cat_ids == [1, 3, 9]
     with pytest.raises(AnnotationError, match="predicts 80 classes"):
-        category_map(coco, 80)
-    assert category_map(coco, 2, explicit=[9, 3]) == [9, 3]
+        match_classes(_names(coco), None, 80)
+    assert match_classes(_names(coco), None, 2, explicit=[9, 3]).cat_ids == [9, 3]
     with pytest.raises(AnnotationError, match="does not have"):
-        category_map(coco, 2, explicit=[9, 4])
+        match_classes(_names(coco), None, 2, explicit=[9, 4])
 
 
-def test_coco80_map_is_the_standard_91_id_map():
+def test_model_names_match_in_order_by_name_or_are_refused():
+    data = {1: "c1", 3: "c3", 9: "c9"}
+    same = match_classes(data, {0: "c1", 1: "c3", 2: "c9"}, 3)
+    assert same.cat_ids == [1, 3, 9] and same.how == "names-in-order"
+    moved = match_classes(data, {0: "c9", 1: "c1", 2: "c3"}, 3)
+    assert moved.cat_ids == [9, 1, 3] and moved.how == "by-name" and "another order" in moved.note
+    # case and spacing are not a different class
+    assert match_classes(data, {0: "C1", 1: " c3", 2: "c9"}, 3).how == "names-in-order"
+    with pytest.raises(AnnotationError, match=r"model classes not in the data: 2 'dog'.*data categories not in the "
+                                              r"model: 9 'c9'.*--class-map"):
+        match_classes(data, {0: "c1", 1: "c3", 2: "dog"}, 3)
+    with pytest.raises(AnnotationError, match="the model has 2 classes, the data 3 categories"):
+        match_classes(data, {0: "c1", 1: "c3"}, 2, data_label="the data")
+    # an explicit map wins over names that differ
+    assert match_classes(data, {0: "x", 1: "y", 2: "z"}, 3, explicit=[3, 1, 9]).how == "explicit"
+
+
+def test_coco80_names_against_the_91_id_file_keep_the_standard_map():
+    """Ultralytics' 80 COCO names are COCO 2017's, so the standard 80 -> 91 map comes out of the name check."""
+    import onnx
+
+    from tasks.evaluation.evaluate import EvalSettings, resolve_format
+
     coco = load_coco(shared_path("data/coco-val2017-mini/annotations/instances_val2017.json"))
-    m = category_map(coco, 80)
-    assert m[:12] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13] and m[-1] == 90 and len(m) == 80
+    model = onnx.load(str(shared_path("models/yolov10s-coco/yolov10s.onnx")), load_external_data=False)
+    _, nc, info = resolve_format(model, EvalSettings())
+    m = match_classes(_names(coco), info["names"], nc)
+    assert m.how == "names-in-order" and len(m.cat_ids) == 80
+    assert m.cat_ids[:12] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13] and m.cat_ids[-1] == 90
 
 
 def test_subset_selection(tmp_path):
@@ -89,8 +119,8 @@ def test_a_subset_larger_than_the_annotation_file_is_refused_not_cut(tmp_path, s
     coco = load_coco(path)
     with pytest.raises(SubsetError, match=re.escape(f"subset {subset} asks for more images than annotation file "
                                                     f"{path} lists (5); pass {fix}, or omit --subset to evaluate all")):
-        select_subset(coco, subset, source=path)
-    assert len(select_subset(coco, str(subset).replace("6", "5"), source=path)) == 5  # all of them is fine
+        select_subset(coco, subset, label=f"annotation file {path}")
+    assert len(select_subset(coco, str(subset).replace("6", "5"), label=f"annotation file {path}")) == 5  # all of them is fine
 
 
 @pytest.mark.parametrize("content,match", [

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from procs import free_port, prefect_env, stop_all
+from procs import free_port, group_members, prefect_env, stop_all
 from tasks.run.cache import MANIFEST, StepCache
 
 pytestmark = pytest.mark.slow
@@ -67,8 +67,13 @@ class Cluster:
 
     def close(self) -> None:
         # A worker that ran flow tasks logs "End worker" on SIGTERM and then does not exit for 20 s
-        # (a lingering non-daemon thread); 5 s of grace, then it is killed.
+        # (a lingering non-daemon thread); 5 s of grace, then it is killed, with its process group.
         stop_all(list(reversed(self.procs)), grace=5)
+        deadline = time.time() + 10  # SIGKILLed processes leave once the kernel has reaped them
+        while (left := {p.pid: group_members(p.pid) for p in self.procs if group_members(p.pid)}) and \
+                time.time() < deadline:
+            time.sleep(0.2)
+        assert not left, f"cluster processes outlived the cluster: {left}"
 
 
 def _cli(args: list[str], home: Path) -> subprocess.Popen:

@@ -7,6 +7,7 @@ from conftest import ROOT
 from tasks.config import load_demo_config
 from tasks.evaluation.evaluate import EvalSettings, evaluate_model, resolve_format
 from tasks.evaluation.runtime import check_model_file, model_io
+from tasks.evaluation.sources.base import DataSpec
 
 MODEL = ROOT / "demo" / "model" / "yolov10n-shapes.onnx"
 
@@ -28,7 +29,7 @@ def test_contract_matches_the_users_yolov10m_export():
 def test_fp32_map_matches_the_model_card():
     ref = json.loads((ROOT / "demo" / "model" / "reference.json").read_text())
     demo = load_demo_config()
-    m = evaluate_model(MODEL, demo["paths"]["images"], demo["paths"]["annotations"],
+    m = evaluate_model(MODEL, DataSpec(demo["paths"]["images"], demo["paths"]["annotations"]),
                        settings=EvalSettings(providers=["cpu"], warmup=1))
     assert m["images"] == ref["images"] == 100
     assert m["map50_95"] >= 0.60

@@ -340,3 +340,25 @@ def test_reconstruction_is_a_step_of_the_flow_published_recorded_and_cached(harn
         assert s2["targets"][t]["quantization"]["sha256"] == s1["targets"][t]["quantization"]["sha256"]
     # one learned model per target in the cache: the second run read them
     assert len([p for p in (tmp_path / "runs" / ".cache" / "reconstruct").iterdir() if p.is_dir()]) == 2
+
+
+def test_flow_on_an_ultralytics_dataset_calibrates_on_its_train_split(harness, tmp_path, tiny_model):
+    """--data: the val split evaluated, a seeded draw of the train split calibrates, and the report says
+    which split calibrated and how the classes were matched."""
+    from flows.int8_flow import int8_flow
+    from tiny import tiny_yolo_dataset
+
+    data = tiny_yolo_dataset(tmp_path / "ds", n=6, calib=8)
+    cfg = RunConfig.model_validate(dict(model=tiny_model, data=data, calib_count=5, run_root=tmp_path / "runs",
+                                        eval={"providers": ["cpu"], "warmup": 1}, smoke_samples=2))
+    s = int8_flow(config=cfg)
+    run = Path(s["run_dir"])
+    cal = json.loads((run / "quantize-int8" / "calibration.json").read_text())
+    assert cal["count"] == 5 and all("/images/train/" in f for f in cal["files"])
+    assert s["calibration"]["path"] == f"{data} (train split)"
+    assert s["fp32"]["images"] == 6 and s["data"]["format"] == "ultralytics" and s["data"]["split"] == "val"
+    assert s["data"]["classes"]["how"] == "names-in-order"
+    report = (run / "results" / "report.md").read_text()
+    assert f"- evaluated: the val split of `{data}` (6 images in the split, 6 boxes)" in report
+    assert f"- calibration: 5 images of {data} (train split)" in report
+    assert "- classes: the model's 1 class names match" in report

@@ -30,9 +30,10 @@ import json, sys
 sys.path.insert(0, {root!r})
 from pathlib import Path
 from tasks.evaluation.evaluate import EvalSettings, evaluate_model
+from tasks.evaluation.sources.base import DataSpec
 from tasks.quantization.nncf_ptq import runtime_convolutions
 settings = EvalSettings.model_validate_json({settings!r})
-m = evaluate_model(Path({xml!r}), Path({images!r}), Path({ann!r}), None, settings, io_model=Path({model!r}))
+m = evaluate_model(Path({xml!r}), DataSpec(Path({images!r}), Path({ann!r})), None, settings, io_model=Path({model!r}))
 rc = runtime_convolutions(Path({xml!r}), settings.threads)
 print("RESULT " + json.dumps({{"map50_95": m["map50_95"], "images": m["images"], "bootstrap": m["bootstrap"],
                               "kernels": rc["primitives"], "int8_convs": len(rc["int8"]),

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import yaml
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
@@ -119,6 +120,22 @@ def tiny_coco(folder: Path, n: int = 6, seed: int = 0) -> tuple[Path, Path]:
     ann = folder / "annotations.json"
     ann.write_text(json.dumps(coco))
     return img_dir, ann
+
+
+def tiny_yolo_dataset(root: Path, n: int = 6, calib: int = 8, names: object = None) -> Path:
+    """The tiny COCO set laid out the Ultralytics way: root/images/{val,train}, root/labels/val (one
+    `class cx cy w h` line per image at BOX), root/data.yaml with an absolute path. Returns the YAML."""
+    tiny_images(root / "images" / "val", n, seed=0, prefix="val")
+    tiny_images(root / "images" / "train", calib, seed=1, prefix="cal")
+    x0, y0, x1, y1 = BOX
+    line = f"0 {(x0 + x1) / 2 / SIZE:.6f} {(y0 + y1) / 2 / SIZE:.6f} {(x1 - x0) / SIZE:.6f} {(y1 - y0) / SIZE:.6f}\n"
+    (root / "labels" / "val").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / "labels" / "val" / f"val{i:04d}.txt").write_text(line)
+    data = root / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
+                                    "names": names if names is not None else {0: "thing"}}))
+    return data
 
 
 def fragile_detector(path: Path, seed: int = 0) -> Path:

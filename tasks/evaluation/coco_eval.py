@@ -1,4 +1,4 @@
-"""COCO annotations, image subsets, class maps and pycocotools evaluation."""
+"""COCO annotations, image subsets and pycocotools evaluation."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tasks.evaluation.bootstrap import bootstrap_record, empty_record
+from tasks.evaluation.sources.base import coco_index
 
 STAT_NAMES = (
     "map50_95", "map50", "map75", "map_small", "map_medium", "map_large",
@@ -28,8 +29,6 @@ class SubsetError(ValueError):
 
 def load_coco(path: Path):
     """Validate and load a COCO instances file into a pycocotools COCO object."""
-    from pycocotools.coco import COCO  # heavy: loaded when used, not on --help
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} does not exist; pass --annotations with a COCO instances JSON")
@@ -68,11 +67,7 @@ def load_coco(path: Path):
         a.setdefault("iscrowd", 0)
         if "area" not in a:
             a["area"] = float(a["bbox"][2] * a["bbox"][3])
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
+    return coco_index(data)
 
 
 _FIELDS = {"images": ("id", "file_name", "width", "height"), "categories": ("id", "name"),
@@ -118,43 +113,23 @@ def _short(v: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def category_map(coco, num_classes: int | None, explicit: Sequence[int] | None = None) -> list[int]:
-    """class index -> category id. Default: the i-th category of the file in id order (for COCO's
-    80 categories that is exactly the standard 80 -> 91 map)."""
-    cat_ids = sorted(coco.getCatIds())
-    if explicit is not None:
-        explicit = [int(c) for c in explicit]
-        unknown = sorted(set(explicit) - set(cat_ids))
-        if unknown:
-            raise AnnotationError(f"class map names category ids {unknown} that the annotation file does not have")
-        if num_classes is not None and len(explicit) < num_classes:
-            raise AnnotationError(f"class map has {len(explicit)} entries but the model predicts {num_classes} classes")
-        return explicit
-    if num_classes is not None and num_classes != len(cat_ids):
-        raise AnnotationError(
-            f"the model predicts {num_classes} classes but the annotation file has {len(cat_ids)} categories; "
-            f"pass --class-map with one category id per class index (int8: --set eval.class_map=...)")
-    return cat_ids
-
-
-def select_subset(coco, subset: str | int | None, seed: int = 0, source: Path | str | None = None) -> list[int]:
+def select_subset(coco, subset: str | int | None, seed: int = 0, label: str = "the annotation file") -> list[int]:
     """Image ids to evaluate.
 
     subset: None = all; an int N or 'N' = first N image ids; 'random:N' = seeded sample of N;
     'ids:ID,ID,...' = those ids; a path to a file of image ids or file names (one per line, '#'
     comments allowed).
     A size larger than the file lists is refused, never cut to what there is: the figures would
-    silently describe fewer images than asked. `source`: the annotation file, for the messages.
+    silently describe fewer images than asked. `label`: how messages name the data (EvalData.label).
     """
     all_ids = sorted(coco.getImgIds())
-    file_name = f"annotation file {source}" if source is not None else "the annotation file"
     if subset is None or subset == "" or subset == "all":
         chosen = all_ids
     elif isinstance(subset, int) or (isinstance(subset, str) and subset.strip().isdigit()):
         n = int(subset)
         if n <= 0:
             raise SubsetError(f"subset size {n} selects no image; pass a positive number")
-        _check_size(n, len(all_ids), str(n), "", file_name)
+        _check_size(n, len(all_ids), str(n), "", label)
         chosen = all_ids[:n]
     elif isinstance(subset, str) and subset.startswith("ids:"):
         # the run's own form for a computed list (auto mode's held-out split): every id must exist
@@ -164,7 +139,7 @@ def select_subset(coco, subset: str | int | None, seed: int = 0, source: Path | 
             raise SubsetError(f"subset {subset[:40]!r}... is not ids:ID,ID,... with whole-number image ids") from None
         unknown = sorted(set(chosen) - set(all_ids))
         if unknown:
-            raise SubsetError(f"subset ids: names {len(unknown)} images {file_name} does not list (first: {unknown[:3]})")
+            raise SubsetError(f"subset ids: names {len(unknown)} images {label} does not list (first: {unknown[:3]})")
     elif isinstance(subset, str) and subset.startswith("random:"):
         text = subset.split(":", 1)[1].strip()
         try:
@@ -173,7 +148,7 @@ def select_subset(coco, subset: str | int | None, seed: int = 0, source: Path | 
             raise SubsetError(f"subset {subset!r} is not random:N with a whole number N; pass e.g. random:100") from None
         if n <= 0:
             raise SubsetError(f"subset {subset!r} selects no image; pass random:N with N > 0")
-        _check_size(n, len(all_ids), subset, "random:", file_name)
+        _check_size(n, len(all_ids), subset, "random:", label)
         rng = np.random.default_rng(seed)
         chosen = sorted(rng.choice(all_ids, size=n, replace=False).tolist())
     else:
@@ -212,9 +187,9 @@ def select_subset(coco, subset: str | int | None, seed: int = 0, source: Path | 
     return [int(i) for i in chosen]
 
 
-def _check_size(n: int, available: int, asked: str, prefix: str, file_name: str) -> None:
+def _check_size(n: int, available: int, asked: str, prefix: str, label: str) -> None:
     if n > available:
-        raise SubsetError(f"subset {asked} asks for more images than {file_name} lists ({available}); pass "
+        raise SubsetError(f"subset {asked} asks for more images than {label} lists ({available}); pass "
                           f"--subset {prefix}{available} or fewer, or omit --subset to evaluate all")
 
 

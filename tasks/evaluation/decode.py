@@ -40,6 +40,32 @@ class Detections:
         return len(self.scores)
 
 
+_OTHER_TASKS = {"segment": "instance segmentation", "pose": "pose estimation", "obb": "oriented boxes",
+                "classify": "classification"}
+
+
+def refuse_other_tasks(task: str | None, output_shapes: list[tuple[int | str | None, ...]], end2end: bool | None,
+                       keypoints: bool) -> None:
+    """Refuse an export of another Ultralytics task, naming it: by its metadata `task`, else by the
+    shapes those heads give (segmentation's mask prototypes, an end-to-end table wider than 6
+    columns; a bare 2-D output is left to detect_format, which says it is no detection output). Its boxes exist, but scoring them as plain detection would
+    be wrong in ways the output shape hides (pose: one class; OBB: rotated boxes)."""
+    why = None
+    if task in _OTHER_TASKS:
+        why = f"its metadata says task: {task}"
+    elif keypoints:
+        task, why = "pose", "its metadata has kpt_shape"
+    elif any(len(s) == 4 for s in output_shapes[1:]) and len(output_shapes[0]) == 3:
+        task, why = "segment", f"an output of shape {list(output_shapes[1])} holds mask prototypes"
+    elif end2end and len(output_shapes[0]) == 3 and isinstance(output_shapes[0][2], int) and output_shapes[0][2] > 6:
+        task, why = "segment, pose or obb", (f"its end-to-end output {list(output_shapes[0])} has "
+                                             f"{output_shapes[0][2]} columns, not detection's 6")
+    if why:
+        what = _OTHER_TASKS.get(task or "", task)
+        raise DecodeError(f"this is a YOLO {what} export ({why}); yolo-lowbit scores object detection only: pass a "
+                          f"detection export (task: detect)")
+
+
 def detect_format(shape: tuple[int | str | None, ...], end2end: bool | None = None) -> tuple[OutputFormat, int | None]:
     """Pick the decoder from the output shape -> (format, number of classes or None if unknown).
 

@@ -14,8 +14,11 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
 from tasks import __version__
-from tasks.evaluation.coco_eval import AnnotationError, category_map, evaluate_detections, load_coco, select_subset
-from tasks.evaluation.decode import DecodeError, decode, detect_format
+from tasks.evaluation.classes import ClassMatch, match_classes
+from tasks.evaluation.coco_eval import AnnotationError, evaluate_detections, select_subset
+from tasks.evaluation.decode import DecodeError, decode, detect_format, refuse_other_tasks
+from tasks.evaluation.sources.base import DataSpec, EvalData
+from tasks.evaluation.sources.table import read_data
 from tasks.run.progress import ProgressFn
 from tasks.evaluation.sessions import open_session
 from tasks.evaluation.shapes import dynamic_record, pin
@@ -78,11 +81,13 @@ def _metadata_names(meta: dict[str, str]) -> dict[int, str] | None:
 
 
 def resolve_format(model, settings: EvalSettings) -> tuple[str, int | None, dict[str, Any]]:
-    """(format, class count or None, description) from the settings, metadata and output shape."""
+    """(format, class count or None, description) from the settings, metadata and output shape. A
+    segment, pose, OBB or classify export is refused here, naming its task (this tool scores boxes)."""
     _, _, outs = model_io(model)
     meta = model_metadata(model)
     names = _metadata_names(meta)
     end2end = {"True": True, "False": False}.get(meta.get("end2end", ""), None)
+    refuse_other_tasks(meta.get("task"), [shape for _, shape in outs], end2end, "kpt_shape" in meta)
     if settings.output_format == "auto":
         fmt, nc = detect_format(outs[0][1], end2end=end2end)
     else:
@@ -100,17 +105,18 @@ def resolve_format(model, settings: EvalSettings) -> tuple[str, int | None, dict
         if nc is not None and nc != len(names):
             log.warning("metadata lists %d class names but the output has %d classes", len(names), nc)
         nc = nc if nc is not None else len(names)
-    return fmt, nc, {"output": outs[0][0], "output_shape": list(outs[0][1]), "chosen": settings.output_format == "auto"}
+    return fmt, nc, {"output": outs[0][0], "output_shape": list(outs[0][1]), "chosen": settings.output_format == "auto",
+                     **({"names": names} if names is not None else {})}
 
 
-def _check_image_files(coco, image_ids: Sequence[int], images_dir: Path) -> list[tuple[int, Path]]:
+def _check_image_files(data: EvalData, image_ids: Sequence[int]) -> list[tuple[int, Path]]:
     """(id, path) of every evaluated image; all of them must exist (the error counts the missing)."""
-    items = [(iid, images_dir / coco.imgs[iid]["file_name"]) for iid in image_ids]
+    items = [(iid, data.paths[iid]) for iid in image_ids]
     missing = [(iid, p) for iid, p in items if not p.is_file()]
     if missing:
         iid, p = missing[0]
         raise FileNotFoundError(f"image {p} (id {iid}; {len(missing)} of {len(items)} evaluated images missing) is "
-                                f"listed in the annotations but missing; check --images points at the folder the "
+                                f"listed in {data.label} but missing; check --images points at the folder the "
                                 f"annotation file describes")
     return items
 
@@ -125,21 +131,29 @@ class EvalSetup:
     fmt: str
     nc: int | None
     fmt_info: dict[str, Any]
-    coco: Any
+    data: EvalData
     image_ids: list[int]
-    cat_ids: list[int]
+    classes: ClassMatch
     items: list[tuple[int, Path]]
     # a dynamic-shape export: its axes, where the run's size came from, its stride (shapes.dynamic_record)
     dynamic: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def coco(self) -> Any:
+        return self.data.coco
 
-def prepare_eval(model_path: Path, images_dir: Path, annotations: Path, subset: str | int | None,
+    @property
+    def cat_ids(self) -> list[int]:
+        return self.classes.cat_ids
+
+
+def prepare_eval(model_path: Path, source: DataSpec, subset: str | int | None,
                  settings: EvalSettings, subset_seed: int = 0, io_model: Path | None = None,
-                 load_annotations: Callable[[Path], Any] = load_coco) -> EvalSetup:
+                 read: Callable[[DataSpec], EvalData] = read_data) -> EvalSetup:
     """Check and read everything an evaluation needs before its first image (the run's input check,
     tasks/steps/inputs.py, is this too). `io_model`: the ONNX model whose input, output and metadata
     describe `model_path` when that is not an ONNX file itself (an OpenVINO IR made from it).
-    `load_annotations`: how the annotation file is read (the input check shares one parse)."""
+    `read`: how the data source is read (the input check shares one read)."""
     model = check_model_file(Path(io_model or model_path))
     input_name, in_shape, _ = model_io(model, settings.imgsz)
     dynamic = dynamic_record(model, settings.imgsz)
@@ -150,18 +164,12 @@ def prepare_eval(model_path: Path, images_dir: Path, annotations: Path, subset: 
     except DecodeError as e:  # say which model, like every other model check
         raise DecodeError(f"model {io_model or model_path}: {e}") from e
     del model  # the session loads its own copy; do not hold two in memory
-    images_dir = Path(images_dir)
-    if images_dir.exists() and not images_dir.is_dir():
-        raise NotADirectoryError(f"image folder {images_dir} is a file, not a folder; pass --images with the folder "
-                                 f"the annotation file describes")
-    if not images_dir.is_dir():
-        raise FileNotFoundError(f"image folder {images_dir} does not exist; pass --images with the folder the "
-                                f"annotation file describes")
-    coco = load_annotations(Path(annotations))
-    image_ids = select_subset(coco, subset, seed=subset_seed, source=annotations)
-    cat_ids = category_map(coco, nc, settings.class_map)
-    items = _check_image_files(coco, image_ids, images_dir)
-    return EvalSetup(input_name, in_shape, fmt, nc, fmt_info, coco, image_ids, cat_ids, items, dynamic)
+    data = read(source)
+    image_ids = select_subset(data.coco, subset, seed=subset_seed, label=data.label)
+    classes = match_classes(data.names(), fmt_info.get("names"), nc, settings.class_map, data.label,
+                            data.names_known)
+    items = _check_image_files(data, image_ids)
+    return EvalSetup(input_name, in_shape, fmt, nc, fmt_info, data, image_ids, classes, items, dynamic)
 
 
 def _detect(sess: Any, setup: EvalSetup, items: Sequence[tuple[int, Path]], settings: EvalSettings,
@@ -212,7 +220,7 @@ def _detect(sess: Any, setup: EvalSetup, items: Sequence[tuple[int, Path]], sett
     return dets, t_pre, t_inf, t_dec
 
 
-def _metrics(model_path: Path, annotations: Path, setup: EvalSetup, settings: EvalSettings, dets: list[dict],
+def _metrics(model_path: Path, setup: EvalSetup, settings: EvalSettings, dets: list[dict],
              rt: dict[str, Any], t_pre: list[float], t_inf: list[float], t_dec: list[float]) -> dict[str, Any]:
     ev = evaluate_detections(setup.coco, dets, setup.image_ids,
                              bootstrap=(settings.bootstrap_resamples, settings.bootstrap_seed))
@@ -236,9 +244,10 @@ def _metrics(model_path: Path, annotations: Path, setup: EvalSetup, settings: Ev
         "model": {"path": str(model_path), "sha256": sha256_file(Path(model_path)), "input": setup.input_name,
                   "input_shape": list(setup.in_shape), "output_format": setup.fmt, "num_classes": setup.nc,
                   **setup.fmt_info},
-        "annotations": {"path": str(annotations), "sha256": sha256_file(Path(annotations))},
+        "data": {**setup.data.record, "sha256": setup.data.digest},
         "settings": settings.model_dump(),
         "class_map": setup.cat_ids,
+        "classes": setup.classes.as_record(),
         "runtime": rt,
         "yolo_lowbit": __version__,
     }
@@ -269,7 +278,7 @@ def _first_input(setup: EvalSetup, settings: EvalSettings) -> np.ndarray:
     return letterbox(load_rgb(setup.items[0][1]), size_hw, settings.preprocess)[0][None].astype(np.float32)
 
 
-def evaluate_model(model_path: Path, images_dir: Path, annotations: Path, subset: str | int | None = None,
+def evaluate_model(model_path: Path, source: DataSpec, subset: str | int | None = None,
                    settings: EvalSettings | None = None, subset_seed: int = 0,
                    progress: ProgressFn | None = None, io_model: Path | None = None) -> dict[str, Any]:
     """Evaluate one model (ONNX, or an OpenVINO IR with `io_model` its ONNX source); returns the
@@ -277,10 +286,10 @@ def evaluate_model(model_path: Path, images_dir: Path, annotations: Path, subset
     t0 = time.perf_counter()
     settings = settings or EvalSettings()
     model_path = Path(model_path)
-    setup = prepare_eval(model_path, images_dir, annotations, subset, settings, subset_seed, io_model)
+    setup = prepare_eval(model_path, source, subset, settings, subset_seed, io_model)
     sess, rt = open_session(model_path, settings, settings.threads)
     dets, t_pre, t_inf, t_dec = _detect(sess, setup, setup.items, settings, progress)
-    out = _metrics(model_path, Path(annotations), setup, settings, dets, rt, t_pre, t_inf, t_dec)
+    out = _metrics(model_path, setup, settings, dets, rt, t_pre, t_inf, t_dec)
     del sess  # one session at a time: the deployed one gets the cores alone
     if settings.deployed_runs and setup.items:
         lat, drt = deployed_latency(model_path, settings, settings.threads, _first_input(setup, settings),
@@ -298,11 +307,11 @@ def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-def detect_shard(model_path: Path, images_dir: Path, annotations: Path, subset: str | int | None,
+def detect_shard(model_path: Path, source: DataSpec, subset: str | int | None,
                  settings: EvalSettings, subset_seed: int, bounds: tuple[int, int], threads: int | None,
                  progress: ProgressFn | None = None, io_model: Path | None = None) -> dict[str, Any]:
     """Detections of one shard of the evaluated images (no latency: shards run side by side)."""
-    setup = prepare_eval(Path(model_path), images_dir, annotations, subset, settings, subset_seed, io_model)
+    setup = prepare_eval(Path(model_path), source, subset, settings, subset_seed, io_model)
     items = setup.items[bounds[0]:bounds[1]]
     sess, rt = open_session(Path(model_path), settings, threads)
     dets, t_pre, t_inf, t_dec = _detect(sess, setup, items, settings, progress)
@@ -310,18 +319,18 @@ def detect_shard(model_path: Path, images_dir: Path, annotations: Path, subset: 
             "runtime": rt, "infer_ms_mean": latency_stats(t_inf)["mean"]}
 
 
-def score_shards(model_path: Path, images_dir: Path, annotations: Path, subset: str | int | None,
+def score_shards(model_path: Path, source: DataSpec, subset: str | int | None,
                  settings: EvalSettings, subset_seed: int, shards: Sequence[dict[str, Any]],
                  io_model: Path | None = None) -> dict[str, Any]:
     """The shards' detections merged in image order and scored once with pycocotools: the metrics of
     `evaluate_model` but for latency, which `time_models` measures apart."""
-    setup = prepare_eval(Path(model_path), images_dir, annotations, subset, settings, subset_seed, io_model)
+    setup = prepare_eval(Path(model_path), source, subset, settings, subset_seed, io_model)
     ordered = sorted(shards, key=lambda sh: sh["bounds"][0])
     got = [i for sh in ordered for i in sh["image_ids"]]
     if got != setup.image_ids:
         raise ValueError(f"the shards cover {len(got)} images, not the {len(setup.image_ids)} evaluated ones in order")
     dets = [d for sh in ordered for d in sh["detections"]]
-    out = _metrics(Path(model_path), Path(annotations), setup, settings, dets, ordered[0]["runtime"], [], [], [])
+    out = _metrics(Path(model_path), setup, settings, dets, ordered[0]["runtime"], [], [], [])
     out["shards"] = len(ordered)
     return out
 

@@ -146,6 +146,33 @@ def select_providers(requested: Sequence[str] = DEFAULT_PROVIDERS, available: Se
     return ProviderChoice(requested=names, available=avail, selected=selected, fallback_reasons=reasons)
 
 
+@functools.lru_cache(maxsize=4)
+def fp16_quantize_rounding(provider: str = "CPUExecutionProvider") -> dict[str, Any]:
+    """Does `provider` round float16 QuantizeLinear to nearest even, as ONNX and TensorRT do? A one-node
+    probe on values whose nearest integer is known. ORT 1.24's CPU EP was seen to round toward zero
+    (1.6 -> 1, -1.6 -> -1), which biases every quantized activation of an fp16 Q/DQ model by half a
+    step, and YOLOv10s then scored 0 mAP: such a model is evaluated with its Q/DQ in float32."""
+    import onnxruntime as ort  # heavy: loaded when used, not on --help
+
+    x = np.array([0.3, 0.7, 1.6, 2.4, 3.75, -0.3, -0.7, -1.6, -2.4, -3.75], dtype=np.float16)
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])], "fp16_q_probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [len(x)])],
+        [helper.make_tensor_value_info("y", TensorProto.INT8, [len(x)])],
+        [onnx.numpy_helper.from_array(np.array(1.0, np.float16), "s"),
+         onnx.numpy_helper.from_array(np.array(0, np.int8), "z")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=[provider])
+    got = sess.run(None, {"x": x})[0]
+    want = np.rint(x.astype(np.float32)).astype(np.int8)
+    wrong = int((got != want).sum())
+    return {"provider": provider, "exact": wrong == 0, "wrong": wrong, "of": len(x),
+            "example": f"{float(x[2])} -> {int(got[2])} (nearest: {int(want[2])})"}
+
+
 def check_model_file(path: Path) -> onnx.ModelProto:
     """Load and check an ONNX file, turning every failure into an error that names the file."""
     path = Path(path)

@@ -131,8 +131,12 @@ def list_calib_images(folder: Path, count: int | None) -> list[Path]:
 
 
 def pick_calib_images(folder: Path, count: int | None, seed: int) -> list[Path]:
-    files = list_calib_images(folder, count)
-    # Seeded order: entropy calibration depends on sample order, so the order is part of the record.
+    return pick_files(list_calib_images(folder, count), count, seed)
+
+
+def pick_files(files: Sequence[Path], count: int | None, seed: int) -> list[Path]:
+    """A seeded draw of `count` of `files` (default DEFAULT_CALIB_COUNT, or all of fewer), in the
+    draw's order: entropy calibration depends on sample order, so the order is part of the record."""
     idx = np.random.default_rng(seed).permutation(len(files))[:count or DEFAULT_CALIB_COUNT]
     return [files[i] for i in idx]
 

@@ -376,7 +376,9 @@ def run_ptq(model_path: Path, input_name: str, calib: Any, settings: QuantSettin
         "calibration_eps": eps,
         "op_types_to_exclude": op_excl,
         "nodes_to_exclude": nodes_excl or None,
-        "high_precision_dtype": settings.high_precision_dtype,
+        # float16 parts are the finished model's last step (float16_parts): recovery, the histogram pass and
+        # dq_only read the float32 Q/DQ model
+        "high_precision_dtype": "fp32",
         "log_level": "INFO",
     }
     if not isinstance(calib, CalibReader):
@@ -447,6 +449,19 @@ def _apply_histogram_ranges(fp32_path: Path, qdq_path: Path, reader: Any, settin
             "threshold_vs_max": {"min": round(min(ratios), 4), "median": round(float(np.median(ratios)), 4),
                                  "max": round(max(ratios), 4)} if ratios else None,
             "cache": cache_path.name}
+
+
+def float16_parts(model: onnx.ModelProto, qdq_in_fp32: bool = False) -> onnx.ModelProto:
+    """ModelOpt's own last step of `quantize(quantize_mode="int8", high_precision_dtype="fp16")`
+    (precision_utils._convert_to_runtime_precision): every float tensor outside the Q/DQ integers made
+    float16 by `autocast.convert_to_f16`, the model's inputs and outputs kept float32. Applied here to
+    the finished model (after recovery and dq_only), so every pass before it ran on the float32 model.
+    `qdq_in_fp32`: QuantizeLinear / DequantizeLinear kept in float32 behind casts (the evaluation twin,
+    for a runtime whose fp16 QuantizeLinear does not round to nearest: `runtime.fp16_quantize_rounding`)."""
+    from modelopt.onnx.autocast import convert_to_f16  # heavy: loaded when used, not on --help
+
+    return convert_to_f16(model, low_precision_type="fp16", keep_io_types=True,
+                          op_block_list=["QuantizeLinear", "DequantizeLinear"] if qdq_in_fp32 else [])
 
 
 # Consumers ModelOpt's qdq_to_dq knows the weight axis of (its axis_map); anything else makes it fail.

@@ -1,5 +1,6 @@
 """The calibration step: the run's calibration tensor, checked (a user's .npy/.npz) or built from
-images with the evaluator's letterbox, cached by the images' bytes."""
+images with the evaluator's letterbox, cached by the images' bytes. The images are a seeded draw from
+--calib-images, or, with --data and no calibration named, from the dataset's train split."""
 
 from __future__ import annotations
 
@@ -8,11 +9,32 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks.quantization.calibration import check_overlap, load_calib_tensor, pick_calib_images, write_calib_npy
+from tasks.config import ConfigError, RunConfig
+from tasks.evaluation.sources.table import reader
+from tasks.quantization.calibration import (CalibrationError, check_overlap, load_calib_tensor, pick_calib_images,
+                                            pick_files, write_calib_npy)
 from tasks.run.cache import cache_key
 from tasks.context import RunContext, timed
 from tasks.run.progress import Progress
 from tasks.run.rundir import atomic_write_json, sha256_file
+
+
+def calibration_images(cfg: RunConfig) -> tuple[list[Path], dict[str, str]]:
+    """The images the run calibrates on, in their seeded order, and where they came from. Refused when
+    the source holds fewer than --calib-count: calibrating on fewer than asked changes the scales
+    without a word."""
+    if cfg.calib_images is not None:
+        return pick_calib_images(cfg.calib_images, cfg.calib_count, cfg.calib_seed), {
+            "folder": str(cfg.calib_images), "order": "seeded permutation of the sorted folder listing"}
+    spec = cfg.eval_data()
+    pool = reader(spec).calibration_images(spec)
+    if pool is None:
+        raise ConfigError("calibration needs --calib FILE.npy|.npz or --calib-images DIR (or --data DATA.yaml)")
+    if cfg.calib_count is not None and cfg.calib_count > len(pool):
+        raise CalibrationError(f"--calib-count {cfg.calib_count} asks for more images than the train split of "
+                               f"{cfg.data} holds ({len(pool)}); pass --calib-count {len(pool)} or fewer")
+    return pick_files(pool, cfg.calib_count, cfg.calib_seed), {
+        "folder": f"{cfg.data} (train split)", "order": "seeded permutation of the sorted train split"}
 
 
 def step_calibration(ctx: RunContext) -> dict[str, Any]:
@@ -26,7 +48,7 @@ def step_calibration(ctx: RunContext) -> dict[str, Any]:
         info.update({"tensor_path": str(cfg.calib), "cached": False})
         atomic_write_json(out_json, info)
         return timed(t0, info)
-    files = pick_calib_images(cfg.calib_images, cfg.calib_count, cfg.calib_seed)
+    files, where = calibration_images(cfg)
     eval_files = [Path(p) for p in m["eval_image_files"]]
     overlap = check_overlap(files, eval_files, cfg.allow_calib_overlap)
     image_hashes = [[p.name, sha256_file(p)] for p in files]
@@ -40,10 +62,11 @@ def step_calibration(ctx: RunContext) -> dict[str, Any]:
                 sha = write_calib_npy(Path(td) / "calib.npy", files, m["input_shape"], cfg.eval.preprocess, progress)
             entry = ctx.cache.put("calibration", key, {"calib.npy": Path(td) / "calib.npy"}, {"sha256": sha})
     tensor = entry.file("calib.npy")
-    info = {"source": "images", "folder": str(cfg.calib_images), "count": len(files),
+    info = {"source": "images", "folder": where["folder"], "count": len(files),
             "shape": [len(files), *m["input_shape"][1:]], "sha256": entry.files["calib.npy"],
-            "seed": cfg.calib_seed, "order": "seeded permutation of the sorted folder listing",
-            "images": [n for n, _ in image_hashes], "image_sha256": dict(image_hashes),
+            "seed": cfg.calib_seed, "order": where["order"],
+            "images": [n for n, _ in image_hashes], "files": [str(p) for p in files],
+            "image_sha256": dict(image_hashes),
             "overlap_with_eval": overlap, "tensor_path": str(tensor), "cached": cached}
     atomic_write_json(out_json, info)
     return timed(t0, info)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.evaluation.evaluate import detect_shard, evaluate_model, score_shards, time_models
+from tasks.evaluation.sources.base import DataSpec
 from tasks.run.cache import cache_key
 from tasks.context import RunContext, eval_settings, timed
 from tasks.run.faults import fault_point
@@ -28,10 +29,10 @@ def step_evaluate(ctx: RunContext, which: str, model_path: Path, model_sha: str,
     settings = eval_settings(ctx, runtime)
     if on == "selection":
         g = ctx.guard or {}
-        images, annotations, subset = Path(g["images"]), Path(g["annotations"]), g["subset"]
+        source, subset = DataSpec.from_record(g["data"]), g["subset"]
         image_sha, ann_sha, publish = g["image_sha256"], g["annotations_sha256"], False
     else:
-        images, annotations, subset = Path(cfg.images), Path(cfg.annotations), cfg.subset  # type: ignore[arg-type]
+        source, subset = cfg.eval_data(), cfg.subset
         image_sha, ann_sha = ctx.model["eval_image_sha256"], ctx.model["annotations_sha256"]
     key = cache_key("evaluate", {"model": model_sha, "annotations": ann_sha, "images": image_sha, "subset": subset,
                                  "subset_seed": cfg.subset_seed, "settings": settings.model_dump(),
@@ -40,7 +41,7 @@ def step_evaluate(ctx: RunContext, which: str, model_path: Path, model_sha: str,
     cached = entry is not None
     if entry is None:
         with Progress(f"evaluate {which}" + (" (auto mode's selection images)" if on == "selection" else "")) as progress:
-            metrics = evaluate_model(model_path, images, annotations, subset, settings, cfg.subset_seed,
+            metrics = evaluate_model(model_path, source, subset, settings, cfg.subset_seed,
                                      progress, io_model=Path(cfg.model))
         fault_point(f"{which}-eval-computed")  # metrics in memory, nothing published yet
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
@@ -70,7 +71,7 @@ def step_eval_shard(ctx: RunContext, which: str, model_path: Path, model_sha: st
     cached = entry is not None
     if entry is None:
         with Progress(f"evaluate {which} [{lo}:{hi}]") as progress:
-            res = detect_shard(model_path, cfg.images, cfg.annotations, cfg.subset, settings, cfg.subset_seed,
+            res = detect_shard(model_path, cfg.eval_data(), cfg.subset, settings, cfg.subset_seed,
                                (lo, hi), cfg.worker_threads(), progress, io_model=Path(cfg.model))
         fault_point(f"{which}-shard-computed")  # detections in memory, nothing in the cache yet
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
@@ -92,7 +93,7 @@ def step_eval_merge(ctx: RunContext, which: str, model_path: Path, model_sha: st
     cached = entry is not None
     if entry is None:
         parts = [json.loads((Path(s["entry"]) / "detections.json").read_text()) for s in shards]
-        metrics = score_shards(model_path, cfg.images, cfg.annotations, cfg.subset, settings,
+        metrics = score_shards(model_path, cfg.eval_data(), cfg.subset, settings,
                                cfg.subset_seed, parts, io_model=Path(cfg.model))
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as td:
             atomic_write_json(Path(td) / "metrics.json", metrics)

@@ -18,7 +18,7 @@ from tasks.context import RunContext
 from tasks.run.rundir import atomic_write_json
 from tasks.steps.evaluate import step_evaluate
 from tasks.steps.quantize import finish, raw_quantize, reconstruct_weights
-from tasks.targets.base import publish_quantized
+from tasks.targets.base import evaluated_model, publish_quantized
 from tasks.targets.recover import step_layer_stats
 from tasks.targets import table
 
@@ -92,7 +92,7 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, A
                     ctx.model["sha256"], False, None, "selection")
     fits = (lambda m: (fp32_sel["map50_95"] - m["map50_95"]) * 100 <= budget + 1e-9)  # noqa: E731
     method = tgt.method(raw)
-    e0 = evaluate(which, Path(quant["artifact"]), quant["sha256"])
+    e0 = evaluate(which, *evaluated_model(quant))
     results: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str]]] = {
         "base": (raw, quant, e0, [])}
     cands = {"base": _candidate_row(f"plain-{method}", method, [], quant, e0, fp32_sel)}
@@ -108,7 +108,7 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, A
         r2 = call(f"accuracy-guard{sfx}-{other.method}-quantize", raw_quantize, ctx, calib, target, other)
         q2 = call(f"accuracy-guard{sfx}-{other.method}-recover", finish, ctx, calib, r2, None, False)
         q2 = relearned(q2, other.method)
-        e2 = evaluate(which, Path(q2["artifact"]), q2["sha256"])
+        e2 = evaluate(which, *evaluated_model(q2))
         results[f"other{i}"] = (r2, q2, e2, [])
         cands[f"other{i}"] = _candidate_row(f"plain-{other.method}", other.method, [], q2, e2, fp32_sel)
     best = max(results, key=lambda k: results[k][2]["map50_95"])
@@ -116,7 +116,7 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, A
         # reconstruction "auto": learned weights are tried before any layer is kept in float
         r3, q3 = results[best][0], call(f"accuracy-guard{sfx}-reconstruct", reconstruct_weights, ctx, calib,
                                         results[best][1], False)
-        e3 = evaluate(which, Path(q3["artifact"]), q3["sha256"])
+        e3 = evaluate(which, *evaluated_model(q3))
         results["reconstruct"] = (r3, q3, e3, [])
         m3 = f"{cands[best]['method']}-reconstruct"
         cands["reconstruct"] = _candidate_row(f"plain-{m3}", m3, [], q3, e3, fp32_sel)
@@ -147,7 +147,7 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, A
                 layers = ranked[:k]
                 qk = call(f"accuracy-guard{sfx}-float-{k}-recover", finish, ctx, calib, braw, layers, False)
                 qk = relearned(qk, f"float-{k}")
-                ek = evaluate(which, Path(qk["artifact"]), qk["sha256"])
+                ek = evaluate(which, *evaluated_model(qk))
                 results[key] = (braw, qk, ek, layers)
                 cands[key] = _candidate_row(f"{m_name}-float-{k}", m_name, layers, qk, ek, fp32_sel)
             return fits(results[key][2])
@@ -168,7 +168,7 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, A
     row = cands[chosen]
     cq = publish_quantized(ctx, cq, tgt)
     # the chosen model on the reported images (the plain model's evaluation when it was chosen)
-    ce = int8 if chosen == "base" else evaluate(which, Path(cq["artifact"]), cq["sha256"], True, "report")
+    ce = int8 if chosen == "base" else evaluate(which, *evaluated_model(cq), True, "report")
     reason = (f"fits the budget of {budget:g} points" if met else
               f"no candidate fits the budget of {budget:g} points: tried {len(cands)} candidates, at most "
               f"{cfg.guard_max_exclusions} layers in float and at least {cfg.min_mac_share(target):.0%} of convolution "
@@ -176,7 +176,7 @@ def step_accuracy_guard(ctx: RunContext, calib: dict[str, Any], raw: dict[str, A
     guard = {"budget": budget, "met": met, "reason": reason, "target": target,
              "chosen_on": f"{(ctx.guard or {}).get('description', 'the evaluated images')} (method, layer count), "
                           f"calibration samples (recovery, ranking)",
-             "selection": {k: (ctx.guard or {}).get(k) for k in ("how", "count", "images", "annotations")},
+             "selection": {k: (ctx.guard or {}).get(k) for k in ("how", "count", "data")},
              "fp32_selection_map50_95": fp32_sel["map50_95"],
              "expected": {"map50_95": -row["drop_points"] / 100, "map50_95_ci": row["delta_map50_95_ci"]},
              "candidates": list(cands.values()), "chosen": row, "float_layers": layers,

@@ -12,14 +12,16 @@ from typing import Any
 import onnx
 
 from tasks.config import ConfigError, RunConfig
-from tasks.evaluation.coco_eval import AnnotationError, SubsetError, load_coco
+from tasks.evaluation.coco_eval import AnnotationError, SubsetError
 from tasks.evaluation.decode import DecodeError
 from tasks.evaluation.evaluate import EvalSetup, prepare_eval
 from tasks.evaluation.runtime import ModelError
-from tasks.quantization.calibration import (CalibrationError, check_calib_array, check_calib_images, check_overlap,
-                                            list_calib_images, open_array, pick_calib_images)
+from tasks.evaluation.sources.base import DataSpec, EvalData
+from tasks.evaluation.sources.table import read_data
+from tasks.quantization.calibration import CalibrationError, check_calib_array, check_calib_images, check_overlap, open_array
 from tasks.quantization.modelopt_ptq import compile_exclusions
 from tasks.quantization.torch_graph import check_supported
+from tasks.steps.calibrate import calibration_images
 from tasks.steps.guard_data import GuardSet, choose_guard_set
 from tasks.targets.table import missing_modules
 
@@ -37,23 +39,23 @@ class Inputs:
         return [p for _, p in self.setup.items]
 
 
-# The annotation file is the slow input to check (val2017's is 450 MB of JSON): the command line's
-# check and the flow's first step share one parse when they run in one process, keyed by the file's
-# identity so an edited file is read again.
-_COCO_MEMO: dict[tuple[str, int, int], Any] = {}
+# The annotations are the slow input to check (val2017's file is 450 MB of JSON): the command line's
+# check and the flow's first step share one read when they run in one process, keyed by the source
+# and its file's identity so an edited file is read again.
+_DATA_MEMO: dict[tuple[Any, ...], EvalData] = {}
 
 
-def _coco(path: Path) -> Any:
-    path = Path(path)
+def _read(spec: DataSpec) -> EvalData:
+    path = Path(spec.data or spec.annotations or "")
     try:
         st = path.stat()
     except OSError:
-        return load_coco(path)  # names the missing file
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _COCO_MEMO:
-        _COCO_MEMO.clear()  # one file at a time: a COCO object of val2017 holds about 1 GB
-        _COCO_MEMO[key] = load_coco(path)
-    return _COCO_MEMO[key]
+        return read_data(spec)  # names the missing file
+    key = (spec, str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DATA_MEMO:
+        _DATA_MEMO.clear()  # one source at a time: a COCO object of val2017 holds about 1 GB
+        _DATA_MEMO[key] = read_data(spec)
+    return _DATA_MEMO[key]
 
 
 def check_inputs(cfg: RunConfig) -> Inputs:
@@ -61,28 +63,27 @@ def check_inputs(cfg: RunConfig) -> Inputs:
     holding at least calib_count images), the ONNX model (parsed and checked), the image folder, the
     annotations (parsed), the subset (it selects images that exist, no more than the file lists), the
     class map, a calibration tensor's shape and values, and every calibration image the run will read
-    (decoded, and none of them in the evaluated subset). Raises ConfigError, FileNotFoundError,
+    (decoded, and none of them in the evaluated subset: with --data and no calibration named, a seeded
+    draw from the dataset's train split). Raises ConfigError, FileNotFoundError,
     NotADirectoryError, ModelError, DecodeError (an output no decoder reads), CalibrationError,
     AnnotationError or SubsetError with a message naming the input and the fix."""
     cfg = cfg.resolved()
     _check_targets_and_patterns(cfg)
-    if cfg.calib_images is not None:
-        list_calib_images(cfg.calib_images, cfg.calib_count)
-    # the evaluation's own checks: model, image folder, annotations, subset, class map, image files
-    setup = prepare_eval(cfg.model, cfg.images, cfg.annotations, cfg.subset, cfg.eval,  # type: ignore[arg-type]
-                         cfg.subset_seed, load_annotations=_coco)
+    if cfg.calib is None:
+        calib_files, _ = calibration_images(cfg)  # the folder or the train split lists enough images
+    # the evaluation's own checks: model, image folder, annotations or dataset, subset, class names, image files
+    setup = prepare_eval(cfg.model, cfg.eval_data(), cfg.subset, cfg.eval, cfg.subset_seed, read=_read)
     # the calibration data's contents: a tensor's values (a 0-255 tensor, NaN), or the images the run
     # will calibrate on (each one decoded, none of them evaluated too)
     if cfg.calib is not None:
         check_calib_array(open_array(Path(cfg.calib), setup.input_name), setup.in_shape, cfg.eval.preprocess,
                           str(cfg.calib))
     else:
-        files = pick_calib_images(cfg.calib_images, cfg.calib_count, cfg.calib_seed)  # type: ignore[arg-type]
-        check_calib_images(files)
-        check_overlap(files, [p for _, p in setup.items], cfg.allow_calib_overlap)
+        check_calib_images(calib_files)
+        check_overlap(calib_files, [p for _, p in setup.items], cfg.allow_calib_overlap)
     if cfg.reconstruction.mode != "off":
         _check_reconstruction(cfg)
-    cfg, setup, guard = choose_guard_set(cfg, setup, _coco)
+    cfg, setup, guard = choose_guard_set(cfg, setup, _read)
     return Inputs(cfg=cfg, setup=setup, guard=guard)
 
 
@@ -106,6 +107,14 @@ def _check_targets_and_patterns(cfg: RunConfig) -> None:
             raise ConfigError(f"target {t} needs the Python package(s) {', '.join(missing)}, which this environment "
                               f"cannot import; install the project's dependencies (make install, or pip install -e .)")
     compile_exclusions(cfg.quant.exclude_nodes)
+    if cfg.quant.high_precision_dtype == "fp16":
+        if "tensorrt" not in cfg.targets:
+            raise ConfigError(f"quant.high_precision_dtype=fp16 makes the tensorrt model's float parts float16 (for a "
+                              f"TensorRT engine); the targets {', '.join(cfg.targets)} run their own float precision. "
+                              f"Add --target tensorrt, or drop the setting")
+        if cfg.reconstruction.mode != "off":
+            raise ConfigError(f"--reconstruct {cfg.reconstruction.mode} learns on the float32 Q/DQ model, which "
+                              f"quant.high_precision_dtype=fp16 turns into float16 first; use one or the other")
 
 
 def input_error_types() -> tuple[type[BaseException], ...]:

@@ -102,6 +102,8 @@ def build_summary(ctx: RunContext, calib: dict[str, Any], targets: dict[str, dic
                   **({"source": ctx.model["source"]} if "source" in ctx.model else {})},
         "calibration": {"source": calib["source"], "count": calib["count"], "sha256": calib["sha256"],
                         "seed": calib.get("seed"), "path": calib.get("folder") or calib.get("path")},
+        # what was evaluated and how the model's classes were matched to it (tasks/evaluation/classes.py)
+        "data": {**ctx.model.get("data", {}), "classes": ctx.model.get("classes")},
         "quantization": p["quantization"],
         "smoke": p["smoke"],
         "fp32": _side(fp32),
@@ -201,6 +203,27 @@ def _shape_lines(model: dict[str, Any], ts: dict[str, dict[str, Any]]) -> list[s
         lines.append(f"- {name}: " + (f"keeps the export's dynamic axes (checked: runs at "
                                       f"{' and '.join('x'.join(map(str, c)) for c in d['checked_at'])})"
                                       if d.get("kept") else f"pinned to the run's size: {d.get('reason', 'not checked')}"))
+    return lines
+
+
+def _data_lines(s: dict[str, Any]) -> list[str]:
+    """What was evaluated, how its classes were matched, what calibrated."""
+    d = s.get("data") or {}
+    if not d:
+        return []
+    if d.get("format") == "ultralytics":
+        src = (f"- evaluated: the {d['split']} split of `{d['data']}` ({d['images']} images in the split, "
+               f"{d['boxes']} boxes), root `{d['root']}` ({d['root_resolved']})")
+        if d.get("duplicate_labels_dropped"):
+            src += f"; {d['duplicate_labels_dropped']} duplicate label lines dropped, as Ultralytics drops them"
+    else:
+        src = f"- evaluated: `{d.get('annotations')}` with the images of `{d.get('images')}`"
+    lines = ["", "## Data", src]
+    if d.get("classes"):
+        lines.append(f"- classes: {d['classes']['note']}")
+    c = s["calibration"]
+    lines.append(f"- calibration: {c['count']} {'images of ' if c['source'] == 'images' else 'samples of '}"
+                 f"{c['path']}")
     return lines
 
 
@@ -307,6 +330,7 @@ def render_markdown(s: dict[str, Any]) -> str:
             lambda t: f"{t['int8']['images']} / {t['int8']['detections']}", empty),
     ]
     cached = [k for k, v in s["cached"].items() if v]
+    lines += _data_lines(s)
     lines += ["", "## Quantization"]
     lines += _shape_lines(s["model"], ts)
     for name, t in ts.items():

@@ -11,6 +11,7 @@ import numpy as np
 from tasks.evaluation.smoke import smoke_compare
 from tasks.context import RunContext, calib_array, eval_settings, timed
 from tasks.run.rundir import atomic_write_json
+from tasks.targets.base import evaluated_model
 from tasks.targets.table import target
 
 
@@ -22,7 +23,7 @@ def step_smoke(ctx: RunContext, calib: dict[str, Any], quant: dict[str, Any]) ->
     t = target(quant["target"])
     arr = calib_array(ctx, calib)
     samples = np.asarray(arr[: cfg.smoke_samples], dtype=np.float32)
-    res = smoke_compare(Path(cfg.model), Path(quant["artifact"]), m["input"], samples, m["output_format"],
+    res = smoke_compare(Path(cfg.model), evaluated_model(quant)[0], m["input"], samples, m["output_format"],
                         eval_settings(ctx, t.runtime), conf=cfg.smoke_conf,
                         threads=cfg.eval.threads)
     atomic_write_json(ctx.run_dir / t.qdir / "smoke.json", res)

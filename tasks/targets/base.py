@@ -66,11 +66,26 @@ def quant_result(entry: CacheEntry, cached: bool, t: Target, **extra: Any) -> Re
     """A quantize step's result from its cache entry (model still in the cache until published).
     `artifact`: the file the target's runtime loads; `onnx`: the same where that is an ONNX model."""
     path = str(entry.file(t.artifact_file))
+    twin = {"evaluated": str(entry.file(EVALUATED_FILE)), "evaluated_sha256": entry.files[EVALUATED_FILE]} \
+        if EVALUATED_FILE in entry.files else {}
     return {"artifact": path, "onnx": path if path.endswith(".onnx") else None, "entry": str(entry.path),
             "sha256": model_sha256(entry.files, t.model_files), "cached": cached,
             "config": json.loads(entry.file("config.json").read_text()),
             "qdq": json.loads(entry.file("qdq-summary.json").read_text()), "target": t.name,
-            "files": sorted(entry.files), **extra}
+            "files": sorted(entry.files), **twin, **extra}
+
+
+# A finished model's stand-in for the smoke check and the evaluation, where the shipped model cannot be
+# judged faithfully on ONNX Runtime (tasks/targets/recover.py float16_model writes it).
+EVALUATED_FILE = "evaluated.onnx"
+
+
+def evaluated_model(quant: Result) -> tuple[Path, str]:
+    """The model file the smoke check, the evaluation and the latency step run for a target's result,
+    and its sha256: the shipped model, or its evaluation twin where it has one."""
+    if "evaluated" in quant:
+        return Path(quant["evaluated"]), quant["evaluated_sha256"]
+    return Path(quant["artifact"]), quant["sha256"]
 
 
 def reconstruction_summary(config: Result) -> Result | None:
@@ -96,4 +111,5 @@ def publish_quantized(ctx: RunContext, quant: Result, t: Target) -> Result:
         if name not in t.model_files:
             atomic_copy(entry / name, ctx.run_dir / t.qdir / name)
     artifact = str(out[t.artifact_file])
-    return {**quant, "artifact": artifact, "onnx": artifact if artifact.endswith(".onnx") else None}
+    twin = {"evaluated": str(ctx.run_dir / t.qdir / EVALUATED_FILE)} if "evaluated" in quant else {}
+    return {**quant, "artifact": artifact, "onnx": artifact if artifact.endswith(".onnx") else None, **twin}

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from tasks.evaluation.runtime import fp16_quantize_rounding
 from tasks.evaluation.shapes import check_restored, restore_axes
-from tasks.quantization.modelopt_ptq import PeakRSS
+from tasks.quantization.modelopt_ptq import PeakRSS, float16_parts
 from tasks.quantization.reconstruct import Settings as ReconstructSettings, reconstruct
 from tasks.quantization.torch_lazy import torch
 from tasks.quantization.recovery import compute_stats, refine
@@ -23,7 +24,7 @@ from tasks.run.cache import CacheEntry, cache_key
 from tasks.run.progress import Progress
 from tasks.context import Result, RunContext, calib_array, timed
 from tasks.run.rundir import atomic_write_json, sha256_file
-from tasks.targets.base import Target, publish_quantized, quant_result
+from tasks.targets.base import EVALUATED_FILE, Target, publish_quantized, quant_result
 
 # Part of the recovery cache keys: raised whenever the same inputs start giving another model.
 RECOVERY_VERSION = 1
@@ -70,25 +71,48 @@ def _cache_model(ctx: RunContext, stage: str, key: str, tdir: Path, conf: Result
     quantizer's log and calibration cache travel with it from the entry it was made from."""
     atomic_write_json(tdir / "config.json", conf)
     atomic_write_json(tdir / "qdq-summary.json", qdq)
-    files = {n: tdir / n for n in ("model.onnx", "config.json", "qdq-summary.json")}
+    files = {n: tdir / n for n in ("model.onnx", "config.json", "qdq-summary.json", EVALUATED_FILE)
+             if (tdir / n).is_file()}
     for name in src["files"]:
         if name not in files:
             files[name] = Path(src["entry"]) / name
     return ctx.cache.put(stage, key, files, meta)
 
 
+def float16_model(tdir: Path) -> Result:
+    """tdir/model.onnx (finished, float32 float parts) -> the same with float16 float parts, as ModelOpt's
+    quantize(high_precision_dtype="fp16") ends; and, where ORT's fp16 QuantizeLinear does not round to
+    nearest (TensorRT's does), tdir/evaluated.onnx: the same model with its Q/DQ kept in float32, which
+    the smoke check and the evaluation run instead. Returns the record."""
+    fp32 = onnx.load(str(tdir / "model.onnx"))
+    onnx.save(float16_parts(fp32), str(tdir / "model.onnx"))
+    probe = fp16_quantize_rounding()
+    rec: Result = {"dtype": "fp16", "conversion": "modelopt.onnx.autocast.convert_to_f16, model inputs and outputs "
+                                                  "float32 (the last step of ModelOpt's int8 quantize with fp16)",
+                   "ort_fp16_quantize_rounding": probe, "evaluated": "the shipped model"}
+    if not probe["exact"]:
+        onnx.save(float16_parts(fp32, qdq_in_fp32=True), str(tdir / EVALUATED_FILE))
+        rec["evaluated"] = (f"the shipped model with its QuantizeLinear/DequantizeLinear in float32 (every other float "
+                            f"op in float16 as shipped): ORT's {probe['provider']} rounds float16 QuantizeLinear toward "
+                            f"zero ({probe['wrong']} of {probe['of']} probe values one step off, e.g. "
+                            f"{probe['example']}), TensorRT rounds to nearest")
+    return rec
+
+
 def step_refine(ctx: RunContext, calib: Result, raw: Result, t: Target, extra_float: list[str] | None = None,
-                publish: bool = True, dq_only: bool = False) -> Result:
+                publish: bool = True, dq_only: bool = False, precision: str = "fp32") -> Result:
     """A target's Q/DQ output -> the model that is evaluated and shipped: half-float layers fixed, the
     head rule's and `extra_float` layers in float. Cached. `dq_only`: the model keeps its
-    weights as INT8 initializers with DequantizeLinear only (tensorrt's option)."""
+    weights as INT8 initializers with DequantizeLinear only (tensorrt's option). `precision` fp16:
+    the float parts made float16 last (tensorrt's option, `float16_model`)."""
     t0 = time.perf_counter()
     cfg = ctx.cfg
     rs = cfg.recovery
     extra = sorted(extra_float or [])
     key = cache_key("refine", {"model": ctx.model["sha256"], "qdq": raw["sha256"], "calib": calib["sha256"],
                                "target": t.name, "cap": rs.float_mac_cap, "head": rs.head_float, "samples": rs.stats_samples, "extra_float": extra,
-                               "dq_only": dq_only, "version": RECOVERY_VERSION, "versions": ctx.key_versions,
+                               "dq_only": dq_only, "precision": precision, "version": RECOVERY_VERSION,
+                               "versions": ctx.key_versions,
                                # a dynamic-shape export's axes, put back on the model (only such runs have this)
                                **({"dynamic_axes": ctx.model["source"]["dynamic_axes"]} if "source" in ctx.model else {})})
     entry = ctx.cache.get("refine", key)
@@ -99,8 +123,10 @@ def step_refine(ctx: RunContext, calib: Result, raw: Result, t: Target, extra_fl
             tdir = Path(td)
             rec = refine(Path(cfg.model), Path(raw["onnx"]), stats, tdir / "model.onnx", t.name, rs, extra, dq_only)
             axes = keep_dynamic_axes(ctx, calib, tdir / "model.onnx")
+            prec = float16_model(tdir) if precision == "fp16" else None
             conf = {**raw["config"], "recovery": {k: v for k, v in rec.items() if k not in ("qdq", "mac")},
                     **({"dynamic_axes": axes} if axes is not None else {}),
+                    **({"precision": prec} if prec is not None else {}),
                     "output_sha256": sha256_file(tdir / "model.onnx"), "raw_sha256": raw["sha256"],
                     "refine_cache_key": key}
             entry = _cache_model(ctx, "refine", key, tdir, conf, {**rec["qdq"], **rec["mac"]}, raw, {})

@@ -106,7 +106,8 @@ def _build(ctx: RunContext, calib: Result, settings: Any = None) -> Result:
 
 def _finish(ctx: RunContext, calib: Result, raw: Result, extra_float: list[str] | None = None,
             publish: bool = True) -> Result:
-    return step_refine(ctx, calib, raw, TARGET, extra_float, publish, dq_only=ctx.cfg.quant.dq_only)
+    return step_refine(ctx, calib, raw, TARGET, extra_float, publish, dq_only=ctx.cfg.quant.dq_only,
+                       precision=ctx.cfg.quant.high_precision_dtype)
 
 
 def _alternatives(cfg: Any) -> list[Any]:
@@ -140,6 +141,7 @@ def describe(cfg: Any, quant: Result) -> Result:
         "sha256": quant["sha256"], "size_bytes": Path(quant["onnx"]).stat().st_size,
         "wall_s": cfgq["wall_s"], "peak_rss_mib": cfgq["peak_rss_mib"], "dynamic_axes": cfgq.get("dynamic_axes"),
         "reconstruction": reconstruction_summary(cfgq),
+        **({"precision": cfgq["precision"]} if "precision" in cfgq else {}),
     }
 
 
@@ -155,6 +157,9 @@ def report_lines(q: Result, calib: Result) -> list[str]:
         f"- excluded nodes: {', '.join(q['excluded_nodes']) or 'none'}",
     ]
     lines += [f"- {r}" for r in q["calibration_ep_reasons"]]
+    prec = q.get("precision")
+    if prec:
+        lines.append(f"- float parts in {prec['dtype']} ({prec['conversion']}); evaluated: {prec['evaluated']}")
     return lines
 
 
