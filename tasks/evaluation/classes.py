@@ -55,22 +55,23 @@ def match_classes(data_names: dict[int, str], model_names: dict[int, str] | None
             f"{data_label} gives no class names (nc only)"
         return ClassMatch(cat_ids, "unchecked", f"class i scored as the i-th category in id order; the names could "
                                                 f"not be checked: {why}")
-    model = [_norm(model_names[i]) for i in sorted(model_names)]
+    keys = sorted(model_names)
+    model = [_norm(model_names[k]) for k in keys]
     data = [_norm(data_names[c]) for c in cat_ids]
     if model == data:
         return ClassMatch(cat_ids, "names-in-order", f"the model's {len(model)} class names match {data_label}'s "
                                                      f"categories, in order")
     by_name = {n: c for c, n in zip(cat_ids, data)}
-    if len(model) == len(data) and set(model) == set(data) and len(set(model)) == len(model) \
-            and len(by_name) == len(data):
+    in_model, in_data = set(model), set(data)
+    if in_model == in_data and len(in_model) == len(model) == len(data) == len(by_name):
         mapped = [by_name[n] for n in model]
         moved = [i for i, (c, d) in enumerate(zip(mapped, cat_ids)) if c != d]
-        first = ", ".join(f"class {i} {model_names[sorted(model_names)[i]]!r} -> category {mapped[i]}"
+        first = ", ".join(f"class {i} {model_names[keys[i]]!r} -> category {mapped[i]}"
                           for i in moved[:3])
         return ClassMatch(mapped, "by-name", f"the model's {len(model)} class names are {data_label}'s in another "
                                              f"order: matched by name ({len(moved)} moved; {first})")
-    only_model = [(i, model_names[k]) for i, k in enumerate(sorted(model_names)) if model[i] not in set(data)]
-    only_data = [(c, data_names[c]) for c, n in zip(cat_ids, data) if n not in set(model)]
+    only_model = [(i, model_names[k]) for i, k in enumerate(keys) if model[i] not in in_data]
+    only_data = [(c, data_names[c]) for c, n in zip(cat_ids, data) if n not in in_model]
     parts = []
     if only_model:
         parts.append("model classes not in the data: " + ", ".join(f"{i} {n!r}" for i, n in only_model[:3]))
@@ -78,6 +79,8 @@ def match_classes(data_names: dict[int, str], model_names: dict[int, str] | None
         parts.append("data categories not in the model: " + ", ".join(f"{c} {n!r}" for c, n in only_data[:3]))
     if not parts:  # same names, but one side repeats a name: no one-to-one match by name
         parts.append("a name repeats on one side, so names cannot be matched one to one")
-    raise AnnotationError(f"the model's class names do not match {data_label}: the model has {n_model} {'class' if n_model == 1 else 'classes'}, the "
-                          f"data {len(cat_ids)} {'category' if len(cat_ids) == 1 else 'categories'}; {'; '.join(parts)}. Evaluate the model on data labelled "
-                          f"with its classes, or {_MAP_HINT}")
+    classes = "class" if n_model == 1 else "classes"
+    categories = "category" if len(cat_ids) == 1 else "categories"
+    raise AnnotationError(f"the model's class names do not match {data_label}: the model has {n_model} {classes}, "
+                          f"the data {len(cat_ids)} {categories}; {'; '.join(parts)}. Evaluate the model on data "
+                          f"labelled with its classes, or {_MAP_HINT}")

@@ -48,8 +48,9 @@ def refuse_other_tasks(task: str | None, output_shapes: list[tuple[int | str | N
                        keypoints: bool) -> None:
     """Refuse an export of another Ultralytics task, naming it: by its metadata `task`, else by the
     shapes those heads give (segmentation's mask prototypes, an end-to-end table wider than 6
-    columns; a bare 2-D output is left to detect_format, which says it is no detection output). Its boxes exist, but scoring them as plain detection would
-    be wrong in ways the output shape hides (pose: one class; OBB: rotated boxes)."""
+    columns; a bare 2-D output is left to detect_format, which says it is no detection output). Their
+    boxes exist, but scoring them as plain detection would be wrong in ways the output shape hides
+    (pose: one class; OBB: rotated boxes)."""
     why = None
     if task in _OTHER_TASKS:
         why = f"its metadata says task: {task}"

@@ -122,12 +122,16 @@ def list_calib_images(folder: Path, count: int | None) -> list[Path]:
     (and the bench scripts, which call it without that check) apply this one rule. `count` None: the
     default count, or every image of a smaller folder."""
     files = list_images(folder, "--calib-images with a folder of images (or --calib with a tensor file)")
-    if count is None:
-        return files
-    if count > len(files):
-        raise CalibrationError(f"--calib-count {count} asks for more images than calibration folder {folder} holds "
-                               f"({len(files)}); pass --calib-count {len(files)} or fewer")
+    check_count(files, count, f"calibration folder {folder}")
     return files
+
+
+def check_count(files: Sequence[Path], count: int | None, where: str) -> None:
+    """Refuse a calibration source (`where`: "calibration folder X", "the train split of Y") that holds
+    fewer than `count` images."""
+    if count is not None and count > len(files):
+        raise CalibrationError(f"--calib-count {count} asks for more images than {where} holds ({len(files)}); "
+                               f"pass --calib-count {len(files)} or fewer")
 
 
 def pick_calib_images(folder: Path, count: int | None, seed: int) -> list[Path]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from tasks.config import ConfigError, RunConfig
 from tasks.evaluation.sources.table import reader
-from tasks.quantization.calibration import (CalibrationError, check_overlap, load_calib_tensor, pick_calib_images,
+from tasks.quantization.calibration import (check_count, check_overlap, load_calib_tensor, pick_calib_images,
                                             pick_files, write_calib_npy)
 from tasks.run.cache import cache_key
 from tasks.context import RunContext, timed
@@ -30,9 +30,7 @@ def calibration_images(cfg: RunConfig) -> tuple[list[Path], dict[str, str]]:
     pool = reader(spec).calibration_images(spec)
     if pool is None:
         raise ConfigError("calibration needs --calib FILE.npy|.npz or --calib-images DIR (or --data DATA.yaml)")
-    if cfg.calib_count is not None and cfg.calib_count > len(pool):
-        raise CalibrationError(f"--calib-count {cfg.calib_count} asks for more images than the train split of "
-                               f"{cfg.data} holds ({len(pool)}); pass --calib-count {len(pool)} or fewer")
+    check_count(pool, cfg.calib_count, f"the train split of {cfg.data}")
     return pick_files(pool, cfg.calib_count, cfg.calib_seed), {
         "folder": f"{cfg.data} (train split)", "order": "seeded permutation of the sorted train split"}
 

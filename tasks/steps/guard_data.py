@@ -5,8 +5,8 @@ scored on the same images, its reported delta would be optimistic (it is the bes
 on that data). So it chooses on other annotated images, in this order:
 
 1. `guard_images` + `guard_annotations` (+ `guard_subset`): a separate annotated set the user names;
-2. images of the evaluated data (`--annotations` or `--data`'s split) outside the evaluated subset, present on disk, when at least
-   `guard_min_images` exist (val2017 with `--subset 100`: thousands), a seeded sample of as many as
+2. images of the evaluated data (`--annotations`, or `--data`'s split) outside the evaluated subset,
+   present on disk, when at least `guard_min_images` exist (val2017 with `--subset 100`: thousands), a seeded sample of as many as
    are evaluated (at least 100 where there are);
 3. otherwise a seeded split of the evaluated images: `guard_split` of them to choose on, the rest
    reported (the report says how many of each).
@@ -89,5 +89,6 @@ def choose_guard_set(cfg: RunConfig, setup: EvalSetup,
     sel_files = [p for i, p in setup.items if i in sel]
     cfg = cfg.model_copy(update={"subset": _ids(report)})
     setup = dataclasses.replace(setup, image_ids=report, items=[(i, p) for i, p in setup.items if i not in sel])
-    return cfg, setup, GuardSet(source, setup.data.digest, _ids(sorted(sel)), sel_files, "split", f"{len(sel)} of the {len(ids)} evaluated images (a seeded split; the other "
-                                         f"{len(report)} are the reported ones)")
+    return cfg, setup, GuardSet(source, setup.data.digest, _ids(sorted(sel)), sel_files, "split",
+                                f"{len(sel)} of the {len(ids)} evaluated images (a seeded split; the other "
+                                f"{len(report)} are the reported ones)")

@@ -18,7 +18,8 @@ from tasks.evaluation.evaluate import EvalSetup, prepare_eval
 from tasks.evaluation.runtime import ModelError
 from tasks.evaluation.sources.base import DataSpec, EvalData
 from tasks.evaluation.sources.table import read_data
-from tasks.quantization.calibration import CalibrationError, check_calib_array, check_calib_images, check_overlap, open_array
+from tasks.quantization.calibration import (CalibrationError, check_calib_array, check_calib_images, check_overlap,
+                                            open_array)
 from tasks.quantization.modelopt_ptq import compile_exclusions
 from tasks.quantization.torch_graph import check_supported
 from tasks.steps.calibrate import calibration_images
